@@ -1,0 +1,262 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"time"
+)
+
+// Config is a loaded, validated config file.
+type Config struct {
+	// Path is the absolute path of the file the config was loaded from,
+	// or "" when it was parsed from bytes.
+	Path string
+
+	// Listen is where the FastCGI socket listens; default
+	// unix:/run/wagi.sock.
+	Listen Listen
+	// ListenMode is the unix socket's permission bits; default 0660.
+	ListenMode os.FileMode
+	// ListenOwner and ListenGroup own the unix socket when set.
+	ListenOwner, ListenGroup string
+	// StateDir holds the module cache, the compilation cache and the CPU
+	// ledger; default /var/lib/wagi-fcgi. Always absolute: a relative
+	// state_dir is taken relative to the config file's directory.
+	StateDir string
+	// StatusPath is where the status page is served through FastCGI;
+	// default "/_wagi/status"; "" disables it.
+	StatusPath string
+	// Healthz keeps WAGI's built-in /healthz route (200 OK); default
+	// true, `healthz = false` removes it.
+	Healthz bool
+
+	Pool   Pool
+	Limits Limits // the [limits] defaults, before per-module overrides
+	IPFS   IPFS
+
+	// Modules are the [[module]] entries in file order.
+	Modules []Module
+}
+
+// Pool is the [pool] table.
+type Pool struct {
+	// Children is the number of pre-started children; default
+	// runtime.NumCPU().
+	Children int
+	// MaxRequests recycles a child after that many requests; 0 = never.
+	MaxRequests int
+	// Queue is how many requests may wait for a child; beyond → 503.
+	Queue int
+	// QueueTimeout is how long a request may wait for a child.
+	QueueTimeout time.Duration
+	// User runs children as this user when started as root; "" = don't.
+	User string
+}
+
+// Limits is the [limits] table; every key can also appear in a [[module]]
+// table to override it for that module.
+type Limits struct {
+	// Timeout is the wall clock per request (→ SIGKILL, 504).
+	Timeout time.Duration
+	// CPU is the CPU time per request (→ SIGKILL, 504).
+	CPU time.Duration
+	// DailyCPU is the CPU time per module per day (→ 503).
+	DailyCPU time.Duration
+	// DayStart is when the daily budget resets.
+	DayStart DayStart
+	// Memory is the guest's linear memory limit in bytes, a multiple of
+	// the 64 KiB wasm page (rounded up when parsed).
+	Memory int64
+	// MaxBody is the largest request body in bytes (→ 413); 0 allows
+	// only empty bodies.
+	MaxBody int64
+	// MaxOutput is the largest response in bytes.
+	MaxOutput int64
+	// MaxConcurrency is how many children one module may hold at once;
+	// 0 = the pool size.
+	MaxConcurrency int
+}
+
+// WasmPageSize is the size of a WebAssembly memory page.
+const WasmPageSize = 64 << 10
+
+// maxMemory is the largest wasm32 linear memory: 65536 pages.
+const maxMemory = 4 << 30
+
+// MemoryPages returns Memory in 64 KiB wasm pages, rounded up.
+func (l Limits) MemoryPages() uint32 {
+	if l.Memory <= 0 {
+		return 0
+	}
+	pages := (l.Memory + WasmPageSize - 1) / WasmPageSize
+	return uint32(min(pages, maxMemory/WasmPageSize))
+}
+
+// IPFS is the [ipfs] table.
+type IPFS struct {
+	// API is the kubo RPC API: a multiaddr ("/ip4/127.0.0.1/tcp/5001")
+	// or an http(s) URL.
+	API string
+	// FetchTimeout bounds fetching one module.
+	FetchTimeout time.Duration
+	// Gateway, when not "", is the path prefix ("/ipfs/") under which any
+	// allowed CID is served as /ipfs/<cid>/...
+	Gateway string
+	// Allow lists the CIDs allowed in gateway mode; ["*"] allows any.
+	Allow []string
+	// MaxModuleSize is the largest module fetched, in bytes.
+	MaxModuleSize int64
+}
+
+// Module is one [[module]] entry.
+type Module struct {
+	// Route is the route pattern as written.
+	Route string
+	// Module is the module reference: an absolute path for a local file
+	// (relative paths and file:// URLs resolved), else as written
+	// (ipfs://CID, /ipfs/CID[/path], /ipns/NAME[/path]).
+	Module string
+	// Ref is Module parsed.
+	Ref ModuleRef
+	// Entrypoint is the export called per request; default "_start".
+	Entrypoint string
+	// Argv is the argv template; "" = WAGI's default argv.
+	Argv string
+	// Volumes are the directories the module sees, sorted by Guest.
+	Volumes []Volume
+	// Environment is added to the module's environment.
+	Environment map[string]string
+	// AllowedHosts is WAGI's allowed_hosts, as written.
+	AllowedHosts []string
+	// HTTPMaxConcurrency is WAGI's http_max_concurrency; 0 if absent.
+	HTTPMaxConcurrency int
+	// Limits are the [limits] defaults with this module's overrides.
+	Limits Limits
+	// Line is the line of this module's [[module]] header (or of its
+	// entry in an inline array), for messages; 0 if unknown.
+	Line int
+}
+
+// Default returns a config with every default filled in and no modules.
+func Default() *Config {
+	return &Config{
+		Listen:     Listen{Network: "unix", Address: "/run/wagi.sock"},
+		ListenMode: 0o660,
+		StateDir:   "/var/lib/wagi-fcgi",
+		StatusPath: "/_wagi/status",
+		Healthz:    true,
+		Pool: Pool{
+			Children:     runtime.NumCPU(),
+			MaxRequests:  0,
+			Queue:        1024,
+			QueueTimeout: 5 * time.Second,
+		},
+		Limits: Limits{
+			Timeout:        30 * time.Second,
+			CPU:            10 * time.Second,
+			DailyCPU:       time.Hour,
+			DayStart:       DayStart{},
+			Memory:         128 << 20,
+			MaxBody:        16 << 20,
+			MaxOutput:      64 << 20,
+			MaxConcurrency: 0,
+		},
+		IPFS: IPFS{
+			API:           "/ip4/127.0.0.1/tcp/5001",
+			FetchTimeout:  30 * time.Second,
+			Gateway:       "",
+			Allow:         []string{},
+			MaxModuleSize: 64 << 20,
+		},
+	}
+}
+
+// Load reads and parses the config file at path. Relative paths inside it
+// are resolved against the file's directory. Error messages name the file
+// as given here.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config %s: %w", path, err)
+	}
+	cfg, err := Parse(data, path, filepath.Dir(abs))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Path = abs
+	return cfg, nil
+}
+
+// Parse parses a config from data. filename is used in error messages
+// only; baseDir resolves relative paths (state_dir, module paths, local
+// volumes, a relative unix socket) and defaults to the working directory.
+//
+// All problems found are reported, each as an *Error, joined with
+// errors.Join in line order.
+func Parse(data []byte, filename, baseDir string) (*Config, error) {
+	if baseDir == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return nil, fmt.Errorf("parsing config: resolving relative paths: %w", err)
+		}
+		baseDir = wd
+	} else if !filepath.IsAbs(baseDir) {
+		abs, err := filepath.Abs(baseDir)
+		if err != nil {
+			return nil, fmt.Errorf("parsing config: resolving base directory %q: %w", baseDir, err)
+		}
+		baseDir = abs
+	}
+	d := &decoder{file: filename, baseDir: baseDir}
+	cfg := d.decode(data)
+	if len(d.errs) > 0 {
+		slices.SortStableFunc(d.errs, func(a, b *Error) int {
+			// Errors without a line go last.
+			return cmp.Compare(lineKey(a.Line), lineKey(b.Line))
+		})
+		errs := make([]error, len(d.errs))
+		for i, e := range d.errs {
+			errs[i] = e
+		}
+		return nil, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+func lineKey(line int) int {
+	if line <= 0 {
+		return int(^uint(0) >> 1)
+	}
+	return line
+}
+
+// Error is one problem in a config file.
+type Error struct {
+	// File is the file name as given to Load or Parse; may be "".
+	File string
+	// Line is the 1-based line of the problem, or 0 if unknown.
+	Line int
+	// Msg says what is wrong, naming the key.
+	Msg string
+}
+
+func (e *Error) Error() string {
+	switch {
+	case e.File != "" && e.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	case e.File != "":
+		return fmt.Sprintf("%s: %s", e.File, e.Msg)
+	case e.Line > 0:
+		return fmt.Sprintf("line %d: %s", e.Line, e.Msg)
+	}
+	return e.Msg
+}
