@@ -1,0 +1,364 @@
+// Package child is the child process's side of wagi-fcgi: it runs guest
+// modules, one request at a time, on behalf of the manager.
+//
+// A child is the same binary started as `wagi-fcgi child` with one end of a
+// socketpair as fd 3. It reads Run frames, compiles modules through the
+// wazero file compilation cache that the manager has already filled (so a
+// compile here is a file read and an mmap), instantiates a fresh module
+// instance for every request, and streams the guest's stdout and stderr back
+// as frames. It never owns a client connection: if the manager kills it in
+// the middle of a request, the manager still answers the client.
+//
+// Limits on time and CPU are not enforced here. Compiled wasm code cannot be
+// pre-empted inside its own process, so the manager watches each child from
+// outside and kills it with SIGKILL; see manager/RATIONALE.md.
+package child
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/sys"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+)
+
+// Options configure a child.
+type Options struct {
+	// CacheDir is the wazero compilation cache directory shared with the
+	// manager. Empty means no file cache (every module is compiled anew).
+	CacheDir string
+	// MaxModules bounds the compiled modules kept per child; the least
+	// recently used one is closed beyond it. 0 means 64.
+	MaxModules int
+	Logger     *slog.Logger
+}
+
+// ioBufferSize is how much guest output a child collects before it sends a
+// frame. Output is committed to the client by the manager anyway, so a
+// larger buffer only saves syscalls.
+const ioBufferSize = 32 << 10
+
+// Serve runs the child loop on conn until conn is closed (the manager's way
+// of retiring a child) or ctx is done. It sends Ready first.
+func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxModules <= 0 {
+		opts.MaxModules = 64
+	}
+	e, err := newEngine(ctx, opts)
+	if err != nil {
+		return err
+	}
+	defer e.close(ctx)
+
+	r := ipc.NewReader(conn, 64<<10)
+	w := ipc.NewWriter(conn, ioBufferSize+64)
+	if err := w.WriteFrame(ipc.TypeReady, nil); err != nil {
+		return fmt.Errorf("child: send ready: %w", err)
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("child: send ready: %w", err)
+	}
+	var run ipc.Run
+	var doneBuf []byte
+	for {
+		t, p, err := r.ReadFrame()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("child: read: %w", err)
+		}
+		if t != ipc.TypeRun {
+			return fmt.Errorf("child: unexpected %s frame", t)
+		}
+		if err := ipc.DecodeRun(p, &run); err != nil {
+			return fmt.Errorf("child: %w", err)
+		}
+		done := e.run(ctx, &run, w)
+		doneBuf = ipc.AppendDone(doneBuf[:0], &done)
+		if err := w.WriteFrame(ipc.TypeDone, doneBuf); err != nil {
+			return fmt.Errorf("child: send done: %w", err)
+		}
+		if err := w.Flush(); err != nil {
+			return fmt.Errorf("child: send done: %w", err)
+		}
+	}
+}
+
+// engine owns the wazero runtimes of a child. Memory limits are a property
+// of a wazero Runtime (applied when a module is compiled), so there is one
+// Runtime per distinct limit; all of them share the file cache.
+type engine struct {
+	opts     Options
+	cache    wazero.CompilationCache
+	runtimes map[uint32]*runtimeEntry
+	base     wazero.ModuleConfig
+	lru      []moduleRef // least recently used first
+}
+
+type runtimeEntry struct {
+	rt      wazero.Runtime
+	modules map[string]wazero.CompiledModule
+}
+
+type moduleRef struct {
+	pages uint32
+	key   string
+}
+
+func newEngine(ctx context.Context, opts Options) (*engine, error) {
+	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}}
+	if opts.CacheDir != "" {
+		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
+		if err != nil {
+			return nil, fmt.Errorf("child: compilation cache %s: %w", opts.CacheDir, err)
+		}
+		e.cache = c
+	}
+	// Real clocks and randomness: the defaults are deterministic fakes meant
+	// for reproducible tests, which a web application must not get.
+	e.base = wazero.NewModuleConfig().
+		WithName("").
+		WithSysWalltime().
+		WithSysNanotime().
+		WithSysNanosleep().
+		WithRandSource(rand.Reader)
+	return e, nil
+}
+
+func (e *engine) close(ctx context.Context) {
+	for _, re := range e.runtimes {
+		_ = re.rt.Close(ctx)
+	}
+	if e.cache != nil {
+		_ = e.cache.Close(ctx)
+	}
+}
+
+// RuntimeConfig is the wazero configuration shared by the manager and the
+// children. Both sides must use the same one, or the file cache misses (the
+// cache key covers compile-affecting settings).
+func RuntimeConfig(cache wazero.CompilationCache, memoryPages uint32) wazero.RuntimeConfig {
+	c := wazero.NewRuntimeConfig().
+		// Leave CloseOnContextDone off: it makes tight loops ~25x slower.
+		// The manager enforces time limits with SIGKILL instead.
+		WithCloseOnContextDone(false).
+		WithMemoryLimitPages(memoryPages)
+	if cache != nil {
+		c = c.WithCompilationCache(cache)
+	}
+	return c
+}
+
+func (e *engine) runtime(ctx context.Context, pages uint32) (*runtimeEntry, error) {
+	if re, ok := e.runtimes[pages]; ok {
+		return re, nil
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(e.cache, pages))
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("instantiate WASI: %w", err)
+	}
+	re := &runtimeEntry{rt: rt, modules: map[string]wazero.CompiledModule{}}
+	e.runtimes[pages] = re
+	return re, nil
+}
+
+// module returns the compiled module for m, compiling it in the Runtime for
+// m's memory limit. Compiling in the same Runtime that instantiates avoids
+// wazero v1.12.0 bug #2511 (a CompiledModule used across Runtimes can fail
+// import matching).
+func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero.CompiledModule, error) {
+	re, err := e.runtime(ctx, m.MemoryPages)
+	if err != nil {
+		return nil, nil, err
+	}
+	ref := moduleRef{pages: m.MemoryPages, key: m.ModuleKey}
+	if cm, ok := re.modules[m.ModuleKey]; ok {
+		e.touch(ref)
+		return re.rt, cm, nil
+	}
+	bin, err := os.ReadFile(m.ModulePath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read module: %w", err)
+	}
+	cm, err := re.rt.CompileModule(ctx, bin)
+	if err != nil {
+		return nil, nil, fmt.Errorf("compile module: %w", err)
+	}
+	re.modules[m.ModuleKey] = cm
+	e.lru = append(e.lru, ref)
+	if len(e.lru) > e.opts.MaxModules {
+		old := e.lru[0]
+		e.lru = e.lru[1:]
+		if ore, ok := e.runtimes[old.pages]; ok {
+			if ocm, ok := ore.modules[old.key]; ok {
+				_ = ocm.Close(ctx)
+				delete(ore.modules, old.key)
+			}
+		}
+	}
+	return re.rt, cm, nil
+}
+
+func (e *engine) touch(ref moduleRef) {
+	for i, r := range e.lru {
+		if r == ref {
+			copy(e.lru[i:], e.lru[i+1:])
+			e.lru[len(e.lru)-1] = ref
+			return
+		}
+	}
+}
+
+// run runs one request to the end and reports how it ended. Output goes to
+// w as frames (flushed before it returns), unless the run inherits stdio.
+func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
+	rt, cm, err := e.module(ctx, m)
+	if err != nil {
+		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
+	}
+
+	cfg := e.base.WithArgs(m.Args...)
+	for _, kv := range m.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		cfg = cfg.WithEnv(k, v)
+	}
+	var stdout, stderr *frameWriter
+	if m.InheritStdio {
+		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)
+	} else {
+		stdout = &frameWriter{t: ipc.TypeStdout, w: w, limit: -1}
+		stderr = &frameWriter{t: ipc.TypeStderr, w: w, limit: int64(m.StderrCap)}
+		cfg = cfg.WithStdin(bytes.NewReader(m.Stdin)).WithStdout(stdout).WithStderr(stderr)
+	}
+	if len(m.Mounts) > 0 {
+		fsc := wazero.NewFSConfig()
+		for _, mt := range m.Mounts {
+			if mt.ReadOnly {
+				fsc = fsc.WithReadOnlyDirMount(mt.Host, mt.Guest)
+			} else {
+				fsc = fsc.WithDirMount(mt.Host, mt.Guest)
+			}
+		}
+		cfg = cfg.WithFSConfig(fsc)
+	}
+
+	done := e.call(ctx, rt, cm, cfg, m.Entrypoint)
+	if stdout != nil {
+		// A failed flush means the manager is gone; Serve notices on the
+		// next frame it writes.
+		_ = stdout.flush()
+		_ = stderr.flush()
+	}
+	return done
+}
+
+// call instantiates cm and runs its entrypoint. "_start" is the WASI command
+// entry and runs as the start function; any other entrypoint is called as a
+// nullary export after the reactor initialiser (_initialize) if there is one,
+// which is what WAGI did.
+func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, cfg wazero.ModuleConfig, entry string) ipc.Done {
+	if entry == "" {
+		entry = "_start"
+	}
+	if _, ok := cm.ExportedFunctions()[entry]; !ok {
+		return ipc.Done{Outcome: ipc.OutcomeNoEntrypoint, Message: fmt.Sprintf("module has no exported function %q", entry)}
+	}
+	if entry == "_start" {
+		cfg = cfg.WithStartFunctions("_start")
+	} else {
+		cfg = cfg.WithStartFunctions("_initialize")
+	}
+	mod, err := rt.InstantiateModule(ctx, cm, cfg)
+	if err == nil && entry != "_start" {
+		_, err = mod.ExportedFunction(entry).Call(ctx)
+	}
+	if mod != nil {
+		_ = mod.Close(ctx)
+	}
+	return outcome(err)
+}
+
+// outcome classifies the error of a finished guest call.
+func outcome(err error) ipc.Done {
+	if err == nil {
+		return ipc.Done{Outcome: ipc.OutcomeOK}
+	}
+	var exit *sys.ExitError
+	if errors.As(err, &exit) {
+		if exit.ExitCode() == 0 {
+			// proc_exit(0) is success: every Go wasip1 program ends with it.
+			return ipc.Done{Outcome: ipc.OutcomeOK}
+		}
+		return ipc.Done{Outcome: ipc.OutcomeExit, ExitCode: exit.ExitCode(), Message: err.Error()}
+	}
+	return ipc.Done{Outcome: ipc.OutcomeTrap, Message: err.Error()}
+}
+
+// frameWriter turns guest writes into frames of at most ioBufferSize bytes.
+// Guest code runs on the Serve goroutine, so no locking is needed.
+type frameWriter struct {
+	t       ipc.Type
+	w       *ipc.Writer
+	buf     []byte
+	limit   int64 // bytes to forward; -1 = all
+	written int64
+	dropped bool
+}
+
+func (f *frameWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	if f.limit >= 0 {
+		room := f.limit - f.written
+		if room <= 0 {
+			if !f.dropped {
+				f.dropped = true
+				f.buf = append(f.buf, "\n[wagi-fcgi: stderr limit reached, rest dropped]\n"...)
+			}
+			return n, nil
+		}
+		if int64(len(p)) > room {
+			p = p[:room]
+		}
+	}
+	f.written += int64(len(p))
+	for len(p) > 0 {
+		if f.buf == nil {
+			f.buf = make([]byte, 0, ioBufferSize)
+		}
+		k := copy(f.buf[len(f.buf):cap(f.buf)], p)
+		f.buf = f.buf[:len(f.buf)+k]
+		p = p[k:]
+		if len(f.buf) == cap(f.buf) {
+			if err := f.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (f *frameWriter) flush() error {
+	if len(f.buf) == 0 {
+		return nil
+	}
+	if err := f.w.WriteFrame(f.t, f.buf); err != nil {
+		return err
+	}
+	f.buf = f.buf[:0]
+	return f.w.Flush()
+}

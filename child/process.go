@@ -1,0 +1,57 @@
+package child
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// ipcFD is the file descriptor of the child's end of the socketpair.
+const ipcFD = 3
+
+// Main is the body of `wagi-fcgi child`: it hardens the process, then
+// serves the manager on fd 3 until the manager closes it.
+func Main(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("child", flag.ContinueOnError)
+	cacheDir := fs.String("cache", "", "wazero compilation cache directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if err := harden(); err != nil {
+		return fmt.Errorf("child: %w", err)
+	}
+	f := os.NewFile(ipcFD, "ipc")
+	if f == nil {
+		return fmt.Errorf("child: fd %d is not open (a child is started by the manager)", ipcFD)
+	}
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("child: fd %d: %w", ipcFD, err)
+	}
+	defer conn.Close()
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid())
+	return Serve(ctx, conn, Options{CacheDir: *cacheDir, Logger: log})
+}
+
+// harden applies what a process running untrusted code should have: no way
+// to gain privileges through exec (no_new_privs), no core dumps (they could
+// leak request data and fill the disk), and not dumpable, so other processes
+// of the same user cannot ptrace it or read its memory.
+func harden() error {
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("no_new_privs: %w", err)
+	}
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("rlimit core: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("dumpable: %w", err)
+	}
+	return nil
+}

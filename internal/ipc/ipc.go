@@ -1,0 +1,126 @@
+// Package ipc is the framed protocol between the manager and its children.
+//
+// The manager and a child talk over one end each of a unix socketpair. Every
+// message is a frame: a one-byte type, a four-byte big-endian payload length
+// and the payload. Payloads are encoded by hand (length-prefixed fields)
+// because this sits on every request's hot path and gob or JSON would cost
+// more than the rest of the round trip.
+//
+// The conversation is strictly one request at a time per child: the manager
+// sends Run, the child answers with any number of Stdout and Stderr frames and
+// exactly one Done. A child announces itself with Ready once, after start.
+package ipc
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Type is the kind of a frame.
+type Type uint8
+
+// Frame types.
+const (
+	TypeReady  Type = 1 // child → manager: started and able to take Run
+	TypeRun    Type = 2 // manager → child: run one module once (payload Run)
+	TypeStdout Type = 3 // child → manager: bytes the guest wrote to stdout
+	TypeStderr Type = 4 // child → manager: bytes the guest wrote to stderr
+	TypeDone   Type = 5 // child → manager: the run ended (payload Done)
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeReady:
+		return "ready"
+	case TypeRun:
+		return "run"
+	case TypeStdout:
+		return "stdout"
+	case TypeStderr:
+		return "stderr"
+	case TypeDone:
+		return "done"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// MaxPayload bounds one frame. A Run frame carries the whole request body,
+// which the manager has already limited to max_body; this is a sanity cap
+// against a corrupted length, not a policy.
+const MaxPayload = 1 << 30
+
+const headerLen = 5
+
+// ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.
+var ErrFrameTooLarge = errors.New("ipc: frame too large")
+
+// Writer writes frames. It buffers; call Flush to push them out.
+type Writer struct {
+	w   *bufio.Writer
+	hdr [headerLen]byte
+}
+
+// NewWriter returns a Writer that buffers up to size bytes.
+func NewWriter(w io.Writer, size int) *Writer {
+	return &Writer{w: bufio.NewWriterSize(w, size)}
+}
+
+// WriteFrame writes one frame into the buffer.
+func (w *Writer) WriteFrame(t Type, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return ErrFrameTooLarge
+	}
+	w.hdr[0] = byte(t)
+	binary.BigEndian.PutUint32(w.hdr[1:], uint32(len(payload)))
+	if _, err := w.w.Write(w.hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.w.Write(payload)
+	return err
+}
+
+// Flush writes buffered frames to the underlying writer.
+func (w *Writer) Flush() error { return w.w.Flush() }
+
+// Reader reads frames.
+type Reader struct {
+	r   *bufio.Reader
+	hdr [headerLen]byte
+	buf []byte
+}
+
+// NewReader returns a Reader with a read buffer of size bytes.
+func NewReader(r io.Reader, size int) *Reader {
+	return &Reader{r: bufio.NewReaderSize(r, size)}
+}
+
+// ReadFrame reads the next frame. The payload is valid only until the next
+// call to ReadFrame; copy it to keep it. At a clean end of stream it returns
+// io.EOF; a stream cut inside a frame is io.ErrUnexpectedEOF.
+func (r *Reader) ReadFrame() (Type, []byte, error) {
+	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(r.hdr[1:])
+	if n > MaxPayload {
+		return 0, nil, ErrFrameTooLarge
+	}
+	if cap(r.buf) < int(n) {
+		r.buf = make([]byte, n)
+	}
+	p := r.buf[:n]
+	if _, err := io.ReadFull(r.r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	// Don't keep a huge body buffer alive for the life of the connection.
+	if cap(r.buf) > 1<<20 {
+		r.buf = nil
+	}
+	return Type(r.hdr[0]), p, nil
+}

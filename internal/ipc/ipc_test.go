@@ -1,0 +1,105 @@
+package ipc
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"reflect"
+	"testing"
+)
+
+func TestRunRoundTripsEveryField(t *testing.T) {
+	in := Run{
+		ID: "abc-1", ModuleKey: "k", ModulePath: "/state/k.wasm", MemoryPages: 2048, Entrypoint: "_start",
+		Args: []string{"/p", "", "x=1"}, Env: []string{"A=1", "B="},
+		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Host: "/h/b"}},
+		Stdin:  []byte{0, 1, 2, 255}, InheritStdio: true, StderrCap: 4096,
+	}
+	var out Run
+	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(in, out) {
+		t.Fatalf("got %+v, want %+v", out, in)
+	}
+}
+
+func TestDoneRoundTrips(t *testing.T) {
+	in := Done{Outcome: OutcomeExit, ExitCode: 7, Message: "exit 7"}
+	var out Done
+	if err := DecodeDone(AppendDone(nil, &in), &out); err != nil || out != in {
+		t.Fatalf("got %+v %v", out, err)
+	}
+}
+
+func TestTruncatedAndPaddedPayloadsAreErrors(t *testing.T) {
+	full := AppendRun(nil, &Run{ID: "x", Args: []string{"a", "b"}, Stdin: []byte("body")})
+	for n := 0; n < len(full); n++ {
+		var r Run
+		if err := DecodeRun(full[:n], &r); err == nil {
+			t.Fatalf("a payload cut to %d of %d bytes decoded", n, len(full))
+		}
+	}
+	var r Run
+	if err := DecodeRun(append(full, 0), &r); err == nil {
+		t.Fatal("a payload with a trailing byte decoded")
+	}
+	// A count that cannot fit must not allocate its way into trouble.
+	huge := []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}
+	if err := DecodeRun(huge, &r); err == nil {
+		t.Fatal("an impossible count decoded")
+	}
+}
+
+func TestFramesRoundTripAndEndCleanly(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf, 16)
+	frames := []struct {
+		t Type
+		p []byte
+	}{{TypeReady, nil}, {TypeStdout, []byte("hello")}, {TypeStderr, bytes.Repeat([]byte("e"), 100)}}
+	for _, f := range frames {
+		if err := w.WriteFrame(f.t, f.p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&buf, 16)
+	for _, f := range frames {
+		typ, p, err := r.ReadFrame()
+		if err != nil || typ != f.t || !bytes.Equal(p, f.p) {
+			t.Fatalf("got %s %q %v, want %s %q", typ, p, err, f.t, f.p)
+		}
+	}
+	if _, _, err := r.ReadFrame(); err != io.EOF {
+		t.Fatalf("at the end: %v, want io.EOF", err)
+	}
+	r = NewReader(bytes.NewReader([]byte{byte(TypeStdout), 0, 0, 0, 9, 'a'}), 16)
+	if _, _, err := r.ReadFrame(); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("a cut frame: %v, want io.ErrUnexpectedEOF", err)
+	}
+	r = NewReader(bytes.NewReader([]byte{byte(TypeStdout), 0xff, 0xff, 0xff, 0xff}), 16)
+	if _, _, err := r.ReadFrame(); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("a huge frame: %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func BenchmarkRunEncodeDecode(b *testing.B) {
+	run := &Run{ID: "a1b2c3d4-1", ModuleKey: "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		ModulePath: "/var/lib/wagi-fcgi/modules/0123456789abcdef.wasm", MemoryPages: 2048, Entrypoint: "_start",
+		Args: []string{"/hello"}, Env: make([]string, 25), StderrCap: 65536}
+	for i := range run.Env {
+		run.Env[i] = "HTTP_SOME_HEADER=some value of moderate length"
+	}
+	var buf []byte
+	var out Run
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = AppendRun(buf[:0], run)
+		if err := DecodeRun(buf, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,235 @@
+package ipc
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Mount is a host directory made visible to the guest.
+type Mount struct {
+	Guest    string // absolute path inside the guest, e.g. "/static"
+	Host     string // absolute host directory
+	ReadOnly bool
+}
+
+// Run asks a child to run a module once.
+type Run struct {
+	ID          string // request id, for the child's own log lines
+	ModuleKey   string // content hash of the module; the child's compile cache key
+	ModulePath  string // the module's bytes, content-addressed in state_dir
+	MemoryPages uint32 // guest linear memory limit in 64 KiB pages
+	Entrypoint  string // export to call; "_start" runs the WASI command
+	Args        []string
+	Env         []string // "K=V"
+	Mounts      []Mount
+	Stdin       []byte
+	// InheritStdio makes the guest use the child's own fds 0, 1 and 2
+	// instead of Stdin and Stdout/Stderr frames (wagi-fcgi run).
+	InheritStdio bool
+	// StderrCap bounds the stderr bytes forwarded for this run; beyond it
+	// the child drops output and says so once.
+	StderrCap uint32
+}
+
+// Outcome says how a run ended.
+type Outcome uint8
+
+// Outcomes of a run.
+const (
+	OutcomeOK            Outcome = iota // returned, or proc_exit(0)
+	OutcomeExit                         // proc_exit with a non-zero code
+	OutcomeTrap                         // a trap or another runtime error
+	OutcomeLoad                         // the module could not be compiled or instantiated
+	OutcomeNoEntrypoint                 // the entrypoint is not an exported function
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeOK:
+		return "ok"
+	case OutcomeExit:
+		return "exit"
+	case OutcomeTrap:
+		return "trap"
+	case OutcomeLoad:
+		return "load error"
+	case OutcomeNoEntrypoint:
+		return "no entrypoint"
+	}
+	return fmt.Sprintf("outcome(%d)", uint8(o))
+}
+
+// Done reports the end of a run.
+type Done struct {
+	Outcome  Outcome
+	ExitCode uint32
+	Message  string // the error text for anything but OutcomeOK
+}
+
+var errShort = errors.New("ipc: short payload")
+
+// AppendRun appends the encoding of m to b.
+func AppendRun(b []byte, m *Run) []byte {
+	b = appendString(b, m.ID)
+	b = appendString(b, m.ModuleKey)
+	b = appendString(b, m.ModulePath)
+	b = binary.BigEndian.AppendUint32(b, m.MemoryPages)
+	b = appendString(b, m.Entrypoint)
+	b = appendStrings(b, m.Args)
+	b = appendStrings(b, m.Env)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Mounts)))
+	for _, mt := range m.Mounts {
+		b = appendString(b, mt.Guest)
+		b = appendString(b, mt.Host)
+		b = appendBool(b, mt.ReadOnly)
+	}
+	b = appendBytes(b, m.Stdin)
+	b = appendBool(b, m.InheritStdio)
+	b = binary.BigEndian.AppendUint32(b, m.StderrCap)
+	return b
+}
+
+// DecodeRun decodes a Run payload. Strings and Stdin are copied, so m does
+// not alias p.
+func DecodeRun(p []byte, m *Run) error {
+	d := decoder{p: p}
+	m.ID = d.string()
+	m.ModuleKey = d.string()
+	m.ModulePath = d.string()
+	m.MemoryPages = d.u32()
+	m.Entrypoint = d.string()
+	m.Args = d.strings()
+	m.Env = d.strings()
+	n := d.count(9)
+	m.Mounts = nil
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Host: d.string(), ReadOnly: d.bool()})
+	}
+	m.Stdin = d.bytes()
+	m.InheritStdio = d.bool()
+	m.StderrCap = d.u32()
+	return d.finish("run")
+}
+
+// AppendDone appends the encoding of m to b.
+func AppendDone(b []byte, m *Done) []byte {
+	b = append(b, byte(m.Outcome))
+	b = binary.BigEndian.AppendUint32(b, m.ExitCode)
+	return appendString(b, m.Message)
+}
+
+// DecodeDone decodes a Done payload.
+func DecodeDone(p []byte, m *Done) error {
+	d := decoder{p: p}
+	m.Outcome = Outcome(d.u8())
+	m.ExitCode = d.u32()
+	m.Message = d.string()
+	return d.finish("done")
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func appendBytes(b []byte, s []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func appendStrings(b []byte, ss []string) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ss)))
+	for _, s := range ss {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+// decoder reads fields in order and remembers the first error, so callers
+// decode a whole message and check once.
+type decoder struct {
+	p   []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if n < 0 || n > len(d.p) {
+		d.err = errShort
+		return nil
+	}
+	v := d.p[:n]
+	d.p = d.p[n:]
+	return v
+}
+
+func (d *decoder) u8() uint8 {
+	v := d.take(1)
+	if v == nil {
+		return 0
+	}
+	return v[0]
+}
+
+func (d *decoder) u32() uint32 {
+	v := d.take(4)
+	if v == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint32(v)
+}
+
+func (d *decoder) bool() bool { return d.u8() != 0 }
+
+func (d *decoder) string() string { return string(d.take(int(d.u32()))) }
+
+func (d *decoder) bytes() []byte {
+	v := d.take(int(d.u32()))
+	if len(v) == 0 {
+		return nil
+	}
+	return append([]byte(nil), v...)
+}
+
+// count reads an element count and rejects one that cannot fit in what is
+// left, given each element needs at least min bytes.
+func (d *decoder) count(min int) int {
+	n := int(d.u32())
+	if d.err == nil && n*min > len(d.p) {
+		d.err = errShort
+		return 0
+	}
+	return n
+}
+
+func (d *decoder) strings() []string {
+	n := d.count(4)
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, 0, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		ss = append(ss, d.string())
+	}
+	return ss
+}
+
+func (d *decoder) finish(what string) error {
+	if d.err == nil && len(d.p) != 0 {
+		d.err = fmt.Errorf("%d trailing bytes", len(d.p))
+	}
+	if d.err != nil {
+		return fmt.Errorf("ipc: decode %s: %w", what, d.err)
+	}
+	return nil
+}
