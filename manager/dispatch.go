@@ -1,0 +1,357 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+)
+
+const (
+	// stderrCap bounds the guest stderr logged per request.
+	stderrCap = 64 << 10
+	// cpuPoll is how often a running child's CPU clock is read. The
+	// per-request CPU limit is overshot by at most about this much.
+	cpuPoll = 5 * time.Millisecond
+)
+
+// Kill reasons, as logged and counted.
+const (
+	killTimeout = "timeout"
+	killCPU     = "cpu"
+	killOutput  = "max_output"
+	killInvalid = "invalid output"
+	killAbort   = "client abort"
+	killIPC     = "ipc error"
+)
+
+// ServeFCGI answers one FastCGI request.
+func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
+	start := time.Now()
+	id := m.newID()
+	rawPath := wagi.RawPath(r.Params)
+	log := m.log.With("id", id)
+	status, bytesOut := 0, int64(0)
+	var cpu time.Duration
+	var t *target
+	defer func() {
+		attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", status,
+			"wall", time.Since(start).Round(time.Microsecond), "bytes", bytesOut}
+		if t != nil {
+			attrs = append(attrs, "route", t.route.Pattern, "module", t.mod.key[:12], "cpu", cpu.Round(time.Microsecond))
+		}
+		log.Info("request", attrs...)
+	}()
+
+	if m.cfg.Healthz && rawPath == "/healthz" {
+		status = 200
+		_, _ = io.WriteString(w, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
+		return
+	}
+	table := m.routes.Load()
+	var scriptName, rawPathInfo string
+	var matched wagi.Route
+	var ok bool
+	t, scriptName, rawPathInfo, matched, ok = table.Lookup(rawPath)
+	if !ok {
+		t = nil
+		status = 404
+		errorResponse(w, id, status, "no route matches this path")
+		return
+	}
+
+	body, err := readBody(r.Body, t.limits.MaxBody)
+	if err != nil {
+		if errors.Is(err, errBodyTooLarge) {
+			status = 413
+			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", t.limits.MaxBody))
+			return
+		}
+		// The front end went away while sending the body.
+		status = 499
+		log.Warn("reading request body", "err", err)
+		return
+	}
+
+	ri := &wagi.RequestInfo{
+		Params:         r.Params,
+		ScriptName:     scriptName,
+		RawPathInfo:    rawPathInfo,
+		MatchedRoute:   matched.Pattern,
+		ContentLength:  int64(len(body)),
+		ServerSoftware: m.software,
+		ModuleEnv:      t.cfg.Environment,
+		ArgvTemplate:   t.cfg.Argv,
+	}
+	run := &ipc.Run{
+		ID:          id,
+		ModuleKey:   t.mod.key,
+		ModulePath:  t.mod.path,
+		MemoryPages: t.pages,
+		Entrypoint:  t.entry,
+		Args:        wagi.Argv(ri),
+		Env:         wagi.Env(ri),
+		Mounts:      t.mounts,
+		Stdin:       body,
+		StderrCap:   stderrCap,
+	}
+
+	ctx := r.Context()
+	p, err := m.pool.acquire(ctx, m.cfg.Pool.QueueTimeout)
+	if err != nil {
+		switch {
+		case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
+			status = 503
+			errorResponse(w, id, status, "all workers are busy ("+err.Error()+"); try again shortly", "Retry-After", "1")
+		default:
+			status = 499 // the client left while queued
+		}
+		return
+	}
+
+	resp := &cgiResponse{w: w}
+	res := execute(ctx, log.With("route", t.route.Pattern), p, run, t.limits, resp)
+	if res.reusable {
+		m.pool.release(p)
+	}
+	cpu = res.cpu
+	bytesOut = resp.sent
+	switch {
+	case res.killed == killAbort:
+		status = 499
+	case res.err == nil:
+		if err := resp.finish(); err != nil {
+			status = 502
+			log.Error("module output", "module", t.mod.ref, "err", err)
+			errorResponse(w, id, status, "the module's output is not a valid CGI response")
+			return
+		}
+		status = resp.status
+		bytesOut = resp.sent
+	case resp.committed:
+		// Headers are gone; all that is left is to end the stream early,
+		// in a way the web server cannot mistake for a complete response.
+		w.Abort()
+		status = resp.status
+		log.Error("module failed after its response was committed; stream cut", "module", t.mod.ref, "err", res.err)
+	default:
+		status = res.status
+		log.Error("module failed", "module", t.mod.ref, "status", status, "err", res.err)
+		msg := res.public
+		var extra []string
+		if status == 503 {
+			extra = []string{"Retry-After", "1"}
+		}
+		errorResponse(w, id, status, msg, extra...)
+	}
+}
+
+var errBodyTooLarge = errors.New("request body too large")
+
+// readBody reads the whole request body, up to limit bytes. The manager
+// reads it before it takes a child, so a slow upload never holds one, and so
+// CONTENT_LENGTH is right even when the front end streamed the body without
+// one.
+func readBody(r io.Reader, limit int64) ([]byte, error) {
+	if r == nil {
+		return nil, nil
+	}
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, errBodyTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// execResult is how a run on a child ended.
+type execResult struct {
+	err    error         // nil: the module ended successfully
+	status int           // the status to answer when err != nil
+	public string        // the short text for the client
+	killed string        // why the manager killed the child, if it did
+	cpu    time.Duration // CPU charged to the request
+	// reusable means the child finished cleanly and may take another
+	// request; the caller gives it back.
+	reusable bool
+	exitCode uint32 // the guest's exit code, for wagi-fcgi run
+}
+
+// output receives a module's stdout.
+type output interface {
+	write(p []byte) error
+}
+
+// execute runs one request on child p. It enforces the wall-clock, CPU and
+// output limits from outside: the child cannot pre-empt a spinning guest, so
+// the manager kills it. A killed child is replaced by its pool slot; a
+// reusable one is the caller's to give back.
+func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output) execResult {
+	startCPU := p.cpu()
+	if err := p.send(run); err != nil {
+		p.kill(killIPC)
+		<-p.exited
+		drain(p)
+		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), status: 502,
+			public: "the worker process failed", killed: killIPC}
+	}
+
+	wall := time.NewTimer(lim.Timeout)
+	defer wall.Stop()
+	tick := time.NewTicker(cpuPoll)
+	defer tick.Stop()
+	wallC, tickC, doneC := wall.C, tick.C, ctx.Done()
+	stopWatching := func() { wallC, tickC, doneC = nil, nil, nil }
+
+	var stdoutBytes int64
+	var stderrLine []byte
+	var outErr error
+	for {
+		select {
+		case f, ok := <-p.frames:
+			if !ok {
+				// The child is gone: killed by us, or crashed.
+				<-p.exited
+				cpu := p.cpu() - startCPU
+				logStderr(log, &stderrLine, nil, true)
+				return deadChildResult(p, cpu, outErr)
+			}
+			switch f.t {
+			case ipc.TypeStdout:
+				if outErr != nil {
+					continue
+				}
+				stdoutBytes += int64(len(f.p))
+				if lim.MaxOutput > 0 && stdoutBytes > lim.MaxOutput {
+					outErr = fmt.Errorf("output passed max_output (%d bytes)", lim.MaxOutput)
+					p.kill(killOutput)
+					stopWatching()
+					continue
+				}
+				if err := out.write(f.p); err != nil {
+					var inv *invalidOutputError
+					if errors.As(err, &inv) {
+						outErr = err
+						p.kill(killInvalid)
+						stopWatching()
+					} else {
+						// Writing to the front end failed: it is gone.
+						outErr = err
+						p.kill(killAbort)
+						stopWatching()
+					}
+				}
+			case ipc.TypeStderr:
+				logStderr(log, &stderrLine, f.p, false)
+			case ipc.TypeDone:
+				var d ipc.Done
+				cpu := p.cpu() - startCPU
+				logStderr(log, &stderrLine, nil, true)
+				if err := ipc.DecodeDone(f.p, &d); err != nil {
+					p.kill(killIPC) // its slot drains and replaces it
+					return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
+				}
+				if p.killReason() != "" {
+					// Done crossed our kill on the way: the kill decides.
+					<-p.exited
+					return deadChildResult(p, p.cpu()-startCPU, outErr)
+				}
+				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode}
+				switch d.Outcome {
+				case ipc.OutcomeOK:
+				case ipc.OutcomeExit:
+					res.err, res.status, res.public = fmt.Errorf("module exited with code %d", d.ExitCode), 500, "the module failed"
+				default:
+					res.err, res.status, res.public = fmt.Errorf("%s: %s", d.Outcome, d.Message), 500, "the module failed"
+				}
+				return res
+			default:
+				p.kill(killIPC)
+				stopWatching()
+				outErr = fmt.Errorf("unexpected %s frame from child", f.t)
+			}
+		case <-wallC:
+			p.kill(killTimeout)
+			stopWatching()
+		case <-tickC:
+			if lim.CPU > 0 && p.cpu()-startCPU > lim.CPU {
+				p.kill(killCPU)
+				stopWatching()
+			}
+		case <-doneC:
+			p.kill(killAbort)
+			stopWatching()
+		}
+	}
+}
+
+// deadChildResult describes a request whose child died before Done.
+func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
+	why := p.killReason()
+	res := execResult{killed: why, cpu: cpu, err: outErr}
+	switch why {
+	case killTimeout:
+		res.status, res.public = 504, "the module ran past its time limit"
+		res.err = fmt.Errorf("wall-clock limit reached; child %d killed", p.pid)
+	case killCPU:
+		res.status, res.public = 504, "the module used more CPU time than allowed"
+		res.err = fmt.Errorf("CPU limit reached (%s used); child %d killed", cpu.Round(time.Millisecond), p.pid)
+	case killOutput:
+		res.status, res.public = 502, "the module's output is too large"
+	case killInvalid:
+		res.status, res.public = 502, "the module's output is not a valid CGI response"
+	case killAbort:
+		res.status = 499
+		if res.err == nil {
+			res.err = errors.New("client went away")
+		}
+	default:
+		res.status, res.public = 502, "the worker process failed"
+		res.err = fmt.Errorf("child %d died: %s", p.pid, exitText(p.state))
+	}
+	return res
+}
+
+// logStderr logs guest stderr line by line. A partial line is kept until
+// its newline arrives or the request ends.
+func logStderr(log *slog.Logger, carry *[]byte, p []byte, end bool) {
+	*carry = append(*carry, p...)
+	for {
+		i := bytes.IndexByte(*carry, '\n')
+		if i < 0 {
+			break
+		}
+		log.Warn("module stderr", "line", string(bytes.TrimRight((*carry)[:i], "\r")))
+		*carry = (*carry)[i+1:]
+	}
+	if end && len(*carry) > 0 {
+		log.Warn("module stderr", "line", string(*carry))
+		*carry = nil
+	}
+}
+
+// captureWriter collects output up to a limit (for _routes).
+type captureWriter struct {
+	buf   []byte
+	limit int
+}
+
+func (c *captureWriter) write(p []byte) error {
+	if len(c.buf)+len(p) > c.limit {
+		return &invalidOutputError{errors.New("_routes output over " + strconv.Itoa(c.limit) + " bytes")}
+	}
+	c.buf = append(c.buf, p...)
+	return nil
+}

@@ -1,0 +1,367 @@
+package manager_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/yookoala/gofast"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/manager"
+	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
+)
+
+// The test binary doubles as the child: the manager re-executes it with
+// the argument "child", as it re-executes wagi-fcgi in production.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "child" {
+		if err := child.Main(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// syncBuffer is a log sink tests can read while the manager writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type fixture struct {
+	m    *manager.Manager
+	log  *syncBuffer
+	h    http.Handler
+	sock string
+}
+
+// newFixture starts a manager on cfgText (with {{mods}} and {{dir}}
+// expanded) behind an fcgi.Server, and a gofast client for it.
+func newFixture(t *testing.T, cfgText string) *fixture {
+	t.Helper()
+	f, err := tryFixture(t, cfgText)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func tryFixture(t *testing.T, cfgText string) (*fixture, error) {
+	t.Helper()
+	dir := t.TempDir()
+	cfgText = strings.NewReplacer("{{mods}}", testenv.Modules(t), "{{dir}}", dir).Replace(cfgText)
+	cfg, err := config.Parse([]byte(cfgText), "test.toml", dir)
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	cfg.StateDir = filepath.Join(dir, "state")
+	log := &syncBuffer{}
+	m, err := manager.New(cfg, manager.Options{
+		Logger:       slog.New(slog.NewTextHandler(log, nil)),
+		ChildCommand: []string{os.Args[0], "child"},
+		Version:      "test",
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Start(context.Background()); err != nil {
+		m.Close()
+		return nil, err
+	}
+	sock := filepath.Join(dir, "fcgi.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fcgi.Server{Handler: m, Logger: slog.New(slog.NewTextHandler(log, nil))}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		_ = m.Close()
+	})
+	cf := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))
+	h := gofast.NewHandler(gofast.Chain(gofast.BasicParamsMap, gofast.MapHeader)(gofast.BasicSession), cf)
+	return &fixture{m: m, log: log, h: h, sock: sock}, nil
+}
+
+func (f *fixture) do(t *testing.T, method, target string, body []byte) *httptest.ResponseRecorder {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	rec := httptest.NewRecorder()
+	f.h.ServeHTTP(rec, httptest.NewRequest(method, target, rd))
+	return rec
+}
+
+// waitPool waits until the manager has n live children other than the
+// ones in gone.
+func waitPool(t *testing.T, m *manager.Manager, n int, gone []int, d time.Duration) []int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		pids := m.ChildPIDs()
+		fresh := 0
+		for _, p := range pids {
+			if !slices.Contains(gone, p) {
+				fresh++
+			}
+		}
+		if len(pids) == n && fresh == n {
+			return pids
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool has %v, want %d children not in %v", pids, n, gone)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+const basicConfig = `
+[pool]
+children = 2
+queue = 4
+queue_timeout = "300ms"
+
+[limits]
+timeout = "1s"
+cpu = "300ms"
+max_output = "1MiB"
+
+[[module]]
+route = "/hello"
+module = "{{mods}}/hello.wasm"
+
+[[module]]
+route = "/loop"
+module = "{{mods}}/loop.wasm"
+timeout = "10s"
+
+[[module]]
+route = "/sleep"
+module = "{{mods}}/sleep.wasm"
+
+[[module]]
+route = "/flood"
+module = "{{mods}}/flood.wasm"
+
+[[module]]
+route = "/grow"
+module = "{{mods}}/grow.wasm"
+memory = "1MiB"
+`
+
+func TestChildrenRunBeforeTheFirstRequest(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	if n := len(f.m.ChildPIDs()); n != 2 {
+		t.Fatalf("%d children after Start, want 2", n)
+	}
+	if rec := f.do(t, "GET", "/hello", nil); rec.Code != 200 || rec.Body.String() != "Hello, world!\n" {
+		t.Fatalf("got %d %q", rec.Code, rec.Body)
+	}
+}
+
+func TestLimitsKillTheChildAndAnswer504(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	cases := []struct {
+		name, path, reason string
+		status             int
+		maxWait            time.Duration
+	}{
+		{"a sleeping module past its wall clock", "/sleep?5000", "reason=timeout", 504, 3 * time.Second},
+		{"a spinning module past its CPU time", "/loop", "reason=cpu", 504, 3 * time.Second},
+		// The flood passes the 64 KiB commit point first, so the answer is
+		// a 200 whose stream is cut at max_output.
+		{"a module flooding stdout past max_output", "/flood", "reason=max_output", 200, 5 * time.Second},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := f.m.ChildPIDs()
+			start := time.Now()
+			rec := f.do(t, "GET", tc.path, nil)
+			took := time.Since(start)
+			if rec.Code != tc.status {
+				t.Fatalf("got %d %q, want %d", rec.Code, rec.Body, tc.status)
+			}
+			if took > tc.maxWait {
+				t.Fatalf("took %s", took)
+			}
+			if tc.status == 200 {
+				if n := rec.Body.Len(); n > 1<<20 {
+					t.Fatalf("%d bytes reached the client, over max_output", n)
+				}
+			} else if !strings.Contains(rec.Body.String(), "request id: ") {
+				t.Fatalf("body %q has no request id", rec.Body)
+			}
+			if !strings.Contains(f.log.String(), tc.reason) {
+				t.Fatalf("log has no %q:\n%s", tc.reason, f.log)
+			}
+			// One child was replaced; the pool is full again.
+			pids := waitPool(t, f.m, 2, nil, 2*time.Second)
+			replaced := 0
+			for _, p := range before {
+				if !slices.Contains(pids, p) {
+					replaced++
+				}
+			}
+			if replaced != 1 {
+				t.Fatalf("children before %v, after %v: want exactly one replaced", before, pids)
+			}
+			if rec := f.do(t, "GET", "/hello", nil); rec.Code != 200 {
+				t.Fatalf("hello after the kill: %d", rec.Code)
+			}
+		})
+	}
+}
+
+func TestAMemoryBombTrapsWith500(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	if rec := f.do(t, "GET", "/grow", nil); rec.Code != 500 {
+		t.Fatalf("got %d %q", rec.Code, rec.Body)
+	}
+}
+
+func TestAChildKilledFromOutsideIsReplaced(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	before := f.m.ChildPIDs()
+	if err := syscall.Kill(before[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitPool(t, f.m, 2, before[:1], 2*time.Second)
+	for i := 0; i < 4; i++ {
+		if rec := f.do(t, "GET", "/hello", nil); rec.Code != 200 {
+			t.Fatalf("request %d after the kill: %d %q", i, rec.Code, rec.Body)
+		}
+	}
+}
+
+func TestAFullQueueAnswers503WithRetryAfter(t *testing.T) {
+	f := newFixture(t, `
+[pool]
+children = 1
+queue = 1
+queue_timeout = "200ms"
+
+[[module]]
+route = "/sleep"
+module = "{{mods}}/sleep.wasm"
+`)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		f.do(t, "GET", "/sleep?1500", nil) // holds the only child
+	}()
+	time.Sleep(300 * time.Millisecond)
+	// One waits in the queue until queue_timeout; with it queued, the next
+	// finds the queue full.
+	var queued *httptest.ResponseRecorder
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		queued = f.do(t, "GET", "/sleep?1", nil)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	full := f.do(t, "GET", "/sleep?1", nil)
+	wg.Wait()
+	for name, rec := range map[string]*httptest.ResponseRecorder{"queue timeout": queued, "queue full": full} {
+		if rec.Code != 503 || rec.Header().Get("Retry-After") == "" {
+			t.Errorf("%s: got %d %v %q", name, rec.Code, rec.Header(), rec.Body)
+		}
+	}
+}
+
+func TestMaxRequestsRecyclesChildren(t *testing.T) {
+	f := newFixture(t, `
+[pool]
+children = 1
+max_requests = 3
+
+[[module]]
+route = "/hello"
+module = "{{mods}}/hello.wasm"
+`)
+	first := f.m.ChildPIDs()
+	for i := 0; i < 3; i++ {
+		if rec := f.do(t, "GET", "/hello", nil); rec.Code != 200 {
+			t.Fatalf("request %d: %d", i, rec.Code)
+		}
+	}
+	waitPool(t, f.m, 1, first, 2*time.Second)
+}
+
+func TestBadModulesFailToLoadWithAClearError(t *testing.T) {
+	cases := []struct {
+		name, module, want string
+	}{
+		{"a file that is not wasm", "notwasm.wasm", "not a WebAssembly binary"},
+		{"a module importing an unknown host function", "badimport.wasm", "env.missing_host_function"},
+		{"a module whose _routes prints nonsense", "badroutes.wasm", "_routes"},
+		{"a missing file", "no-such-module.wasm", "no such file"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tryFixture(t, fmt.Sprintf(`
+[pool]
+children = 1
+
+[[module]]
+route = "/x"
+module = "{{mods}}/%s"
+`, tc.module))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), tc.module) {
+				t.Fatalf("got %v, want an error naming %q and %q", err, tc.module, tc.want)
+			}
+		})
+	}
+}
+
+func TestRunOncePassesTheExitCodeThrough(t *testing.T) {
+	dir := t.TempDir()
+	opts := manager.Options{ChildCommand: []string{os.Args[0], "child"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	lim := config.Default().Limits
+	code, err := manager.RunOnce(context.Background(), manager.RunSpec{
+		Module: testenv.Module(t, "exit"), Args: []string{"7"}, Limits: lim, StateDir: dir,
+	}, opts)
+	if err != nil || code != 7 {
+		t.Fatalf("got %d, %v; want 7", code, err)
+	}
+	lim.Timeout = 300 * time.Millisecond
+	_, err = manager.RunOnce(context.Background(), manager.RunSpec{
+		Module: testenv.Module(t, "loop"), Limits: lim, StateDir: dir,
+	}, opts)
+	if err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("a looping module: %v, want a limit error", err)
+	}
+}

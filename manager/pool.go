@@ -1,0 +1,283 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// pool keeps a fixed number of pre-started children. Each slot is a
+// goroutine that starts a child, offers it as idle, waits for it to exit and
+// starts the next one: so a child killed for a limit, recycled after
+// max_requests, or crashed, is replaced at once by whoever owned it.
+type pool struct {
+	cfg         *procConfig
+	size        int
+	maxRequests int
+	queue       int
+	log         *slog.Logger
+
+	sp      *spawner
+	idle    chan *proc
+	waiting atomic.Int64
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	procs map[int]*proc // current child of each slot
+
+	closeOnce sync.Once
+
+	stats poolStats
+}
+
+type poolStats struct {
+	spawned  atomic.Int64
+	recycled atomic.Int64
+	crashed  atomic.Int64
+	killed   atomic.Int64
+	maxQueue atomic.Int64
+}
+
+var (
+	errQueueFull    = errors.New("queue full")
+	errQueueTimeout = errors.New("queue timeout")
+	errPoolClosed   = errors.New("pool closed")
+)
+
+func newPool(cfg *procConfig, size, maxRequests, queue int, log *slog.Logger) *pool {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &pool{
+		cfg:         cfg,
+		size:        size,
+		maxRequests: maxRequests,
+		queue:       queue,
+		log:         log,
+		sp:          newSpawner(),
+		idle:        make(chan *proc, 2*size), // room for a dead child not yet skipped beside its replacement
+		ctx:         ctx,
+		cancel:      cancel,
+		procs:       map[int]*proc{},
+	}
+}
+
+// start launches every slot and waits until each has a ready child (or
+// failed to start one), so children run before the first request.
+func (pl *pool) start(ctx context.Context) error {
+	first := make(chan error, pl.size)
+	for i := 0; i < pl.size; i++ {
+		pl.wg.Add(1)
+		go pl.slot(i, first)
+	}
+	var errs []error
+	for i := 0; i < pl.size; i++ {
+		select {
+		case err := <-first:
+			if err != nil {
+				errs = append(errs, err)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if len(errs) == pl.size {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// slot keeps one child alive until the pool closes.
+func (pl *pool) slot(id int, first chan<- error) {
+	defer pl.wg.Done()
+	failures := 0
+	reported := false
+	for pl.ctx.Err() == nil {
+		p, err := startProc(pl.ctx, pl.sp, pl.cfg, id)
+		if !reported {
+			first <- err
+			reported = true
+		}
+		if err != nil {
+			if pl.ctx.Err() != nil {
+				return
+			}
+			failures++
+			pl.stats.crashed.Add(1)
+			delay := backoff(failures)
+			pl.log.Error("child failed to start", "child", id, "err", err, "retry_in", delay)
+			if !sleepCtx(pl.ctx, delay) {
+				return
+			}
+			continue
+		}
+		pl.stats.spawned.Add(1)
+		pl.mu.Lock()
+		pl.procs[id] = p
+		pl.mu.Unlock()
+		pl.log.Debug("child started", "child", id, "pid", p.pid)
+		pl.idle <- p
+
+		select {
+		case <-p.exited:
+		case <-pl.ctx.Done():
+			p.kill("shutdown")
+			<-p.exited
+			drain(p)
+			return
+		}
+		// Whoever held the child may have stopped reading; let its reader
+		// goroutine finish.
+		drain(p)
+		reason := p.killReason()
+		switch {
+		case reason == "recycle":
+			pl.stats.recycled.Add(1)
+			failures = 0
+			pl.log.Debug("child recycled", "child", id, "pid", p.pid, "requests", p.requests)
+		case reason != "":
+			pl.stats.killed.Add(1)
+			failures = 0
+			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason)
+		default:
+			pl.stats.crashed.Add(1)
+			if p.requests > 0 {
+				failures = 0
+			}
+			failures++
+			pl.log.Error("child exited unexpectedly", "child", id, "pid", p.pid, "status", exitText(p.state))
+			if !sleepCtx(pl.ctx, backoff(failures)) {
+				return
+			}
+		}
+	}
+}
+
+// backoff throttles a crash loop: the first few restarts are immediate, then
+// the delay doubles up to five seconds.
+func backoff(failures int) time.Duration {
+	if failures <= 3 {
+		return 0
+	}
+	d := 10 * time.Millisecond << min(failures-4, 9)
+	return min(d, 5*time.Second)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// acquire takes an idle child, waiting in a bounded FIFO queue (Go's channel
+// receivers are served in order) for at most timeout.
+func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, error) {
+	for {
+		select {
+		case p := <-pl.idle:
+			if p.alive() {
+				return p, nil
+			}
+			continue
+		default:
+		}
+		break
+	}
+	n := pl.waiting.Add(1)
+	defer pl.waiting.Add(-1)
+	if n > int64(pl.queue) {
+		return nil, errQueueFull
+	}
+	for {
+		if m := pl.stats.maxQueue.Load(); n > m {
+			if pl.stats.maxQueue.CompareAndSwap(m, n) {
+				break
+			}
+			continue
+		}
+		break
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case p := <-pl.idle:
+			if p.alive() {
+				return p, nil
+			}
+		case <-t.C:
+			return nil, errQueueTimeout
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-pl.ctx.Done():
+			return nil, errPoolClosed
+		}
+	}
+}
+
+// release gives a child back after a request that ended cleanly. A child
+// that reached max_requests is retired: closing its socket makes it exit,
+// and its slot starts a fresh one.
+func (pl *pool) release(p *proc) {
+	p.requests++
+	if pl.maxRequests > 0 && p.requests >= pl.maxRequests {
+		p.mu.Lock()
+		p.killedBy = "recycle"
+		p.mu.Unlock()
+		p.conn.Close()
+		return
+	}
+	pl.idle <- p
+}
+
+// discard is for a child whose request went wrong: it was killed (its slot
+// replaces it) or it must not be trusted with another request.
+func (pl *pool) discard(p *proc, reason string) {
+	p.kill(reason)
+}
+
+// counts returns total and idle children.
+func (pl *pool) counts() (total, idle int) {
+	pl.mu.Lock()
+	for _, p := range pl.procs {
+		if p.alive() {
+			total++
+		}
+	}
+	pl.mu.Unlock()
+	return total, len(pl.idle)
+}
+
+// pids returns the live child pids, for tests and status.
+func (pl *pool) pids() []int {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	var out []int
+	for _, p := range pl.procs {
+		if p.alive() {
+			out = append(out, p.pid)
+		}
+	}
+	return out
+}
+
+// close stops every slot, kills the children and waits for all of it.
+func (pl *pool) close() {
+	pl.closeOnce.Do(func() {
+		pl.cancel()
+		pl.wg.Wait()
+		pl.sp.close()
+	})
+}

@@ -1,0 +1,290 @@
+package manager
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+)
+
+// frame is one message from a child, its payload copied out of the reader.
+type frame struct {
+	t ipc.Type
+	p []byte
+}
+
+// proc is one child process and the manager's end of its socketpair.
+type proc struct {
+	id   int // slot number, for logs
+	pid  int
+	cmd  *exec.Cmd
+	conn net.Conn
+	w    *ipc.Writer
+	// frames carries what the child sends; the reader goroutine closes it
+	// when the stream ends (the child exited or was killed).
+	frames chan frame
+	// exited is closed once the process has been reaped; state is set
+	// before that.
+	exited chan struct{}
+	state  *os.ProcessState
+
+	mu       sync.Mutex
+	killedBy string // why the manager killed it; "" if it did not
+	requests int     // requests served; touched only by the holder
+	runBuf   []byte  // reused encoding buffer for Run frames
+}
+
+// kill sends SIGKILL and records why. Only the first reason is kept.
+func (p *proc) kill(reason string) {
+	p.mu.Lock()
+	if p.killedBy == "" {
+		p.killedBy = reason
+	}
+	p.mu.Unlock()
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+}
+
+func (p *proc) killReason() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.killedBy
+}
+
+// alive reports whether the process has not been seen to exit.
+func (p *proc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// cpu returns the CPU time the child has used so far; after it was reaped,
+// the final figure from its rusage.
+func (p *proc) cpu() time.Duration {
+	select {
+	case <-p.exited:
+		return cpuacct.Reaped(p.state)
+	default:
+	}
+	d, err := cpuacct.ProcessCPU(p.pid)
+	if err != nil {
+		// Reaped between the check and the read: wait for the final figure.
+		<-p.exited
+		return cpuacct.Reaped(p.state)
+	}
+	return d
+}
+
+// send writes a Run frame to the child.
+func (p *proc) send(run *ipc.Run) error {
+	p.runBuf = ipc.AppendRun(p.runBuf[:0], run)
+	if err := p.w.WriteFrame(ipc.TypeRun, p.runBuf); err != nil {
+		return err
+	}
+	err := p.w.Flush()
+	if cap(p.runBuf) > 1<<20 {
+		p.runBuf = nil // don't pin a large request body
+	}
+	return err
+}
+
+// spawner starts child processes from one goroutine locked to its OS thread.
+// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+// the process (golang/go#27505); a thread that lives as long as the pool
+// makes "the child dies with the manager" mean what it says.
+type spawner struct {
+	reqs chan spawnReq
+	done chan struct{}
+}
+
+type spawnReq struct {
+	cmd   *exec.Cmd
+	reply chan error
+}
+
+func newSpawner() *spawner {
+	s := &spawner{reqs: make(chan spawnReq), done: make(chan struct{})}
+	go func() {
+		runtime.LockOSThread()
+		// Never unlocked: when this goroutine returns (pool closed), the
+		// thread exits with it, and any child still alive gets SIGKILL.
+		for r := range s.reqs {
+			r.reply <- r.cmd.Start()
+		}
+		close(s.done)
+	}()
+	return s
+}
+
+func (s *spawner) start(ctx context.Context, cmd *exec.Cmd) error {
+	reply := make(chan error, 1)
+	select {
+	case s.reqs <- spawnReq{cmd: cmd, reply: reply}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-reply
+}
+
+func (s *spawner) close() {
+	close(s.reqs)
+	<-s.done
+}
+
+// procConfig is what starting a child needs.
+type procConfig struct {
+	command  []string // argv of the child, e.g. [/usr/bin/wagi-fcgi child]
+	env      []string // the child's whole environment
+	cred     *syscall.Credential
+	cacheDir string
+	logger   *slog.Logger
+	ready    time.Duration // how long a child may take to say Ready
+	// inheritStdio gives the child the manager's stdin, stdout and stderr
+	// (wagi-fcgi run) instead of logging its stderr.
+	inheritStdio bool
+}
+
+var errChildNotReady = errors.New("child did not become ready")
+
+// startProc starts one child and waits for its Ready frame.
+func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	parentEnd := os.NewFile(uintptr(fds[0]), "ipc-manager")
+	childEnd := os.NewFile(uintptr(fds[1]), "ipc-child")
+	defer childEnd.Close()
+	conn, err := net.FileConn(parentEnd)
+	parentEnd.Close()
+	if err != nil {
+		childEnd.Close()
+		return nil, fmt.Errorf("ipc conn: %w", err)
+	}
+	var errR, errW *os.File
+	if !cfg.inheritStdio {
+		errR, errW, err = os.Pipe()
+		if err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("stderr pipe: %w", err)
+		}
+	}
+
+	args := append(append([]string(nil), cfg.command[1:]...), "--cache", cfg.cacheDir)
+	cmd := exec.Command(cfg.command[0], args...)
+	cmd.Env = cfg.env
+	cmd.Dir = "/"
+	if cfg.inheritStdio {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	} else {
+		cmd.Stderr = errW
+	}
+	cmd.ExtraFiles = []*os.File{childEnd} // fd 3
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Pdeathsig:  syscall.SIGKILL,
+		Setpgid:    true, // a terminal's ^C reaches the manager, which decides
+		Credential: cfg.cred,
+	}
+	err = sp.start(ctx, cmd)
+	if errW != nil {
+		errW.Close()
+	}
+	if err != nil {
+		if errR != nil {
+			errR.Close()
+		}
+		conn.Close()
+		return nil, fmt.Errorf("start child: %w", err)
+	}
+
+	p := &proc{
+		id:     id,
+		pid:    cmd.Process.Pid,
+		cmd:    cmd,
+		conn:   conn,
+		w:      ipc.NewWriter(conn, 64<<10),
+		frames: make(chan frame, 16),
+		exited: make(chan struct{}),
+	}
+	log := cfg.logger.With("child", id, "pid", p.pid)
+	// The child's own stderr (Go runtime panics, not guest output) goes to
+	// the log line by line.
+	if errR != nil {
+		go func() {
+			defer errR.Close()
+			sc := bufio.NewScanner(errR)
+			sc.Buffer(make([]byte, 4096), 64<<10)
+			for sc.Scan() {
+				log.Warn("child stderr", "line", sc.Text())
+			}
+		}()
+	}
+	go func() {
+		defer close(p.frames)
+		r := ipc.NewReader(conn, 64<<10)
+		for {
+			t, payload, err := r.ReadFrame()
+			if err != nil {
+				return
+			}
+			p.frames <- frame{t: t, p: append([]byte(nil), payload...)}
+		}
+	}()
+	go func() {
+		_ = cmd.Wait()
+		p.state = cmd.ProcessState
+		conn.Close()
+		close(p.exited)
+	}()
+
+	t := time.NewTimer(cfg.ready)
+	defer t.Stop()
+	select {
+	case f, ok := <-p.frames:
+		if ok && f.t == ipc.TypeReady {
+			return p, nil
+		}
+		p.kill("bad start")
+		<-p.exited
+		return nil, fmt.Errorf("%w: %s", errChildNotReady, exitText(p.state))
+	case <-t.C:
+		p.kill("start timeout")
+		<-p.exited
+		return nil, fmt.Errorf("%w within %s", errChildNotReady, cfg.ready)
+	case <-ctx.Done():
+		p.kill("shutdown")
+		<-p.exited
+		return nil, ctx.Err()
+	}
+}
+
+// exitText describes how a process ended, for logs.
+func exitText(ps *os.ProcessState) string {
+	if ps == nil {
+		return "not started"
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return "killed by " + ws.Signal().String()
+	}
+	return fmt.Sprintf("exit status %d", ps.ExitCode())
+}
+
+// drain discards frames until the stream ends, so the reader goroutine of
+// a dead child can finish.
+func drain(p *proc) {
+	for range p.frames {
+	}
+}

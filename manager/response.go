@@ -1,0 +1,180 @@
+package manager
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+)
+
+// Output buffering: a module's response is checked (headers parsed and
+// validated) before anything reaches the client, and held back until the
+// module ends or its body passes commitSize. Until then any failure still
+// becomes a clean 5xx; after it, the response streams and a failure can only
+// cut it short.
+const (
+	commitSize     = 64 << 10
+	maxHeaderBytes = 64 << 10
+)
+
+// flushWriter is what a response is written to: the FastCGI stream.
+type flushWriter interface {
+	io.Writer
+	Flush() error
+}
+
+// cgiResponse turns a module's stdout into the response sent to the web
+// server.
+type cgiResponse struct {
+	w         flushWriter
+	pending   []byte // output not yet sent
+	scanned   int    // how far pending has been searched for the header end
+	bodyStart int    // offset of the body in pending once headers are parsed
+	head      *wagi.Response
+	committed bool
+	total     int64 // stdout bytes from the module
+	sent      int64 // body bytes written to w
+	status    int
+}
+
+// invalidOutputError means the module's output is not a valid CGI response.
+type invalidOutputError struct{ err error }
+
+func (e *invalidOutputError) Error() string { return "invalid CGI response: " + e.err.Error() }
+func (e *invalidOutputError) Unwrap() error { return e.err }
+
+// write takes a chunk of the module's stdout.
+func (r *cgiResponse) write(p []byte) error {
+	r.total += int64(len(p))
+	if r.committed {
+		n, err := r.w.Write(p)
+		r.sent += int64(n)
+		if err == nil {
+			err = r.w.Flush()
+		}
+		return err
+	}
+	r.pending = append(r.pending, p...)
+	if r.head == nil {
+		end := r.headerEnd()
+		if end < 0 {
+			if len(r.pending) > maxHeaderBytes {
+				return &invalidOutputError{fmt.Errorf("no end of headers within %d bytes", maxHeaderBytes)}
+			}
+			return nil
+		}
+		h, err := wagi.ReadResponseHeader(bufio.NewReader(bytes.NewReader(r.pending[:end])), maxHeaderBytes)
+		if err != nil {
+			return &invalidOutputError{err}
+		}
+		r.head = h
+		r.bodyStart = end
+	}
+	if len(r.pending)-r.bodyStart >= commitSize {
+		return r.commit(true)
+	}
+	return nil
+}
+
+// headerEnd returns the offset just past the first empty line, or -1.
+func (r *cgiResponse) headerEnd() int {
+	p := r.pending
+	i := r.scanned
+	for {
+		nl := bytes.IndexByte(p[i:], '\n')
+		if nl < 0 {
+			r.scanned = i
+			return -1
+		}
+		line := p[i : i+nl]
+		if len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+			return i + nl + 1
+		}
+		i += nl + 1
+	}
+}
+
+// commit sends the headers and the buffered body.
+func (r *cgiResponse) commit(flush bool) error {
+	r.committed = true
+	r.status = r.head.Status
+	if _, err := r.head.WriteTo(r.w); err != nil {
+		return err
+	}
+	n, err := r.w.Write(r.pending[r.bodyStart:])
+	r.sent += int64(n)
+	r.pending = nil
+	if err == nil && flush {
+		err = r.w.Flush()
+	}
+	return err
+}
+
+// finish is called when the module ended successfully.
+func (r *cgiResponse) finish() error {
+	if r.committed {
+		return nil
+	}
+	if r.head == nil {
+		if len(r.pending) == 0 {
+			return &invalidOutputError{fmt.Errorf("no output")}
+		}
+		return &invalidOutputError{fmt.Errorf("no empty line after the headers")}
+	}
+	return r.commit(false)
+}
+
+// errorResponse writes a response that wagi-fcgi produces itself: a status,
+// a short plain-text body and the request id, which the log line carries
+// too. Details stay in the log.
+func errorResponse(w io.Writer, id string, status int, msg string, extra ...string) {
+	var b []byte
+	b = append(b, "Status: "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, statusText(status)...)
+	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Request-Id: "...)
+	b = append(b, id...)
+	b = append(b, "\r\n"...)
+	for i := 0; i+1 < len(extra); i += 2 {
+		b = append(b, extra[i]...)
+		b = append(b, ": "...)
+		b = append(b, extra[i+1]...)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, statusText(status)...)
+	b = append(b, ": "...)
+	b = append(b, msg...)
+	b = append(b, "\nrequest id: "...)
+	b = append(b, id...)
+	b = append(b, '\n')
+	_, _ = w.Write(b)
+}
+
+func statusText(code int) string {
+	switch code {
+	case 200:
+		return "OK"
+	case 403:
+		return "Forbidden"
+	case 404:
+		return "Not Found"
+	case 413:
+		return "Content Too Large"
+	case 500:
+		return "Internal Server Error"
+	case 502:
+		return "Bad Gateway"
+	case 503:
+		return "Service Unavailable"
+	case 504:
+		return "Gateway Timeout"
+	}
+	return "Error"
+}

@@ -1,0 +1,120 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+)
+
+// RunSpec describes one run of a module from the command line.
+type RunSpec struct {
+	Module   string          // a module reference, as in the config file
+	Args     []string        // arguments after argv[0]
+	Env      []string        // "K=V"; nothing else is in the guest's environment
+	Dirs     []config.Volume // directories to mount
+	Limits   config.Limits   // Timeout, CPU and Memory apply
+	StateDir string          // where modules and the compilation cache live
+}
+
+// ErrLimit is returned by RunOnce when the module was killed for a limit.
+var ErrLimit = errors.New("limit reached")
+
+// RunOnce runs a module once in a child process with the same sandbox and
+// limits as a request, but with this process's stdin, stdout and stderr. It
+// returns the guest's exit code.
+func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = defaultReadyTimeout
+	}
+	if opts.ChildCommand == nil {
+		exe, err := os.Executable()
+		if err != nil {
+			return 0, fmt.Errorf("find own executable for the child: %w", err)
+		}
+		opts.ChildCommand = []string{exe, "child"}
+	}
+	ref, err := config.ParseModuleRef(spec.Module, "")
+	if err != nil {
+		return 0, err
+	}
+	if ref.Kind != config.RefFile {
+		return 0, fmt.Errorf("run %s: IPFS module sources are not available in this build", spec.Module)
+	}
+	st, err := newStore(spec.StateDir, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer st.close(context.Background())
+	pages := spec.Limits.MemoryPages()
+	mod, err := st.loadFile(ctx, spec.Module, ref.Path, pages)
+	if err != nil {
+		return 0, err
+	}
+	if !mod.exports["_start"] {
+		return 0, fmt.Errorf("run %s: no _start export (not a WASI command)", spec.Module)
+	}
+	run := &ipc.Run{
+		ID:           "run",
+		ModuleKey:    mod.key,
+		ModulePath:   mod.path,
+		MemoryPages:  pages,
+		Entrypoint:   "_start",
+		Args:         append([]string{spec.Module}, spec.Args...),
+		Env:          spec.Env,
+		InheritStdio: true,
+	}
+	for _, d := range spec.Dirs {
+		if d.Kind != config.VolumeLocal {
+			return 0, fmt.Errorf("--dir %s=%s: IPFS and MFS volumes are not available in this build", d.Guest, d.Source)
+		}
+		run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: d.Path, ReadOnly: d.ReadOnly})
+	}
+
+	sp := newSpawner()
+	defer sp.close()
+	env := opts.ChildEnv
+	if env == nil {
+		env = []string{}
+	}
+	p, err := startProc(ctx, sp, &procConfig{
+		command:      opts.ChildCommand,
+		env:          env,
+		cacheDir:     st.cacheDir,
+		logger:       opts.Logger,
+		ready:        opts.ReadyTimeout,
+		inheritStdio: true,
+	}, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		p.conn.Close() // the child exits when its socket closes
+		<-p.exited
+		drain(p)
+	}()
+	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{})
+	switch {
+	case res.err == nil:
+		return 0, nil
+	case res.killed == killTimeout || res.killed == killCPU:
+		return 0, fmt.Errorf("%w: %v", ErrLimit, res.err)
+	case res.killed != "":
+		return 0, res.err
+	case res.exitCode != 0:
+		return int(res.exitCode), nil
+	default:
+		return 0, res.err
+	}
+}
+
+type discardOutput struct{}
+
+func (discardOutput) write([]byte) error { return nil }

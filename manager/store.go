@@ -1,0 +1,217 @@
+package manager
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+)
+
+// module is a validated, compiled module: its bytes are stored by content
+// hash in state_dir and its native code is in the compilation cache, so a
+// child's compile is a cache hit.
+type module struct {
+	ref     string          // as configured, for messages
+	key     string          // sha256 of the bytes, hex; the module's identity
+	path    string          // state_dir/modules/<key>.wasm
+	exports map[string]bool // exported function names
+	size    int
+}
+
+// store validates and compiles modules. It never runs guest code.
+type store struct {
+	dir      string // state_dir/modules
+	cacheDir string // wazero file compilation cache
+	maxSize  int64
+
+	mu       sync.Mutex
+	cache    wazero.CompilationCache
+	runtimes map[uint32]wazero.Runtime
+	wasi     map[string]bool // function names wasi_snapshot_preview1 provides
+}
+
+func newStore(stateDir string, maxSize int64) (*store, error) {
+	s := &store{
+		dir:      filepath.Join(stateDir, "modules"),
+		cacheDir: filepath.Join(stateDir, "compilation-cache"),
+		maxSize:  maxSize,
+		runtimes: map[uint32]wazero.Runtime{},
+	}
+	for _, d := range []string{s.dir, s.cacheDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
+	c, err := wazero.NewCompilationCacheWithDir(s.cacheDir)
+	if err != nil {
+		return nil, fmt.Errorf("compilation cache %s: %w", s.cacheDir, err)
+	}
+	s.cache = c
+	return s, nil
+}
+
+func (s *store) close(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, rt := range s.runtimes {
+		_ = rt.Close(ctx)
+	}
+	s.runtimes = map[uint32]wazero.Runtime{}
+	_ = s.cache.Close(ctx)
+}
+
+// runtime returns the validation Runtime for a memory limit. It has WASI
+// instantiated, so its export list tells which imports a guest may use.
+func (s *store) runtime(ctx context.Context, pages uint32) (wazero.Runtime, error) {
+	if rt, ok := s.runtimes[pages]; ok {
+		return rt, nil
+	}
+	rt := wazero.NewRuntimeWithConfig(ctx, child.RuntimeConfig(s.cache, pages))
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("instantiate WASI: %w", err)
+	}
+	if s.wasi == nil {
+		s.wasi = map[string]bool{}
+		for name := range rt.Module(wasi_snapshot_preview1.ModuleName).ExportedFunctionDefinitions() {
+			s.wasi[name] = true
+		}
+	}
+	s.runtimes[pages] = rt
+	return rt, nil
+}
+
+// loadFile reads a module file, stores it by content and compiles it.
+func (s *store) loadFile(ctx context.Context, ref, path string, pages uint32) (*module, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", ref, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("load %s: not a regular file", ref)
+	}
+	if s.maxSize > 0 && st.Size() > s.maxSize {
+		return nil, fmt.Errorf("load %s: %d bytes, over max_module_size %d", ref, st.Size(), s.maxSize)
+	}
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", ref, err)
+	}
+	return s.add(ctx, ref, bin, pages)
+}
+
+// add validates bin as a module and makes it available to children.
+func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (*module, error) {
+	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
+		return nil, fmt.Errorf("load %s: not a WebAssembly binary module (no \\0asm magic)", ref)
+	}
+	sum := sha256.Sum256(bin)
+	key := hex.EncodeToString(sum[:])
+	m := &module{ref: ref, key: key, path: filepath.Join(s.dir, key+".wasm"), size: len(bin)}
+	if err := writeAtomic(m.path, bin); err != nil {
+		return nil, fmt.Errorf("load %s: store: %w", ref, err)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rt, err := s.runtime(ctx, pages)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", ref, err)
+	}
+	cm, err := rt.CompileModule(ctx, bin)
+	if err != nil && strings.Contains(err.Error(), "compilationcache") {
+		// A corrupt cache entry fails the compile instead of being
+		// replaced (wazero v1.12.0); clear the cache and try once more.
+		if rerr := s.resetCache(ctx); rerr != nil {
+			return nil, fmt.Errorf("load %s: %w (and resetting the cache: %v)", ref, err, rerr)
+		}
+		if rt, err = s.runtime(ctx, pages); err == nil {
+			cm, err = rt.CompileModule(ctx, bin)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", ref, err)
+	}
+	defer cm.Close(ctx)
+
+	var bad []string
+	for _, f := range cm.ImportedFunctions() {
+		mod, name, _ := f.Import()
+		if mod != wasi_snapshot_preview1.ModuleName || !s.wasi[name] {
+			bad = append(bad, mod+"."+name)
+		}
+	}
+	for _, mem := range cm.ImportedMemories() {
+		mod, name, _ := mem.Import()
+		bad = append(bad, mod+"."+name+" (memory)")
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return nil, fmt.Errorf("load %s: imports %s, which wagi-fcgi does not provide (modules may import only %s)",
+			ref, strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
+	}
+	m.exports = map[string]bool{}
+	for name := range cm.ExportedFunctions() {
+		m.exports[name] = true
+	}
+	return m, nil
+}
+
+// resetCache removes the compilation cache and reopens it. Callers hold mu.
+func (s *store) resetCache(ctx context.Context) error {
+	for _, rt := range s.runtimes {
+		_ = rt.Close(ctx)
+	}
+	s.runtimes = map[uint32]wazero.Runtime{}
+	_ = s.cache.Close(ctx)
+	if err := os.RemoveAll(s.cacheDir); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.cacheDir, 0o700); err != nil {
+		return err
+	}
+	c, err := wazero.NewCompilationCacheWithDir(s.cacheDir)
+	if err != nil {
+		return err
+	}
+	s.cache = c
+	return nil
+}
+
+// writeAtomic writes data to path through a temporary file and a rename, so
+// a child never reads a half-written module. An existing file is kept: the
+// name is the content hash.
+func writeAtomic(path string, data []byte) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+		return err
+	}
+	return nil
+}
