@@ -1,0 +1,39 @@
+# wagi-fcgi: `make run` to try it, `make test` to test everything.
+
+GO      ?= go
+BIN     := build/bin/wagi-fcgi
+HTTP    ?= 127.0.0.1:8080
+FUZZTIME ?= 15s
+
+.PHONY: all build run test unit fuzz example clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/wagi-fcgi
+
+example:
+	GOOS=wasip1 GOARCH=wasm $(GO) build -o build/examples/hello.wasm ./examples/hello
+
+# Build the service and an example module, and serve it over plain HTTP on
+# $(HTTP) through the same FastCGI path nginx would use.
+run: build example
+	$(BIN) serve -c examples/hello/wagi.toml --http $(HTTP)
+
+# Every test: installs what the tests need (nginx, clang for wasm32-wasi,
+# wabt; apt-get as root), vets, runs unit and end-to-end tests, then fuzzes
+# the FastCGI parser for a bounded time.
+test:
+	bash tests/setup.sh
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 45m ./...
+	$(MAKE) fuzz
+
+# Bounded fuzzing of the FastCGI record and params parsers.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZTIME) ./fcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeParams$$' -fuzztime $(FUZZTIME) ./fcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzRequestRoundTrip$$' -fuzztime $(FUZZTIME) ./fcgi
+
+clean:
+	rm -rf build

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/yookoala/gofast"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/listen"
+	"github.com/wagi-fcgi/wagi-fcgi/manager"
+)
+
+// shutdownGrace bounds how long in-flight requests may finish on SIGTERM.
+const shutdownGrace = 30 * time.Second
+
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "", "config `file` (TOML)")
+	httpAddr := fs.String("http", "", "also serve plain HTTP on `addr` for development, through the same FastCGI path")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgPath == "" || fs.NArg() != 0 {
+		return usageError{errors.New("serve needs -c FILE and no other arguments")}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := newLogger(stderr)
+	m, err := manager.New(cfg, manager.Options{Logger: log, Version: getVersion()})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+
+	l, err := listen.Systemd()
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		l, err = listen.Open(listen.Spec{
+			Network: cfg.Listen.Network, Address: cfg.Listen.Address,
+			Mode: cfg.ListenMode, Owner: cfg.ListenOwner, Group: cfg.ListenGroup,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	capacity := cfg.Pool.Children + cfg.Pool.Queue
+	srv := &fcgi.Server{Handler: m, MaxConns: capacity, MaxReqs: capacity, Logger: log}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(l) }()
+	log.Info("listening", "fastcgi", l.Addr().Network()+":"+l.Addr().String())
+
+	var hs *http.Server
+	if *httpAddr != "" {
+		hl, err := net.Listen("tcp", *httpAddr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("--http %s: %w", *httpAddr, err)
+		}
+		hs = &http.Server{Handler: devFront(l.Addr()), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- hs.Serve(hl) }()
+		log.Info("listening", "http", "http://"+hl.Addr().String())
+	}
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if err != nil && !errors.Is(err, fcgi.ErrServerClosed) && !errors.Is(err, http.ErrServerClosed) {
+			srv.Close()
+			return err
+		}
+	}
+	log.Info("shutting down", "grace", shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if hs != nil {
+		_ = hs.Shutdown(sctx)
+	}
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown", "err", err)
+	}
+	return nil
+}
+
+// devFront is the --http development front end: a FastCGI client (gofast)
+// that sends every HTTP request to the manager's own listener, so the dev
+// path is the production path.
+func devFront(addr net.Addr) http.Handler {
+	cf := gofast.SimpleClientFactory(gofast.SimpleConnFactory(addr.Network(), addr.String()))
+	session := gofast.Chain(gofast.BasicParamsMap, gofast.MapHeader)(gofast.BasicSession)
+	return gofast.NewHandler(session, cf)
+}
+
+func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("c", "", "config `file` (TOML)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *cfgPath == "" || fs.NArg() != 0 {
+		return usageError{errors.New("check needs -c FILE and no other arguments")}
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		return err
+	}
+	// One child is enough to run the modules' _routes.
+	cfg.Pool.Children = 1
+	m, err := manager.New(cfg, manager.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: getVersion()})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%s: ok, %d modules, routes:\n", *cfgPath, len(cfg.Modules))
+	for _, r := range m.Routes() {
+		fmt.Fprintf(stdout, "  %s\n", r)
+	}
+	return nil
+}
+
+// multiFlag collects a repeatable flag.
+type multiFlag []string
+
+func (f *multiFlag) String() string     { return strings.Join(*f, ",") }
+func (f *multiFlag) Set(v string) error { *f = append(*f, v); return nil }
+
+func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var dirs, envs multiFlag
+	fs.Var(&dirs, "dir", "mount `GUEST=SRC` (repeatable; SRC as a volume source in the config, \":ro\" for read-only)")
+	fs.Var(&envs, "env", "set `K=V` in the module's environment (repeatable)")
+	lim := config.Default().Limits
+	fs.DurationVar(&lim.Timeout, "timeout", lim.Timeout, "wall-clock limit")
+	fs.DurationVar(&lim.CPU, "cpu", lim.CPU, "CPU time limit")
+	memory := fs.String("memory", "", "guest memory limit, e.g. 64MiB (default from [limits])")
+	stateDir := fs.String("state-dir", "", "module and compilation cache `dir` (default: the user cache dir)")
+	if err := fs.Parse(args); err != nil {
+		return 0, err
+	}
+	if fs.NArg() < 1 {
+		return 0, usageError{errors.New("run needs a MODULE")}
+	}
+	if *memory != "" {
+		n, err := config.ParseSize(*memory)
+		if err != nil {
+			return 0, usageError{fmt.Errorf("--memory: %w", err)}
+		}
+		lim.Memory = n
+	}
+	spec := manager.RunSpec{Module: fs.Arg(0), Args: fs.Args()[1:], Limits: lim, StateDir: *stateDir}
+	for _, e := range envs {
+		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
+			return 0, usageError{fmt.Errorf("--env %q: want K=V", e)}
+		}
+		spec.Env = append(spec.Env, e)
+	}
+	for _, d := range dirs {
+		guest, src, ok := strings.Cut(d, "=")
+		if !ok {
+			return 0, usageError{fmt.Errorf("--dir %q: want GUEST=SRC", d)}
+		}
+		v, err := config.ParseVolume(guest, src, ".")
+		if err != nil {
+			return 0, usageError{fmt.Errorf("--dir %q: %w", d, err)}
+		}
+		spec.Dirs = append(spec.Dirs, v)
+	}
+	if spec.StateDir == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			base = os.TempDir()
+		}
+		spec.StateDir = filepath.Join(base, "wagi-fcgi")
+	}
+	code, err := manager.RunOnce(ctx, spec, manager.Options{Logger: newLogger(stderr), Version: getVersion()})
+	if errors.Is(err, manager.ErrLimit) {
+		return 0, limitError{err}
+	}
+	return code, err
+}
+
+func childCmd(ctx context.Context, args []string) error {
+	return child.Main(ctx, args)
+}
