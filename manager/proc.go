@@ -41,8 +41,8 @@ type proc struct {
 
 	mu       sync.Mutex
 	killedBy string // why the manager killed it; "" if it did not
-	requests int     // requests served; touched only by the holder
-	runBuf   []byte  // reused encoding buffer for Run frames
+	requests int    // requests served; touched only by the holder
+	runBuf   []byte // reused encoding buffer for Run frames
 }
 
 // kill sends SIGKILL and records why. Only the first reason is kept.

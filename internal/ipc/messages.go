@@ -37,11 +37,11 @@ type Outcome uint8
 
 // Outcomes of a run.
 const (
-	OutcomeOK            Outcome = iota // returned, or proc_exit(0)
-	OutcomeExit                         // proc_exit with a non-zero code
-	OutcomeTrap                         // a trap or another runtime error
-	OutcomeLoad                         // the module could not be compiled or instantiated
-	OutcomeNoEntrypoint                 // the entrypoint is not an exported function
+	OutcomeOK           Outcome = iota // returned, or proc_exit(0)
+	OutcomeExit                        // proc_exit with a non-zero code
+	OutcomeTrap                        // a trap or another runtime error
+	OutcomeLoad                        // the module could not be compiled or instantiated
+	OutcomeNoEntrypoint                // the entrypoint is not an exported function
 )
 
 func (o Outcome) String() string {
