@@ -326,8 +326,13 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 		room := f.limit - f.written
 		if room <= 0 {
 			if !f.dropped {
+				// Say so at once: a flooding guest is usually killed
+				// before it ends, and the note must reach the log.
 				f.dropped = true
 				f.buf = append(f.buf, "\n[wagi-fcgi: stderr limit reached, rest dropped]\n"...)
+				if err := f.flush(); err != nil {
+					return 0, err
+				}
 			}
 			return n, nil
 		}

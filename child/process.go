@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,10 @@ func Main(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	// One request at a time: one P is enough, and it keeps the Go
+	// runtime's own work (GC) on the request's thread, where the
+	// manager's CPU clock charges it to the request that caused it.
+	runtime.GOMAXPROCS(1)
 	if err := harden(); err != nil {
 		return fmt.Errorf("child: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"time"
 
@@ -69,11 +70,30 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 
-	body, err := readBody(r.Body, t.limits.MaxBody)
+	// The daily budget: spent means 503 until the reset; otherwise this
+	// request may use at most what is left of it.
+	lim := t.limits
+	now := m.opts.Now()
+	owner := chargeTo{module: t.mod.key, day: lim.DayStart.Start(now)}
+	budgetCapped := false
+	if m.ledger != nil && lim.DailyCPU > 0 {
+		spent := m.ledger.Spent(owner.module, owner.day)
+		if spent >= lim.DailyCPU {
+			status = 503
+			errorResponse(w, id, status, "this module has used its CPU time for today",
+				"Retry-After", retryAfter(now, lim.DayStart.Next(now)))
+			return
+		}
+		if left := lim.DailyCPU - spent; left < lim.CPU {
+			lim.CPU, budgetCapped = left, true
+		}
+	}
+
+	body, err := readBody(r.Body, lim.MaxBody)
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) {
 			status = 413
-			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", t.limits.MaxBody))
+			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
 			return
 		}
 		// The front end went away while sending the body.
@@ -106,6 +126,19 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 
 	ctx := r.Context()
+	if t.slots != nil {
+		release, err := acquireSlot(ctx, t.slots, m.cfg.Pool.QueueTimeout)
+		if err != nil {
+			if errors.Is(err, errQueueTimeout) {
+				status = 503
+				errorResponse(w, id, status, "this module is already using all the workers it may (max_concurrency); try again shortly", "Retry-After", "1")
+			} else {
+				status = 499
+			}
+			return
+		}
+		defer release()
+	}
 	p, err := m.pool.acquire(ctx, m.cfg.Pool.QueueTimeout)
 	if err != nil {
 		switch {
@@ -119,11 +152,19 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 
 	resp := &cgiResponse{w: w}
-	res := execute(ctx, log.With("route", t.route.Pattern), p, run, t.limits, resp)
+	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner)
 	if res.reusable {
 		m.pool.release(p)
 	}
 	cpu = res.cpu
+	m.charge(log, owner, res.cpu)
+	m.charge(log, res.idleOwner, res.idle)
+	m.requests.Add(1)
+	if res.killed == killCPU && budgetCapped {
+		// What stopped it was the day's budget, not the request's limit.
+		res.status, res.public = 503, "this module has used its CPU time for today"
+		res.retryAfter = retryAfter(now, lim.DayStart.Next(now))
+	}
 	bytesOut = resp.sent
 	switch {
 	case res.killed == killAbort:
@@ -148,14 +189,54 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		log.Error("module failed", "module", t.mod.ref, "status", status, "err", res.err)
 		msg := res.public
 		var extra []string
-		if status == 503 {
-			extra = []string{"Retry-After", "1"}
+		if res.retryAfter != "" {
+			extra = []string{"Retry-After", res.retryAfter}
 		}
 		errorResponse(w, id, status, msg, extra...)
 	}
 }
 
 var errBodyTooLarge = errors.New("request body too large")
+
+// charge records CPU used for a module in the ledger (and the totals).
+func (m *Manager) charge(log *slog.Logger, to chargeTo, d time.Duration) {
+	if to.module == "" || d <= 0 {
+		return
+	}
+	m.charged.Add(int64(d))
+	if m.ledger == nil {
+		return
+	}
+	if err := m.ledger.Charge(to.module, to.day, d); err != nil {
+		log.Error("CPU ledger", "module", to.module, "err", err)
+	}
+}
+
+// retryAfter is the number of seconds from now until next, rounded up.
+func retryAfter(now, next time.Time) string {
+	return strconv.FormatInt(int64(math.Ceil(next.Sub(now).Seconds())), 10)
+}
+
+// acquireSlot takes one of a module's max_concurrency slots, waiting at
+// most timeout.
+func acquireSlot(ctx context.Context, slots chan struct{}, timeout time.Duration) (func(), error) {
+	release := func() { <-slots }
+	select {
+	case slots <- struct{}{}:
+		return release, nil
+	default:
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case slots <- struct{}{}:
+		return release, nil
+	case <-t.C:
+		return nil, errQueueTimeout
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
 
 // readBody reads the whole request body, up to limit bytes. The manager
 // reads it before it takes a child, so a slow upload never holds one, and so
@@ -186,7 +267,13 @@ type execResult struct {
 	// reusable means the child finished cleanly and may take another
 	// request; the caller gives it back.
 	reusable bool
-	exitCode uint32 // the guest's exit code, for wagi-fcgi run
+	// idle is CPU the child used between its previous request and this
+	// one, owed by idleOwner (the module it ran for then).
+	idle      time.Duration
+	idleOwner chargeTo
+	// retryAfter is the Retry-After value of a 503.
+	retryAfter string
+	exitCode   uint32 // the guest's exit code, for wagi-fcgi run
 }
 
 // output receives a module's stdout.
@@ -198,8 +285,12 @@ type output interface {
 // output limits from outside: the child cannot pre-empt a spinning guest, so
 // the manager kills it. A killed child is replaced by its pool slot; a
 // reusable one is the caller's to give back.
-func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output) execResult {
+func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, owner chargeTo) execResult {
 	startCPU := p.cpu()
+	idle, idleOwner := time.Duration(0), p.owner
+	if idleOwner.module != "" {
+		idle = startCPU - p.endCPU
+	}
 	if err := p.send(run); err != nil {
 		p.kill(killIPC)
 		<-p.exited
@@ -226,7 +317,9 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				<-p.exited
 				cpu := p.cpu() - startCPU
 				logStderr(log, &stderrLine, nil, true)
-				return deadChildResult(p, cpu, outErr)
+				res := deadChildResult(p, cpu, outErr)
+				res.idle, res.idleOwner = idle, idleOwner
+				return res
 			}
 			switch f.t {
 			case ipc.TypeStdout:
@@ -266,9 +359,12 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				if p.killReason() != "" {
 					// Done crossed our kill on the way: the kill decides.
 					<-p.exited
-					return deadChildResult(p, p.cpu()-startCPU, outErr)
+					res := deadChildResult(p, p.cpu()-startCPU, outErr)
+					res.idle, res.idleOwner = idle, idleOwner
+					return res
 				}
-				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode}
+				p.owner, p.endCPU = owner, startCPU+cpu
+				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
 				switch d.Outcome {
 				case ipc.OutcomeOK:
 				case ipc.OutcomeExit:

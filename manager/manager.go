@@ -19,12 +19,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
@@ -46,6 +48,13 @@ type Options struct {
 	Version string
 	// ReadyTimeout bounds a child's start. 0 means 10 s.
 	ReadyTimeout time.Duration
+	// Now is the clock for daily CPU budgets. nil means time.Now; tests
+	// inject one to move past a day boundary.
+	Now func() time.Time
+	// NoLedger leaves the CPU ledger closed and budgets unenforced: for
+	// `wagi-fcgi check`, which must work beside a running manager (that
+	// holds the ledger's lock).
+	NoLedger bool
 }
 
 // Manager serves FastCGI requests with modules run in child processes. It
@@ -56,11 +65,42 @@ type Manager struct {
 	log      *slog.Logger
 	store    *store
 	pool     *pool
+	ledger   *cpuacct.Ledger // nil with Options.NoLedger
 	routes   atomic.Pointer[wagi.Table[*target]]
 	software string
 
 	idPrefix string
 	idSeq    atomic.Uint64
+
+	charged  atomic.Int64 // CPU ns charged to requests, all modules
+	requests atomic.Int64 // requests that reached a child
+}
+
+// Stats are the manager's running totals.
+type Stats struct {
+	Requests   int64         // requests run on a child
+	ChargedCPU time.Duration // CPU charged to them
+	Children   int           // live children
+	Idle       int           // idle children
+	Spawned    int64         // children started
+	Killed     int64         // children killed for a limit or an abort
+	Recycled   int64         // children retired after max_requests
+	Crashed    int64         // children that died on their own
+}
+
+// Stats returns the running totals.
+func (m *Manager) Stats() Stats {
+	total, idle := m.pool.counts()
+	return Stats{
+		Requests:   m.requests.Load(),
+		ChargedCPU: time.Duration(m.charged.Load()),
+		Children:   total,
+		Idle:       idle,
+		Spawned:    m.pool.stats.spawned.Load(),
+		Killed:     m.pool.stats.killed.Load(),
+		Recycled:   m.pool.stats.recycled.Load(),
+		Crashed:    m.pool.stats.crashed.Load(),
+	}
 }
 
 // target is what a route leads to.
@@ -72,6 +112,10 @@ type target struct {
 	mounts []ipc.Mount
 	limits config.Limits
 	pages  uint32
+	// slots bounds the children this module may hold at once
+	// (max_concurrency); nil when it may use the whole pool. Shared by
+	// every route of the same module.
+	slots chan struct{}
 }
 
 // New checks cfg and prepares the state directory. Start does the rest.
@@ -85,6 +129,9 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if opts.Version == "" {
 		opts.Version = "dev"
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
 	if opts.ChildCommand == nil {
 		exe, err := os.Executable()
 		if err != nil {
@@ -96,6 +143,14 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	var ledger *cpuacct.Ledger
+	if !opts.NoLedger {
+		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger})
+		if err != nil {
+			st.close(context.Background())
+			return nil, err
+		}
+	}
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	m := &Manager{
@@ -103,6 +158,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		opts:     opts,
 		log:      opts.Logger,
 		store:    st,
+		ledger:   ledger,
 		software: "wagi-fcgi/" + opts.Version,
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}
@@ -120,6 +176,13 @@ func (m *Manager) Start(ctx context.Context) error {
 	cred, err := childCredential(m.cfg.Pool.User)
 	if err != nil {
 		return err
+	}
+	if cred != nil {
+		if err := m.store.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
+			return err
+		}
+	} else if m.cfg.Pool.User != "" {
+		m.log.Warn("pool.user is ignored: the manager does not run as root", "user", m.cfg.Pool.User)
 	}
 	pc := &procConfig{
 		command:  m.opts.ChildCommand,
@@ -142,6 +205,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.pool.close()
 		return err
 	}
+	m.assignSlots(table)
 	m.routes.Store(table)
 	total, _ := m.pool.counts()
 	m.log.Info("manager started", "children", total, "routes", table.Len(), "state_dir", m.cfg.StateDir)
@@ -154,6 +218,9 @@ func (m *Manager) Close() error {
 		m.pool.close()
 	}
 	m.store.close(context.Background())
+	if m.ledger != nil {
+		return m.ledger.Close()
+	}
 	return nil
 }
 
@@ -281,6 +348,30 @@ func (m *Manager) buildRoutes(ctx context.Context, mods []*module) (*wagi.Table[
 	return table, errors.Join(errs...)
 }
 
+// assignSlots gives each module with a max_concurrency below the pool size
+// one semaphore, shared by all its routes. The module's identity is its
+// content, so the same code under two routes is one module; the smallest
+// limit among its routes applies.
+func (m *Manager) assignSlots(table *wagi.Table[*target]) {
+	limit := map[string]int{}
+	for _, t := range table.All() {
+		n := t.limits.MaxConcurrency
+		if n <= 0 || n >= m.cfg.Pool.Children {
+			continue
+		}
+		if cur, ok := limit[t.mod.key]; !ok || n < cur {
+			limit[t.mod.key] = n
+		}
+	}
+	slots := map[string]chan struct{}{}
+	for key, n := range limit {
+		slots[key] = make(chan struct{}, n)
+	}
+	for _, t := range table.All() {
+		t.slots = slots[t.mod.key]
+	}
+}
+
 // moduleRoutes runs a module's _routes export in a child.
 func (m *Manager) moduleRoutes(ctx context.Context, mod *module, mc *config.Module) ([]wagi.SubRoute, error) {
 	p, err := m.pool.acquire(ctx, m.opts.ReadyTimeout)
@@ -296,7 +387,7 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, mc *config.Modu
 		StderrCap:   stderrCap,
 	}
 	out := &captureWriter{limit: 1 << 20}
-	res := execute(ctx, m.log.With("module", mc.Module), p, run, mc.Limits, out)
+	res := execute(ctx, m.log.With("module", mc.Module), p, run, mc.Limits, out, chargeTo{})
 	if res.reusable {
 		m.pool.release(p)
 	}

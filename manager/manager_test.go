@@ -63,11 +63,12 @@ type fixture struct {
 	log  *syncBuffer
 	h    http.Handler
 	sock string
+	stop func() // idempotent
 }
 
 // newFixture starts a manager on cfgText (with {{mods}} and {{dir}}
 // expanded) behind an fcgi.Server, and a gofast client for it.
-func newFixture(t *testing.T, cfgText string) *fixture {
+func newFixture(t testing.TB, cfgText string) *fixture {
 	t.Helper()
 	f, err := tryFixture(t, cfgText)
 	if err != nil {
@@ -76,9 +77,15 @@ func newFixture(t *testing.T, cfgText string) *fixture {
 	return f
 }
 
-func tryFixture(t *testing.T, cfgText string) (*fixture, error) {
+func tryFixture(t testing.TB, cfgText string) (*fixture, error) {
 	t.Helper()
-	dir := t.TempDir()
+	return startManager(t, t.TempDir(), cfgText, nil)
+}
+
+// startManager starts a manager whose state lives in dir, with an optional
+// clock.
+func startManager(t testing.TB, dir, cfgText string, now func() time.Time) (*fixture, error) {
+	t.Helper()
 	cfgText = strings.NewReplacer("{{mods}}", testenv.Modules(t), "{{dir}}", dir).Replace(cfgText)
 	cfg, err := config.Parse([]byte(cfgText), "test.toml", dir)
 	if err != nil {
@@ -90,6 +97,7 @@ func tryFixture(t *testing.T, cfgText string) (*fixture, error) {
 		Logger:       slog.New(slog.NewTextHandler(log, nil)),
 		ChildCommand: []string{os.Args[0], "child"},
 		Version:      "test",
+		Now:          now,
 	})
 	if err != nil {
 		return nil, err
@@ -105,16 +113,19 @@ func tryFixture(t *testing.T, cfgText string) (*fixture, error) {
 	}
 	srv := &fcgi.Server{Handler: m, Logger: slog.New(slog.NewTextHandler(log, nil))}
 	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() {
+	f := &fixture{m: m, log: log, sock: sock}
+	f.stop = func() {
 		_ = srv.Close()
 		_ = m.Close()
-	})
+	}
+	t.Cleanup(f.stop)
 	cf := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))
 	h := gofast.NewHandler(gofast.Chain(gofast.BasicParamsMap, gofast.MapHeader)(gofast.BasicSession), cf)
-	return &fixture{m: m, log: log, h: h, sock: sock}, nil
+	f.h = h
+	return f, nil
 }
 
-func (f *fixture) do(t *testing.T, method, target string, body []byte) *httptest.ResponseRecorder {
+func (f *fixture) do(t testing.TB, method, target string, body []byte) *httptest.ResponseRecorder {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -127,7 +138,7 @@ func (f *fixture) do(t *testing.T, method, target string, body []byte) *httptest
 
 // waitPool waits until the manager has n live children other than the
 // ones in gone.
-func waitPool(t *testing.T, m *manager.Manager, n int, gone []int, d time.Duration) []int {
+func waitPool(t testing.TB, m *manager.Manager, n int, gone []int, d time.Duration) []int {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -363,5 +374,103 @@ func TestRunOncePassesTheExitCodeThrough(t *testing.T) {
 	}, opts)
 	if err == nil || !strings.Contains(err.Error(), "limit") {
 		t.Fatalf("a looping module: %v, want a limit error", err)
+	}
+}
+
+// clock is a settable time source.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	c.now = t
+	c.mu.Unlock()
+}
+
+func TestADailyCPUBudgetHoldsAcrossRestartsUntilTheDayEnds(t *testing.T) {
+	const cfg = `
+[pool]
+children = 1
+
+[[module]]
+route = "/burn"
+module = "{{mods}}/burn.wasm"
+daily_cpu = "300ms"
+cpu = "5s"
+day_start = "06:00+02:00"
+`
+	dir := t.TempDir()
+	// 03:00 UTC = 05:00 at +02:00: the budget day began yesterday 04:00 UTC
+	// and resets at 04:00 UTC, an hour from now.
+	clk := &clock{now: time.Date(2026, 11, 24, 3, 0, 0, 0, time.UTC)}
+	f, err := startManager(t, dir, cfg, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spent := 0
+	var last *httptest.ResponseRecorder
+	for i := 0; i < 20; i++ {
+		last = f.do(t, "GET", "/burn?120", nil)
+		if last.Code != 200 {
+			break
+		}
+		spent++
+	}
+	// About 300/120 requests fit; the one that crosses the budget is
+	// stopped at it with 503 too.
+	if last.Code != 503 || spent < 1 || spent > 4 {
+		t.Fatalf("after %d requests got %d %q", spent, last.Code, last.Body)
+	}
+	for i := 0; i < 2; i++ {
+		rec := f.do(t, "GET", "/burn?1", nil)
+		if rec.Code != 503 || rec.Header().Get("Retry-After") != "3600" {
+			t.Fatalf("spent budget: got %d, Retry-After %q; want 503 and 3600", rec.Code, rec.Header().Get("Retry-After"))
+		}
+	}
+
+	f.stop()
+	f, err = startManager(t, dir, cfg, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec := f.do(t, "GET", "/burn?1", nil); rec.Code != 503 {
+		t.Fatalf("after a restart the budget was handed out again: %d", rec.Code)
+	}
+
+	clk.set(time.Date(2026, 11, 24, 4, 0, 1, 0, time.UTC))
+	if rec := f.do(t, "GET", "/burn?1", nil); rec.Code != 200 {
+		t.Fatalf("after the day boundary: %d %q", rec.Code, rec.Body)
+	}
+}
+
+func TestTheSameModuleUnderTwoRoutesSharesOneBudget(t *testing.T) {
+	f := newFixture(t, `
+[pool]
+children = 1
+
+[limits]
+daily_cpu = "200ms"
+
+[[module]]
+route = "/a"
+module = "{{mods}}/burn.wasm"
+
+[[module]]
+route = "/b"
+module = "{{mods}}/burn.wasm"
+`)
+	for i := 0; i < 10; i++ {
+		f.do(t, "GET", "/a?100", nil)
+	}
+	if rec := f.do(t, "GET", "/b?1", nil); rec.Code != 503 {
+		t.Fatalf("/b after /a spent the module's budget: %d", rec.Code)
 	}
 }

@@ -43,6 +43,19 @@ type proc struct {
 	killedBy string // why the manager killed it; "" if it did not
 	requests int    // requests served; touched only by the holder
 	runBuf   []byte // reused encoding buffer for Run frames
+
+	// owner is who the child last ran for and endCPU its clock then: CPU
+	// the child uses while idle (the Go runtime cleaning up after that
+	// request) is charged to that module when the child is next used.
+	// Touched only by the holder.
+	owner  chargeTo
+	endCPU time.Duration
+}
+
+// chargeTo is a module's budget day: the ledger key of a charge.
+type chargeTo struct {
+	module string
+	day    time.Time
 }
 
 // kill sends SIGKILL and records why. Only the first reason is kept.

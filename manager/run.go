@@ -100,7 +100,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		<-p.exited
 		drain(p)
 	}()
-	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{})
+	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{})
 	switch {
 	case res.err == nil:
 		return 0, nil

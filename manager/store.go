@@ -35,6 +35,7 @@ type store struct {
 	maxSize  int64
 
 	mu       sync.Mutex
+	owner    *[2]int // uid, gid that children run as; nil: the manager's
 	cache    wazero.CompilationCache
 	runtimes map[uint32]wazero.Runtime
 	wasi     map[string]bool // function names wasi_snapshot_preview1 provides
@@ -47,8 +48,16 @@ func newStore(stateDir string, maxSize int64) (*store, error) {
 		maxSize:  maxSize,
 		runtimes: map[uint32]wazero.Runtime{},
 	}
-	for _, d := range []string{s.dir, s.cacheDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	// Children may run as another user (pool.user): they must traverse
+	// state_dir and read modules/, but list nothing else.
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{{stateDir, 0o711}, {s.dir, 0o755}, {s.cacheDir, 0o700}} {
+		if err := os.MkdirAll(d.path, d.mode); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
@@ -143,6 +152,9 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 		return nil, fmt.Errorf("load %s: %w", ref, err)
 	}
 	defer cm.Close(ctx)
+	if err := s.chownCacheLocked(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", ref, err)
+	}
 
 	var bad []string
 	for _, f := range cm.ImportedFunctions() {
@@ -165,6 +177,32 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 		m.exports[name] = true
 	}
 	return m, nil
+}
+
+// shareWith makes the compilation cache belong to the user children run
+// as, so they can read what the manager compiled (wazero writes cache
+// files 0600) and add what they compile themselves.
+func (s *store) shareWith(uid, gid int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owner = &[2]int{uid, gid}
+	return s.chownCacheLocked()
+}
+
+func (s *store) chownCacheLocked() error {
+	if s.owner == nil {
+		return nil
+	}
+	uid, gid := s.owner[0], s.owner[1]
+	return filepath.WalkDir(s.cacheDir, func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, uid, gid); err != nil {
+			return fmt.Errorf("compilation cache: %w", err)
+		}
+		return nil
+	})
 }
 
 // resetCache removes the compilation cache and reopens it. Callers hold mu.

@@ -131,7 +131,7 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// One child is enough to run the modules' _routes.
 	cfg.Pool.Children = 1
-	m, err := manager.New(cfg, manager.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: getVersion()})
+	m, err := manager.New(cfg, manager.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: getVersion(), NoLedger: true})
 	if err != nil {
 		return err
 	}
