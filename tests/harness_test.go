@@ -76,7 +76,9 @@ func (l *logBuffer) waitFor(t testing.TB, d time.Duration, subs ...string) strin
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no log line with %q within %s; log:\n%s", subs, d, s)
+			lines := strings.Split(s, "\n")
+			t.Fatalf("no log line with %q within %s; last lines of the log:\n%s", subs, d,
+				strings.Join(lines[max(0, len(lines)-30):], "\n"))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -13,9 +13,9 @@ import (
 func wasmModules() []string {
 	return []string{
 		// C
-		"hello", "env", "echo", "raw", "exit", "stderr", "sleep", "files", "flood",
+		"hello", "env", "echo", "raw", "exit", "stderr", "sleep", "files", "flood", "burn", "stderrflood",
 		// WAT
-		"loop", "trap", "routes", "badroutes", "noheaders", "badimport", "grow",
+		"loop", "trap", "routes", "badroutes", "noheaders", "badimport", "grow", "recurse",
 		// Go
 		"gohello", "goecho",
 	}
