@@ -44,14 +44,12 @@ func Main(ctx context.Context, args []string) error {
 	return Serve(ctx, conn, Options{CacheDir: *cacheDir, Logger: log})
 }
 
-// harden applies what a process running untrusted code should have: no way
-// to gain privileges through exec (no_new_privs), no core dumps (they could
-// leak request data and fill the disk), and not dumpable, so other processes
-// of the same user cannot ptrace it or read its memory.
+// harden applies what a process running untrusted code should have: no core
+// dumps (they could leak request data and fill the disk), and not dumpable,
+// so other processes of the same user cannot ptrace it or read its memory.
+// (no_new_privs comes from the manager's spawning thread: prctl here would
+// set it for one thread only.)
 func harden() error {
-	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
-		return fmt.Errorf("no_new_privs: %w", err)
-	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
 		return fmt.Errorf("rlimit core: %w", err)
 	}

@@ -139,6 +139,9 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		}
 		opts.ChildCommand = []string{exe, "child"}
 	}
+	if err := closeOnExecInherited(); err != nil {
+		return nil, fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
+	}
 	st, err := newStore(cfg.StateDir, cfg.IPFS.MaxModuleSize)
 	if err != nil {
 		return nil, err

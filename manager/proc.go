@@ -10,9 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
@@ -134,7 +137,17 @@ func newSpawner() *spawner {
 		runtime.LockOSThread()
 		// Never unlocked: when this goroutine returns (pool closed), the
 		// thread exits with it, and any child still alive gets SIGKILL.
+		//
+		// no_new_privs is a per-thread attribute inherited across fork
+		// and exec, so setting it on this thread gives it to every child
+		// from its first instruction (in the child, prctl would reach only
+		// the thread that calls it). Nothing else runs on this thread.
+		nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 		for r := range s.reqs {
+			if nnpErr != nil {
+				r.reply <- fmt.Errorf("no_new_privs: %w", nnpErr)
+				continue
+			}
 			r.reply <- r.cmd.Start()
 		}
 		close(s.done)
@@ -155,6 +168,25 @@ func (s *spawner) start(ctx context.Context, cmd *exec.Cmd) error {
 func (s *spawner) close() {
 	close(s.reqs)
 	<-s.done
+}
+
+// closeOnExecInherited marks every file descriptor above stderr that this
+// process inherited as close-on-exec, so none leaks into a child: os/exec
+// passes only what it is given, but a descriptor inherited without
+// FD_CLOEXEC survives exec regardless.
+func closeOnExecInherited() error {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil || fd <= 2 {
+			continue
+		}
+		syscall.CloseOnExec(fd)
+	}
+	return nil
 }
 
 // procConfig is what starting a child needs.
