@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
@@ -246,13 +247,15 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		cfg = cfg.WithStdin(bytes.NewReader(m.Stdin)).WithStdout(stdout).WithStderr(stderr)
 	}
 	if len(m.Mounts) > 0 {
+		// Volumes are jailed: wazero's own DirFS follows symlinks out of
+		// the directory (see volumefs.go).
 		fsc := wazero.NewFSConfig()
 		for _, mt := range m.Mounts {
-			if mt.ReadOnly {
-				fsc = fsc.WithReadOnlyDirMount(mt.Host, mt.Guest)
-			} else {
-				fsc = fsc.WithDirMount(mt.Host, mt.Guest)
+			vfs, err := NewVolumeFS(mt.Host, mt.ReadOnly)
+			if err != nil {
+				return ipc.Done{Outcome: ipc.OutcomeLoad, Message: fmt.Sprintf("volume %s: %v", mt.Guest, err)}
 			}
+			fsc = fsc.(sysfs.FSConfig).WithSysFSMount(vfs, mt.Guest)
 		}
 		cfg = cfg.WithFSConfig(fsc)
 	}

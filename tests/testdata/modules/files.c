@@ -1,9 +1,10 @@
-// files: file tool for volume tests: argv[1] is read|write|append|ls, argv[2] the path (see tests/testdata/modules/README.md).
+// files: file tool for volume tests: argv[1] is read|write|append|ls|symlink, argv[2] the path (see tests/testdata/modules/README.md).
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 // fail answers with the given status and strerror(err) as a text/plain body.
 static int fail(const char *status, int err) {
@@ -121,10 +122,18 @@ static int do_ls(const char *path) {
     return 0;
 }
 
+static int do_symlink(const char *target, const char *link) {
+    if (symlink(target, link) != 0) {
+        return fail("500 Internal Server Error", errno);
+    }
+    fputs("Content-Type: text/plain\n\nlinked\n", stdout);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fputs("Status: 400 Bad Request\nContent-Type: text/plain\n\n"
-              "usage: ?read&PATH | ?write&PATH | ?append&PATH | ?ls&DIR\n",
+              "usage: ?read&PATH | ?write&PATH | ?append&PATH | ?ls&DIR | ?symlink&TARGET&LINK\n",
               stdout);
         return 0;
     }
@@ -137,6 +146,12 @@ int main(int argc, char **argv) {
         return do_write(path, "ab");
     } else if (strcmp(cmd, "ls") == 0) {
         return do_ls(path);
+    } else if (strcmp(cmd, "symlink") == 0) {
+        if (argc < 4) {
+            fputs("Status: 400 Bad Request\nContent-Type: text/plain\n\nusage: ?symlink&TARGET&LINK\n", stdout);
+            return 0;
+        }
+        return do_symlink(path, argv[3]);
     }
     printf("Status: 400 Bad Request\nContent-Type: text/plain\n\nunknown command: %s\n", cmd);
     return 0;
