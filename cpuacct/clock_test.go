@@ -59,3 +59,26 @@ func BenchmarkProcessCPU(b *testing.B) {
 		}
 	}
 }
+
+func TestInspectReadsStateMemoryAndStartOfAProcess(t *testing.T) {
+	fs, err := ProcFS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sleep", "5")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	time.Sleep(50 * time.Millisecond)
+	info, err := Inspect(fs, cmd.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != "S" || info.RSS <= 0 || info.Threads != 1 || time.Since(info.Started) > 10*time.Second || time.Since(info.Started) < 0 {
+		t.Fatalf("got %+v", info)
+	}
+	if _, err := Inspect(fs, 1<<30); err == nil {
+		t.Fatal("a pid that does not exist was inspected")
+	}
+}

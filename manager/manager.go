@@ -20,10 +20,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/prometheus/procfs"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
@@ -66,6 +69,7 @@ type Manager struct {
 	store    *store
 	pool     *pool
 	ledger   *cpuacct.Ledger // nil with Options.NoLedger
+	procfs   procfs.FS
 	routes   atomic.Pointer[wagi.Table[*target]]
 	software string
 
@@ -86,6 +90,34 @@ type Stats struct {
 	Killed     int64         // children killed for a limit or an abort
 	Recycled   int64         // children retired after max_requests
 	Crashed    int64         // children that died on their own
+}
+
+// ChildInfo describes one live child.
+type ChildInfo struct {
+	Slot     int
+	PID      int
+	Requests int64         // requests it has served
+	CPU      time.Duration // CPU it has used, all requests and idle time
+	cpuacct.ProcInfo
+}
+
+// Children describes the live children, by slot. A child that exits while
+// it is being read is left out.
+func (m *Manager) Children() []ChildInfo {
+	var out []ChildInfo
+	for _, p := range m.pool.live() {
+		cpu, err := cpuacct.ProcessCPU(p.pid)
+		if err != nil {
+			continue
+		}
+		info, err := cpuacct.Inspect(m.procfs, p.pid)
+		if err != nil {
+			continue
+		}
+		out = append(out, ChildInfo{Slot: p.id, PID: p.pid, Requests: p.requests.Load(), CPU: cpu, ProcInfo: info})
+	}
+	slices.SortFunc(out, func(a, b ChildInfo) int { return a.Slot - b.Slot })
+	return out
 }
 
 // Stats returns the running totals.
@@ -139,6 +171,10 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		}
 		opts.ChildCommand = []string{exe, "child"}
 	}
+	pfs, err := cpuacct.ProcFS()
+	if err != nil {
+		return nil, err
+	}
 	if err := closeOnExecInherited(); err != nil {
 		return nil, fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
 	}
@@ -162,6 +198,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		log:      opts.Logger,
 		store:    st,
 		ledger:   ledger,
+		procfs:   pfs,
 		software: "wagi-fcgi/" + opts.Version,
 		idPrefix: hex.EncodeToString(rnd[:]),
 	}

@@ -201,6 +201,20 @@ func TestChildrenRunBeforeTheFirstRequest(t *testing.T) {
 	if rec := f.do(t, "GET", "/hello", nil); rec.Code != 200 || rec.Body.String() != "Hello, world!\n" {
 		t.Fatalf("got %d %q", rec.Code, rec.Body)
 	}
+	kids := f.m.Children()
+	var served int64
+	for _, c := range kids {
+		if c.PID <= 0 || c.RSS <= 0 || c.CPU <= 0 || c.Started.IsZero() || c.State == "" {
+			t.Errorf("child info %+v", c)
+		}
+		served += c.Requests
+	}
+	if len(kids) != 2 || served != 1 {
+		t.Fatalf("%d children served %d requests, want 2 and 1", len(kids), served)
+	}
+	if s := f.m.Stats(); s.Requests != 1 || s.ChargedCPU <= 0 || s.Children != 2 || s.Spawned != 2 {
+		t.Fatalf("stats %+v", s)
+	}
 }
 
 func TestLimitsKillTheChildAndAnswer504(t *testing.T) {

@@ -138,14 +138,14 @@ func (pl *pool) slot(id int, first chan<- error) {
 		case reason == "recycle":
 			pl.stats.recycled.Add(1)
 			failures = 0
-			pl.log.Debug("child recycled", "child", id, "pid", p.pid, "requests", p.requests)
+			pl.log.Debug("child recycled", "child", id, "pid", p.pid, "requests", p.requests.Load())
 		case reason != "":
 			pl.stats.killed.Add(1)
 			failures = 0
 			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason)
 		default:
 			pl.stats.crashed.Add(1)
-			if p.requests > 0 {
+			if p.requests.Load() > 0 {
 				failures = 0
 			}
 			failures++
@@ -231,8 +231,8 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 // that reached max_requests is retired: closing its socket makes it exit,
 // and its slot starts a fresh one.
 func (pl *pool) release(p *proc) {
-	p.requests++
-	if pl.maxRequests > 0 && p.requests >= pl.maxRequests {
+	n := p.requests.Add(1)
+	if pl.maxRequests > 0 && n >= int64(pl.maxRequests) {
 		p.mu.Lock()
 		p.killedBy = "recycle"
 		p.mu.Unlock()
@@ -258,6 +258,19 @@ func (pl *pool) counts() (total, idle int) {
 	}
 	pl.mu.Unlock()
 	return total, len(pl.idle)
+}
+
+// live returns the live children by slot.
+func (pl *pool) live() []*proc {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	var out []*proc
+	for _, p := range pl.procs {
+		if p.alive() {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // pids returns the live child pids, for tests and status.

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,7 +45,7 @@ type proc struct {
 
 	mu       sync.Mutex
 	killedBy string // why the manager killed it; "" if it did not
-	requests int    // requests served; touched only by the holder
+	requests atomic.Int64 // requests served; read by Children
 	runBuf   []byte // reused encoding buffer for Run frames
 
 	// owner is who the child last ran for and endCPU its clock then: CPU
