@@ -44,9 +44,9 @@ type proc struct {
 	state  *os.ProcessState
 
 	mu       sync.Mutex
-	killedBy string // why the manager killed it; "" if it did not
+	killedBy string       // why the manager killed it; "" if it did not
 	requests atomic.Int64 // requests served; read by Children
-	runBuf   []byte // reused encoding buffer for Run frames
+	runBuf   []byte       // reused encoding buffer for Run frames
 
 	// owner is who the child last ran for and endCPU its clock then: CPU
 	// the child uses while idle (the Go runtime cleaning up after that
