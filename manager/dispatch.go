@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
@@ -44,11 +45,15 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	status, bytesOut := 0, int64(0)
 	var cpu time.Duration
 	var t *target
+	var modKey string
 	defer func() {
 		attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", status,
 			"wall", time.Since(start).Round(time.Microsecond), "bytes", bytesOut}
 		if t != nil {
-			attrs = append(attrs, "route", t.route.Pattern, "module", t.mod.key[:12], "cpu", cpu.Round(time.Microsecond))
+			attrs = append(attrs, "route", t.route.Pattern)
+		}
+		if modKey != "" {
+			attrs = append(attrs, "module", modKey[:12], "cpu", cpu.Round(time.Microsecond))
 		}
 		log.Info("request", attrs...)
 	}()
@@ -58,15 +63,52 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		_, _ = io.WriteString(w, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
 		return
 	}
-	table := m.routes.Load()
 	var scriptName, rawPathInfo string
 	var matched wagi.Route
 	var ok bool
-	t, scriptName, rawPathInfo, matched, ok = table.Lookup(rawPath)
-	if !ok {
-		t = nil
-		status = 404
-		errorResponse(w, id, status, "no route matches this path")
+	gw := false
+	if m.gateway != nil && strings.HasPrefix(rawPath, m.gateway.prefix) {
+		var code int
+		var why string
+		if t, code, why = m.gateway.lookup(rawPath); t == nil {
+			status = code
+			errorResponse(w, id, status, why)
+			return
+		}
+		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
+		matched, gw = t.route, true
+	} else {
+		t, scriptName, rawPathInfo, matched, ok = m.routes.Load().Lookup(rawPath)
+		if !ok {
+			t = nil
+			status = 404
+			errorResponse(w, id, status, "no route matches this path")
+			return
+		}
+	}
+	mod, err := m.module(r.Context(), t.src)
+	if err != nil {
+		var retry string
+		var msg string
+		status, msg, retry = loadFailure(err, gw)
+		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
+		if retry != "" {
+			errorResponse(w, id, status, msg, "Retry-After", retry)
+		} else {
+			errorResponse(w, id, status, msg)
+		}
+		return
+	}
+	modKey = mod.key
+	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
+	if err != nil {
+		status, msg, retry := loadFailure(err, false)
+		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
+		if retry != "" {
+			errorResponse(w, id, status, "a volume of this module is not available: "+msg, "Retry-After", retry)
+		} else {
+			errorResponse(w, id, status, "a volume of this module is not available")
+		}
 		return
 	}
 
@@ -74,7 +116,7 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	// request may use at most what is left of it.
 	lim := t.limits
 	now := m.opts.Now()
-	owner := chargeTo{module: t.mod.key, day: lim.DayStart.Start(now)}
+	owner := chargeTo{module: mod.key, day: lim.DayStart.Start(now)}
 	budgetCapped := false
 	if m.ledger != nil && lim.DailyCPU > 0 {
 		spent := m.ledger.Spent(owner.module, owner.day)
@@ -114,13 +156,13 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 	run := &ipc.Run{
 		ID:          id,
-		ModuleKey:   t.mod.key,
-		ModulePath:  t.mod.path,
+		ModuleKey:   mod.key,
+		ModulePath:  mod.path,
 		MemoryPages: t.pages,
 		Entrypoint:  t.entry,
 		Args:        wagi.Argv(ri),
 		Env:         wagi.Env(ri),
-		Mounts:      t.mounts,
+		Mounts:      mounts,
 		Stdin:       body,
 		StderrCap:   stderrCap,
 	}
@@ -172,7 +214,7 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	case res.err == nil:
 		if err := resp.finish(); err != nil {
 			status = 502
-			log.Error("module output", "module", t.mod.ref, "err", err)
+			log.Error("module output", "module", mod.ref, "err", err)
 			errorResponse(w, id, status, "the module's output is not a valid CGI response")
 			return
 		}
@@ -183,10 +225,10 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		// in a way the web server cannot mistake for a complete response.
 		w.Abort()
 		status = resp.status
-		log.Error("module failed after its response was committed; stream cut", "module", t.mod.ref, "err", res.err)
+		log.Error("module failed after its response was committed; stream cut", "module", mod.ref, "err", res.err)
 	default:
 		status = res.status
-		log.Error("module failed", "module", t.mod.ref, "status", status, "err", res.err)
+		log.Error("module failed", "module", mod.ref, "status", status, "err", res.err)
 		msg := res.public
 		var extra []string
 		if res.retryAfter != "" {

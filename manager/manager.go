@@ -15,13 +15,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -31,6 +31,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
 
@@ -71,10 +72,20 @@ type Manager struct {
 	ledger   *cpuacct.Ledger // nil with Options.NoLedger
 	procfs   procfs.FS
 	routes   atomic.Pointer[wagi.Table[*target]]
+	sources  []*source // one per configured module, in config order
+	ipfs     *ipfs.Client
+	gateway  *gateway // nil unless [ipfs] gateway is set
+
+	routesMu sync.Mutex               // serialises rebuildRoutes
+	slots    map[string]chan struct{} // max_concurrency semaphores by module; under routesMu
 	software string
 
 	idPrefix string
 	idSeq    atomic.Uint64
+
+	fetches  atomic.Int64 // modules fetched from IPFS
+	dirMu    sync.Mutex
+	dirFetch map[string]*loadCall // IPFS directories being fetched
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
@@ -138,10 +149,9 @@ func (m *Manager) Stats() Stats {
 // target is what a route leads to.
 type target struct {
 	route  wagi.Route
-	mod    *module
+	src    *source
 	cfg    *config.Module
 	entry  string
-	mounts []ipc.Mount
 	limits config.Limits
 	pages  uint32
 	// slots bounds the children this module may hold at once
@@ -201,6 +211,23 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		procfs:   pfs,
 		software: "wagi-fcgi/" + opts.Version,
 		idPrefix: hex.EncodeToString(rnd[:]),
+		slots:    map[string]chan struct{}{},
+		dirFetch: map[string]*loadCall{},
+	}
+	if usesIPFS(cfg) {
+		c, err := ipfs.New(cfg.IPFS.API)
+		if err != nil {
+			m.Close()
+			return nil, err
+		}
+		m.ipfs = c
+	}
+	for i := range cfg.Modules {
+		mc := &cfg.Modules[i]
+		m.sources = append(m.sources, &source{ref: mc.Ref, route: mc.Route, pages: mc.Limits.MemoryPages(), limits: mc.Limits, entry: mc.Entrypoint, mounts: mc.Volumes})
+	}
+	if cfg.IPFS.Gateway != "" {
+		m.gateway = newGateway(cfg)
 	}
 	return m, nil
 }
@@ -209,8 +236,9 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 // the modules' _routes. When it returns nil, the children are running and
 // every route answers.
 func (m *Manager) Start(ctx context.Context) error {
-	mods, err := m.loadModules(ctx)
-	if err != nil {
+	// Compile every module that is at hand first (local files, and IPFS
+	// modules already in the cache), so children start with a warm cache.
+	if err := m.prepareSources(ctx); err != nil {
 		return err
 	}
 	cred, err := childCredential(m.cfg.Pool.User)
@@ -240,15 +268,13 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.pool.close()
 		return fmt.Errorf("start children: %w", err)
 	}
-	table, err := m.buildRoutes(ctx, mods)
-	if err != nil {
+	if err := m.resolveSubRoutes(ctx); err != nil {
 		m.pool.close()
 		return err
 	}
-	m.assignSlots(table)
-	m.routes.Store(table)
+	m.rebuildRoutes()
 	total, _ := m.pool.counts()
-	m.log.Info("manager started", "children", total, "routes", table.Len(), "state_dir", m.cfg.StateDir)
+	m.log.Info("manager started", "children", total, "routes", m.routes.Load().Len(), "state_dir", m.cfg.StateDir)
 	return nil
 }
 
@@ -287,133 +313,75 @@ func (m *Manager) newID() string {
 	return m.idPrefix + "-" + strconv.FormatUint(n, 36)
 }
 
-// loadModules validates and compiles every configured module.
-func (m *Manager) loadModules(ctx context.Context) ([]*module, error) {
-	mods := make([]*module, len(m.cfg.Modules))
-	var errs []error
-	for i := range m.cfg.Modules {
-		mc := &m.cfg.Modules[i]
-		mod, err := m.loadModule(ctx, mc)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", m.cfg.Path, mc.Line, err))
-			continue
-		}
-		mods[i] = mod
-	}
-	return mods, errors.Join(errs...)
-}
-
-func (m *Manager) loadModule(ctx context.Context, mc *config.Module) (*module, error) {
-	ref, err := config.ParseModuleRef(mc.Module, "")
-	if err != nil {
-		return nil, err
-	}
-	if ref.Kind != config.RefFile {
-		return nil, fmt.Errorf("load %s: IPFS module sources are not available in this build", mc.Module)
-	}
-	mod, err := m.store.loadFile(ctx, mc.Module, ref.Path, mc.Limits.MemoryPages())
-	if err != nil {
-		return nil, err
-	}
-	entry := mc.Entrypoint
-	if entry == "" {
-		entry = "_start"
-	}
-	if !mod.exports[entry] {
-		return nil, fmt.Errorf("load %s: entrypoint %q is not an exported function", mc.Module, entry)
-	}
-	for _, v := range mc.Volumes {
-		if v.Kind != config.VolumeLocal {
-			return nil, fmt.Errorf("volume %s = %q: IPFS and MFS volumes are not available in this build", v.Guest, v.Source)
-		}
-		st, err := os.Stat(v.Path)
-		if err != nil {
-			return nil, fmt.Errorf("volume %s: %w", v.Guest, err)
-		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("volume %s: %s is not a directory", v.Guest, v.Path)
-		}
-	}
-	return mod, nil
-}
-
 // newTarget builds the route target for a configured module.
-func newTarget(r wagi.Route, mod *module, mc *config.Module, entry string) *target {
-	t := &target{route: r, mod: mod, cfg: mc, entry: entry, limits: mc.Limits, pages: mc.Limits.MemoryPages()}
-	for _, v := range mc.Volumes {
-		t.mounts = append(t.mounts, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly})
-	}
-	return t
+func newTarget(r wagi.Route, src *source, mc *config.Module, entry string) *target {
+	return &target{route: r, src: src, cfg: mc, entry: entry, limits: mc.Limits, pages: mc.Limits.MemoryPages()}
 }
 
-// buildRoutes makes the routing table. A module that exports _routes is run
-// once (in a child) and its sub-routes come before its own route, the last
-// printed line first.
-func (m *Manager) buildRoutes(ctx context.Context, mods []*module) (*wagi.Table[*target], error) {
+// rebuildRoutes makes the routing table from the configured modules in
+// order: a module's _routes sub-routes come before its own route, the last
+// printed line first. It runs at Start and again whenever a module loaded
+// on demand (from IPFS) brings sub-routes.
+func (m *Manager) rebuildRoutes() {
+	m.routesMu.Lock()
+	defer m.routesMu.Unlock()
 	table := &wagi.Table[*target]{}
-	var errs []error
 	for i := range m.cfg.Modules {
 		mc := &m.cfg.Modules[i]
-		mod := mods[i]
+		src := m.sources[i]
 		parent, err := wagi.ParseRoute(mc.Route)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s:%d: %w", m.cfg.Path, mc.Line, err))
-			continue
+			continue // config validation rejects these
 		}
-		if mod.exports["_routes"] {
-			subs, err := m.moduleRoutes(ctx, mod, mc)
+		mod, subs := src.loaded()
+		for j := len(subs) - 1; j >= 0; j-- {
+			sr, err := parent.Join(subs[j].Pattern)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s:%d: load %s: _routes: %w", m.cfg.Path, mc.Line, mc.Module, err))
-				continue
+				continue // checked when the module was loaded
 			}
-			for j := len(subs) - 1; j >= 0; j-- {
-				sr, err := parent.Join(subs[j].Pattern)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s:%d: load %s: _routes: %w", m.cfg.Path, mc.Line, mc.Module, err))
-					continue
-				}
-				if !mod.exports[subs[j].Export] {
-					errs = append(errs, fmt.Errorf("%s:%d: load %s: _routes names %q, which is not an exported function", m.cfg.Path, mc.Line, mc.Module, subs[j].Export))
-					continue
-				}
-				table.Add(sr, newTarget(sr, mod, mc, subs[j].Export))
-			}
+			table.Add(sr, newTarget(sr, src, mc, subs[j].Export))
 		}
 		entry := mc.Entrypoint
 		if entry == "" {
 			entry = "_start"
 		}
-		table.Add(parent, newTarget(parent, mod, mc, entry))
+		table.Add(parent, newTarget(parent, src, mc, entry))
+		_ = mod
 	}
-	return table, errors.Join(errs...)
+	m.assignSlotsLocked(table)
+	m.routes.Store(table)
 }
 
-// assignSlots gives each module with a max_concurrency below the pool size
-// one semaphore, shared by all its routes. The module's identity is its
-// content, so the same code under two routes is one module; the smallest
-// limit among its routes applies.
-func (m *Manager) assignSlots(table *wagi.Table[*target]) {
+// assignSlotsLocked gives each module with a max_concurrency below the pool
+// size one semaphore, shared by all its routes. The module's identity is its
+// source (one config entry, or its content once loaded), so the same code
+// under two routes is one module; the smallest limit among its routes
+// applies. Semaphores outlive table rebuilds. Callers hold routesMu.
+func (m *Manager) assignSlotsLocked(table *wagi.Table[*target]) {
 	limit := map[string]int{}
 	for _, t := range table.All() {
 		n := t.limits.MaxConcurrency
 		if n <= 0 || n >= m.cfg.Pool.Children {
 			continue
 		}
-		if cur, ok := limit[t.mod.key]; !ok || n < cur {
-			limit[t.mod.key] = n
+		key := t.src.identity()
+		if cur, ok := limit[key]; !ok || n < cur {
+			limit[key] = n
 		}
 	}
-	slots := map[string]chan struct{}{}
 	for key, n := range limit {
-		slots[key] = make(chan struct{}, n)
+		if _, ok := m.slots[key]; !ok {
+			m.slots[key] = make(chan struct{}, n)
+		}
 	}
 	for _, t := range table.All() {
-		t.slots = slots[t.mod.key]
+		t.slots = m.slots[t.src.identity()]
 	}
 }
 
-// moduleRoutes runs a module's _routes export in a child.
-func (m *Manager) moduleRoutes(ctx context.Context, mod *module, mc *config.Module) ([]wagi.SubRoute, error) {
+// moduleRoutes runs a module's _routes export in a child and checks what it
+// printed.
+func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, lim config.Limits, route string) ([]wagi.SubRoute, error) {
 	p, err := m.pool.acquire(ctx, m.opts.ReadyTimeout)
 	if err != nil {
 		return nil, err
@@ -422,19 +390,35 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, mc *config.Modu
 		ID:          "routes",
 		ModuleKey:   mod.key,
 		ModulePath:  mod.path,
-		MemoryPages: mc.Limits.MemoryPages(),
+		MemoryPages: pages,
 		Entrypoint:  "_routes",
 		StderrCap:   stderrCap,
 	}
 	out := &captureWriter{limit: 1 << 20}
-	res := execute(ctx, m.log.With("module", mc.Module), p, run, mc.Limits, out, chargeTo{})
+	res := execute(ctx, m.log.With("module", mod.ref), p, run, lim, out, chargeTo{})
 	if res.reusable {
 		m.pool.release(p)
 	}
 	if res.err != nil {
-		return nil, res.err
+		return nil, fmt.Errorf("_routes: %w", res.err)
 	}
-	return wagi.ParseRoutesOutput(out.buf)
+	subs, err := wagi.ParseRoutesOutput(out.buf)
+	if err != nil {
+		return nil, fmt.Errorf("_routes: %w", err)
+	}
+	parent, err := wagi.ParseRoute(route)
+	if err != nil {
+		return nil, err
+	}
+	for _, sr := range subs {
+		if _, err := parent.Join(sr.Pattern); err != nil {
+			return nil, fmt.Errorf("_routes: %w", err)
+		}
+		if !mod.exports[sr.Export] {
+			return nil, fmt.Errorf("_routes names %q, which is not an exported function", sr.Export)
+		}
+	}
+	return subs, nil
 }
 
 // childCredential resolves pool.user. Children switch to it only when the

@@ -31,6 +31,7 @@ type module struct {
 // store validates and compiles modules. It never runs guest code.
 type store struct {
 	dir      string // state_dir/modules
+	indexDir string // state_dir/ipfs-index: IPFS path → module key
 	cacheDir string // wazero file compilation cache
 	maxSize  int64
 
@@ -44,6 +45,7 @@ type store struct {
 func newStore(stateDir string, maxSize int64) (*store, error) {
 	s := &store{
 		dir:      filepath.Join(stateDir, "modules"),
+		indexDir: filepath.Join(stateDir, "ipfs-index"),
 		cacheDir: filepath.Join(stateDir, "compilation-cache"),
 		maxSize:  maxSize,
 		runtimes: map[uint32]wazero.Runtime{},
@@ -53,7 +55,7 @@ func newStore(stateDir string, maxSize int64) (*store, error) {
 	for _, d := range []struct {
 		path string
 		mode os.FileMode
-	}{{stateDir, 0o711}, {s.dir, 0o755}, {s.cacheDir, 0o700}} {
+	}{{stateDir, 0o711}, {s.dir, 0o755}, {s.cacheDir, 0o700}, {s.indexDir, 0o700}} {
 		if err := os.MkdirAll(d.path, d.mode); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
@@ -122,7 +124,7 @@ func (s *store) loadFile(ctx context.Context, ref, path string, pages uint32) (*
 // add validates bin as a module and makes it available to children.
 func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (*module, error) {
 	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
-		return nil, fmt.Errorf("load %s: not a WebAssembly binary module (no \\0asm magic)", ref)
+		return nil, fmt.Errorf("load %s: %w: not a WebAssembly binary module (no \\0asm magic)", ref, errInvalidModule)
 	}
 	sum := sha256.Sum256(bin)
 	key := hex.EncodeToString(sum[:])
@@ -149,7 +151,7 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", ref, err)
+		return nil, fmt.Errorf("load %s: %w: %v", ref, errInvalidModule, err)
 	}
 	defer cm.Close(ctx)
 	if err := s.chownCacheLocked(); err != nil {
@@ -169,14 +171,77 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 	}
 	if len(bad) > 0 {
 		sort.Strings(bad)
-		return nil, fmt.Errorf("load %s: imports %s, which wagi-fcgi does not provide (modules may import only %s)",
-			ref, strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
+		return nil, fmt.Errorf("load %s: %w: imports %s, which wagi-fcgi does not provide (modules may import only %s)",
+			ref, errInvalidModule, strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
 	}
 	m.exports = map[string]bool{}
 	for name := range cm.ExportedFunctions() {
 		m.exports[name] = true
 	}
 	return m, nil
+}
+
+// indexFile is where the module key of an IPFS path is remembered.
+func (s *store) indexFile(ipfsPath string) string {
+	sum := sha256.Sum256([]byte(ipfsPath))
+	return filepath.Join(s.indexDir, hex.EncodeToString(sum[:]))
+}
+
+// remember records that ipfsPath holds the module with key, so a restart
+// serves it without asking the node.
+func (s *store) remember(ipfsPath, key string) error {
+	f, err := os.CreateTemp(s.indexDir, "idx.*.tmp")
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(key + "\n" + ipfsPath + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), s.indexFile(ipfsPath))
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
+}
+
+// cachedRef loads the module remembered for ipfsPath, checking its bytes
+// against their hash (the file name). It returns nil, nil when nothing
+// usable is cached; a corrupt copy is removed.
+func (s *store) cachedRef(ctx context.Context, ipfsPath, ref string, pages uint32) (*module, error) {
+	b, err := os.ReadFile(s.indexFile(ipfsPath))
+	if err != nil {
+		return nil, nil
+	}
+	key, rest, _ := strings.Cut(string(b), "\n")
+	if strings.TrimSuffix(rest, "\n") != ipfsPath || len(key) != 64 {
+		return nil, nil
+	}
+	path := filepath.Join(s.dir, key+".wasm")
+	bin, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil
+	}
+	sum := sha256.Sum256(bin)
+	if hex.EncodeToString(sum[:]) != key {
+		_ = os.Remove(path) // corrupt: fetch it again
+		return nil, nil
+	}
+	return s.add(ctx, ref, bin, pages)
+}
+
+// checkDir fails unless path is a directory.
+func checkDir(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("%s is not a directory", path)
+	}
+	return nil
 }
 
 // shareWith makes the compilation cache belong to the user children run

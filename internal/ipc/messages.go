@@ -6,10 +6,21 @@ import (
 	"fmt"
 )
 
-// Mount is a host directory made visible to the guest.
+// MountKind says what a Mount's Host is.
+type MountKind uint8
+
+// Mount kinds.
+const (
+	MountDir MountKind = iota // a host directory
+	MountMFS                  // a directory in a kubo node's MFS
+)
+
+// Mount is a directory made visible to the guest.
 type Mount struct {
 	Guest    string // absolute path inside the guest, e.g. "/static"
-	Host     string // absolute host directory
+	Kind     MountKind
+	Host     string // MountDir: absolute host directory; MountMFS: the node's RPC URL
+	MFSPath  string // MountMFS: the directory in MFS
 	ReadOnly bool
 }
 
@@ -81,7 +92,9 @@ func AppendRun(b []byte, m *Run) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Mounts)))
 	for _, mt := range m.Mounts {
 		b = appendString(b, mt.Guest)
+		b = append(b, byte(mt.Kind))
 		b = appendString(b, mt.Host)
+		b = appendString(b, mt.MFSPath)
 		b = appendBool(b, mt.ReadOnly)
 	}
 	b = appendBytes(b, m.Stdin)
@@ -101,10 +114,10 @@ func DecodeRun(p []byte, m *Run) error {
 	m.Entrypoint = d.string()
 	m.Args = d.strings()
 	m.Env = d.strings()
-	n := d.count(9)
+	n := d.count(14)
 	m.Mounts = nil
 	for i := 0; i < n && d.err == nil; i++ {
-		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Host: d.string(), ReadOnly: d.bool()})
+		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Kind: MountKind(d.u8()), Host: d.string(), MFSPath: d.string(), ReadOnly: d.bool()})
 	}
 	m.Stdin = d.bytes()
 	m.InheritStdio = d.bool()

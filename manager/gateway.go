@@ -1,0 +1,73 @@
+package manager
+
+import (
+	"strings"
+	"sync"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+)
+
+// maxGatewayModules bounds the CIDs the open-edge gateway keeps targets
+// for; beyond it, an arbitrary one is forgotten (its module stays in the
+// cache on disk, so it comes back without a fetch).
+const maxGatewayModules = 4096
+
+// gateway serves any allowed CID at <prefix><cid>/... ("open edge" mode):
+// the CID runs as a /... route with the default limits, and its daily
+// budget is its own, like any module's.
+type gateway struct {
+	prefix   string
+	allowAll bool
+	allow    map[string]bool
+	limits   config.Limits
+
+	mu      sync.Mutex
+	targets map[string]*target
+}
+
+func newGateway(cfg *config.Config) *gateway {
+	g := &gateway{prefix: cfg.IPFS.Gateway, allow: map[string]bool{}, limits: cfg.Limits, targets: map[string]*target{}}
+	for _, c := range cfg.IPFS.Allow {
+		if c == "*" {
+			g.allowAll = true
+		}
+		g.allow[c] = true
+	}
+	return g
+}
+
+// lookup returns the target for a gateway path, or the status and reason
+// to refuse it with: 404 for a path that names no CID, 403 for a CID that
+// is not allowed.
+func (g *gateway) lookup(rawPath string) (*target, int, string) {
+	rest := strings.TrimPrefix(rawPath, g.prefix)
+	cid, _, _ := strings.Cut(rest, "/")
+	ref, err := config.ParseModuleRef("ipfs://"+cid, "")
+	if cid == "" || err != nil {
+		return nil, 404, "no CID in this gateway path"
+	}
+	if !g.allowAll && !g.allow[cid] {
+		return nil, 403, "this CID is not allowed on this gateway"
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t, ok := g.targets[cid]; ok {
+		return t, 0, ""
+	}
+	route, err := wagi.ParseRoute(strings.TrimSuffix(g.prefix, "/") + "/" + cid + "/...")
+	if err != nil {
+		return nil, 404, "no CID in this gateway path"
+	}
+	mc := &config.Module{Route: route.Pattern, Module: ref.Raw, Ref: ref, Entrypoint: "_start", Limits: g.limits}
+	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start"}
+	t := newTarget(route, src, mc, "_start")
+	if len(g.targets) >= maxGatewayModules {
+		for k := range g.targets {
+			delete(g.targets, k)
+			break
+		}
+	}
+	g.targets[cid] = t
+	return t, 0, ""
+}

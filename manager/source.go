@@ -1,0 +1,376 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
+)
+
+// ipnsTTL is how long an IPNS name's resolution is used before it is
+// resolved again; a new CID then becomes a new module (with a fresh budget).
+const ipnsTTL = time.Minute
+
+// source is where a configured module comes from, and what was loaded from
+// it. Local files are loaded at Start. IPFS and IPNS modules are loaded from
+// the local cache at Start when they are there, or else on their first
+// request: concurrent first requests share one fetch.
+type source struct {
+	ref    config.ModuleRef
+	route  string // the configured route, for _routes
+	pages  uint32
+	limits config.Limits
+	entry  string
+	mounts []config.Volume
+
+	mu       sync.Mutex
+	mod      *module
+	subs     []wagi.SubRoute
+	resolved time.Time // when an IPNS name was last resolved
+	loading  *loadCall
+}
+
+type loadCall struct {
+	done chan struct{}
+	err  error
+}
+
+// loaded returns the current module (nil before the first load) and its
+// sub-routes.
+func (s *source) loaded() (*module, []wagi.SubRoute) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mod, s.subs
+}
+
+// identity names the module for per-module limits before and after it is
+// loaded: its content hash once known, else its reference.
+func (s *source) identity() string {
+	if mod, _ := s.loaded(); mod != nil {
+		return mod.key
+	}
+	return s.ref.Raw
+}
+
+// errInvalidModule wraps every way fetched bytes can fail to be a module
+// wagi-fcgi can run: not wasm, does not compile, imports what is not
+// provided, lacks its entrypoint, bad _routes.
+var errInvalidModule = errors.New("invalid module")
+
+func usesIPFS(cfg *config.Config) bool {
+	if cfg.IPFS.Gateway != "" {
+		return true
+	}
+	for _, mc := range cfg.Modules {
+		if mc.Ref.Kind != config.RefFile {
+			return true
+		}
+		for _, v := range mc.Volumes {
+			if v.Kind != config.VolumeLocal {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// prepareSources compiles every module that needs no network: local files
+// (an error fails Start) and IPFS modules found in the cache.
+func (m *Manager) prepareSources(ctx context.Context) error {
+	var errs []error
+	for i, src := range m.sources {
+		mc := &m.cfg.Modules[i]
+		var mod *module
+		var err error
+		switch src.ref.Kind {
+		case config.RefFile:
+			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages)
+		default:
+			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages)
+			if err == nil && mod == nil {
+				m.log.Info("module will be fetched on its first request", "module", mc.Module)
+				continue
+			}
+		}
+		if err == nil {
+			err = checkModule(mod, src)
+		}
+		if err == nil {
+			err = m.checkVolumes(mc)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d: %w", m.cfg.Path, mc.Line, err))
+			continue
+		}
+		src.mod, src.resolved = mod, time.Now()
+	}
+	return errors.Join(errs...)
+}
+
+// resolveSubRoutes runs _routes of every module loaded so far.
+func (m *Manager) resolveSubRoutes(ctx context.Context) error {
+	var errs []error
+	for i, src := range m.sources {
+		mc := &m.cfg.Modules[i]
+		if src.mod == nil || !src.mod.exports["_routes"] {
+			continue
+		}
+		subs, err := m.moduleRoutes(ctx, src.mod, src.pages, src.limits, src.route)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s:%d: load %s: %w", m.cfg.Path, mc.Line, mc.Module, err))
+			continue
+		}
+		src.subs = subs
+	}
+	return errors.Join(errs...)
+}
+
+func checkModule(mod *module, src *source) error {
+	entry := src.entry
+	if entry == "" {
+		entry = "_start"
+	}
+	if !mod.exports[entry] {
+		return fmt.Errorf("load %s: %w: entrypoint %q is not an exported function", mod.ref, errInvalidModule, entry)
+	}
+	return nil
+}
+
+// checkVolumes checks what can be checked of a module's volumes without the
+// network.
+func (m *Manager) checkVolumes(mc *config.Module) error {
+	for _, v := range mc.Volumes {
+		if v.Kind != config.VolumeLocal {
+			continue
+		}
+		if err := checkDir(v.Path); err != nil {
+			return fmt.Errorf("volume %s: %w", v.Guest, err)
+		}
+	}
+	return nil
+}
+
+// ipfsPathOf is the /ipfs/ or /ipns/ path of a reference.
+func ipfsPathOf(ref config.ModuleRef) string {
+	if ref.Kind == config.RefIPNS {
+		return "/ipns/" + ref.Path
+	}
+	return "/ipfs/" + ref.Path
+}
+
+// module returns src's module, loading it if needed. Concurrent callers
+// share one load; a failed load is not remembered, so the next request
+// tries again (the node may be back).
+func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
+	for {
+		src.mu.Lock()
+		stale := src.ref.Kind == config.RefIPNS && time.Since(src.resolved) > ipnsTTL
+		if src.mod != nil && !stale {
+			mod := src.mod
+			src.mu.Unlock()
+			return mod, nil
+		}
+		if c := src.loading; c != nil {
+			src.mu.Unlock()
+			select {
+			case <-c.done:
+				if c.err != nil {
+					if mod, _ := src.loaded(); mod != nil {
+						return mod, nil // IPNS refresh failed: keep the old one
+					}
+					return nil, c.err
+				}
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		c := &loadCall{done: make(chan struct{})}
+		src.loading = c
+		old := src.mod
+		src.mu.Unlock()
+
+		// One client leaving must not fail the load the others wait for.
+		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.IPFS.FetchTimeout)
+		mod, subs, err := m.loadSource(lctx, src)
+		cancel()
+
+		src.mu.Lock()
+		src.loading = nil
+		if err == nil {
+			src.mod, src.subs, src.resolved = mod, subs, time.Now()
+		} else if old != nil {
+			m.log.Warn("refreshing an IPNS module failed; serving the one loaded before", "module", src.ref.Raw, "err", err)
+			src.resolved = time.Now() // try again after another TTL
+		}
+		c.err = err
+		src.mu.Unlock()
+		close(c.done)
+		if err != nil {
+			if old != nil {
+				return old, nil
+			}
+			return nil, err
+		}
+		if old == nil || old.key != mod.key {
+			m.rebuildRoutes()
+		}
+		return mod, nil
+	}
+}
+
+// loadSource fetches (or finds in the cache), validates and compiles a
+// module from IPFS, and runs its _routes.
+func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.SubRoute, error) {
+	if m.ipfs == nil {
+		return nil, nil, fmt.Errorf("load %s: %w: no IPFS client", src.ref.Raw, ipfs.ErrUnavailable)
+	}
+	p := ipfsPathOf(src.ref)
+	if src.ref.Kind == config.RefIPNS {
+		resolved, err := m.ipfs.Resolve(ctx, p)
+		if err != nil {
+			// The node is down or the name does not resolve: a module
+			// loaded under this name before still serves.
+			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages); cerr == nil && mod != nil {
+				m.log.Warn("IPNS name not resolved; using the module cached for it", "module", src.ref.Raw, "err", err)
+				return m.finishLoad(ctx, src, mod)
+			}
+			return nil, nil, fmt.Errorf("load %s: resolve: %w", src.ref.Raw, err)
+		}
+		p = resolved
+	}
+	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages)
+	if err != nil {
+		return nil, nil, err
+	}
+	if mod == nil {
+		start := time.Now()
+		bin, err := m.ipfs.Fetch(ctx, p, m.cfg.IPFS.MaxModuleSize)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load %s: %w", src.ref.Raw, err)
+		}
+		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
+		if err != nil {
+			return nil, nil, err
+		}
+		m.fetches.Add(1)
+		m.log.Info("module fetched from IPFS", "module", src.ref.Raw, "path", p, "bytes", len(bin), "key", mod.key[:12],
+			"took", time.Since(start).Round(time.Microsecond))
+		if err := m.store.remember(p, mod.key); err != nil {
+			m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", err)
+		}
+	}
+	if src.ref.Kind == config.RefIPNS {
+		if err := m.store.remember(ipfsPathOf(src.ref), mod.key); err != nil {
+			m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", err)
+		}
+	}
+	return m.finishLoad(ctx, src, mod)
+}
+
+func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*module, []wagi.SubRoute, error) {
+	if err := checkModule(mod, src); err != nil {
+		return nil, nil, err
+	}
+	var subs []wagi.SubRoute
+	if mod.exports["_routes"] {
+		var err error
+		subs, err = m.moduleRoutes(ctx, mod, src.pages, src.limits, src.route)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load %s: %w: %v", src.ref.Raw, errInvalidModule, err)
+		}
+	}
+	return mod, subs, nil
+}
+
+// loadFailure is the answer to a request whose module could not be loaded.
+func loadFailure(err error, gateway bool) (status int, msg, retry string) {
+	switch {
+	case errors.Is(err, ipfs.ErrUnavailable):
+		return 503, "the module is not cached and the IPFS node is unreachable", "30"
+	case errors.Is(err, ipfs.ErrTimeout):
+		return 504, "fetching the module from IPFS timed out", ""
+	case errors.Is(err, ipfs.ErrTooLarge):
+		return 502, "the module is larger than max_module_size", ""
+	case errors.Is(err, ipfs.ErrNotFound) && gateway:
+		return 404, "no such module in IPFS", ""
+	case errors.Is(err, ipfs.ErrNotFound), errors.Is(err, ipfs.ErrNotFile):
+		return 502, "the module could not be found in IPFS", ""
+	case errors.Is(err, errInvalidModule):
+		return 502, "the module is not a valid WebAssembly module for wagi-fcgi", ""
+	}
+	return 500, "the module could not be loaded", ""
+}
+
+// mounts turns a module's volumes into what a child mounts: local
+// directories as they are, IPFS directories fetched into the state
+// directory (once, on first use), MFS directories by node and path.
+func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount, error) {
+	if len(vols) == 0 {
+		return nil, nil
+	}
+	out := make([]ipc.Mount, 0, len(vols))
+	for _, v := range vols {
+		switch v.Kind {
+		case config.VolumeLocal:
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly})
+		case config.VolumeIPFS:
+			dir, err := m.ipfsDir(ctx, v.Path)
+			if err != nil {
+				return nil, fmt.Errorf("volume %s = %q: %w", v.Guest, v.Source, err)
+			}
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: dir, ReadOnly: true})
+		case config.VolumeMFS:
+			if m.ipfs == nil {
+				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)
+			}
+			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path})
+		}
+	}
+	return out, nil
+}
+
+// ipfsDir returns the local copy of an immutable UnixFS directory, fetching
+// it on first use. Concurrent first uses share one fetch.
+func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
+	dir := filepath.Join(m.cfg.StateDir, "ipfs-dirs", strings.ReplaceAll(cidPath, "/", "_"))
+	if checkDir(dir) == nil {
+		return dir, nil
+	}
+	if m.ipfs == nil {
+		return "", ipfs.ErrUnavailable
+	}
+	m.dirMu.Lock()
+	c, ok := m.dirFetch[dir]
+	if !ok {
+		c = &loadCall{done: make(chan struct{})}
+		m.dirFetch[dir] = c
+		go func() {
+			lctx, cancel := context.WithTimeout(context.Background(), m.cfg.IPFS.FetchTimeout)
+			defer cancel()
+			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, 0)
+			m.dirMu.Lock()
+			delete(m.dirFetch, dir)
+			m.dirMu.Unlock()
+			close(c.done)
+		}()
+	}
+	m.dirMu.Unlock()
+	select {
+	case <-c.done:
+		if c.err != nil {
+			return "", c.err
+		}
+		return dir, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
