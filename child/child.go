@@ -26,11 +26,13 @@ import (
 	"strings"
 
 	"github.com/tetratelabs/wazero"
+	esys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
 // Options configure a child.
@@ -106,6 +108,7 @@ type engine struct {
 	opts     Options
 	cache    wazero.CompilationCache
 	runtimes map[uint32]*runtimeEntry
+	ipfs     map[string]*ipfs.Client // by RPC URL, for MFS volumes
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 }
@@ -121,7 +124,7 @@ type moduleRef struct {
 }
 
 func newEngine(ctx context.Context, opts Options) (*engine, error) {
-	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}}
+	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}, ipfs: map[string]*ipfs.Client{}}
 	if opts.CacheDir != "" {
 		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
 		if err != nil {
@@ -251,7 +254,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		// the directory (see volumefs.go).
 		fsc := wazero.NewFSConfig()
 		for _, mt := range m.Mounts {
-			vfs, err := NewVolumeFS(mt.Host, mt.ReadOnly)
+			vfs, err := e.volume(mt)
 			if err != nil {
 				return ipc.Done{Outcome: ipc.OutcomeLoad, Message: fmt.Sprintf("volume %s: %v", mt.Guest, err)}
 			}
@@ -268,6 +271,24 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		_ = stderr.flush()
 	}
 	return done
+}
+
+// volume returns the file system for a mount: a jailed host directory, or
+// a directory in a kubo node's MFS (the child talks to the node itself;
+// one client per node, kept for the child's life).
+func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
+	if mt.Kind != ipc.MountMFS {
+		return NewVolumeFS(mt.Host, mt.ReadOnly)
+	}
+	c, ok := e.ipfs[mt.Host]
+	if !ok {
+		var err error
+		if c, err = ipfs.New(mt.Host); err != nil {
+			return nil, err
+		}
+		e.ipfs[mt.Host] = c
+	}
+	return ipfs.NewMFS(c, mt.MFSPath)
 }
 
 // call instantiates cm and runs its entrypoint. "_start" is the WASI command

@@ -45,8 +45,12 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	status, bytesOut := 0, int64(0)
 	var cpu time.Duration
 	var t *target
-	var modKey string
+	var modKey, modRef, killed string
+	var budget time.Duration
 	defer func() {
+		if t != nil {
+			m.status.observe(modKey, modRef, t.route.Pattern, budget, status, time.Since(start), killed)
+		}
 		attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", status,
 			"wall", time.Since(start).Round(time.Microsecond), "bytes", bytesOut}
 		if t != nil {
@@ -58,6 +62,14 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		log.Info("request", attrs...)
 	}()
 
+	if m.cfg.StatusPath != "" && rawPath == m.cfg.StatusPath {
+		// Answered here, not by a child: it works when every child is busy.
+		status = 200
+		if err := m.writeStatus(w, wagi.QueryString(r.Params)); err != nil {
+			log.Error("status page", "err", err)
+		}
+		return
+	}
 	if m.cfg.Healthz && rawPath == "/healthz" {
 		status = 200
 		_, _ = io.WriteString(w, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
@@ -99,7 +111,7 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		}
 		return
 	}
-	modKey = mod.key
+	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
 	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
 	if err != nil {
 		status, msg, retry := loadFailure(err, false)
@@ -198,7 +210,7 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if res.reusable {
 		m.pool.release(p)
 	}
-	cpu = res.cpu
+	cpu, killed = res.cpu, res.killed
 	m.charge(log, owner, res.cpu)
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)

@@ -83,6 +83,7 @@ type Manager struct {
 	idPrefix string
 	idSeq    atomic.Uint64
 
+	status   *statusBook
 	fetches  atomic.Int64 // modules fetched from IPFS
 	dirMu    sync.Mutex
 	dirFetch map[string]*loadCall // IPFS directories being fetched
@@ -213,6 +214,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		idPrefix: hex.EncodeToString(rnd[:]),
 		slots:    map[string]chan struct{}{},
 		dirFetch: map[string]*loadCall{},
+		status:   newStatusBook(),
 	}
 	if usesIPFS(cfg) {
 		c, err := ipfs.New(cfg.IPFS.API)

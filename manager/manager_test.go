@@ -3,6 +3,7 @@ package manager_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"github.com/yookoala/gofast"
 
 	"github.com/wagi-fcgi/wagi-fcgi/child"
@@ -486,5 +489,82 @@ module = "{{mods}}/burn.wasm"
 	}
 	if rec := f.do(t, "GET", "/b?1", nil); rec.Code != 503 {
 		t.Fatalf("/b after /a spent the module's budget: %d", rec.Code)
+	}
+}
+
+func TestTheStatusPageCountsRequestsInEveryFormat(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	for i := 0; i < 3; i++ {
+		f.do(t, "GET", "/hello", nil)
+	}
+	f.do(t, "GET", "/sleep?5000", nil) // 504: wall clock
+	f.do(t, "GET", "/nothing-here", nil)
+	waitPool(t, f.m, 2, nil, 2*time.Second) // the killed child's replacement
+
+	rec := f.do(t, "GET", "/_wagi/status?json&full", nil)
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("json: %d %v", rec.Code, rec.Header())
+	}
+	var st manager.Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Pool.Children != 2 || st.Pool.Requests != 4 || st.Pool.Killed["timeout"] != 1 || len(st.Children) != 2 {
+		t.Fatalf("pool %+v, %d children listed", st.Pool, len(st.Children))
+	}
+	byRoute := map[string]manager.ModuleStatus{}
+	for _, m := range st.Modules {
+		byRoute[m.Route] = m
+	}
+	hello, sleep := byRoute["/hello"], byRoute["/sleep"]
+	if hello.Requests["2xx"] != 3 || hello.CPUToday <= 0 || hello.P50Seconds <= 0 || hello.DailyCPU != 3600 {
+		t.Fatalf("hello %+v", hello)
+	}
+	if sleep.Requests["5xx"] != 1 || sleep.Timeouts != 1 {
+		t.Fatalf("sleep %+v", sleep)
+	}
+
+	rec = f.do(t, "GET", "/_wagi/status?openmetrics", nil)
+	if !strings.HasPrefix(rec.Header().Get("Content-Type"), "application/openmetrics-text") {
+		t.Fatalf("openmetrics content type %q", rec.Header().Get("Content-Type"))
+	}
+	om := rec.Body.String()
+	for _, want := range []string{
+		"wagi_children 2", `wagi_children_killed_total{reason="timeout"} 1`, "wagi_requests_total 4",
+		`class="2xx",module="` + hello.Module[:12] + `",route="/hello"} 3`, "wagi_module_request_duration_seconds_bucket", "# EOF",
+	} {
+		if !strings.Contains(om, want) {
+			t.Errorf("openmetrics lacks %q:\n%s", want, om)
+		}
+	}
+	rec = f.do(t, "GET", "/_wagi/status?prometheus", nil)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	if _, err := parser.TextToMetricFamilies(strings.NewReader(rec.Body.String())); err != nil {
+		t.Fatalf("the Prometheus text format does not parse: %v", err)
+	}
+	rec = f.do(t, "GET", "/_wagi/status", nil)
+	for _, want := range []string{"idle children:", "killed (timeout):", "route:                /hello", "requests:             1xx=0 2xx=3"} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, rec.Body)
+		}
+	}
+}
+
+func TestTheStatusPageAnswersWhileEveryChildIsBusy(t *testing.T) {
+	f := newFixture(t, basicConfig)
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); f.do(t, "GET", "/sleep?700", nil) }()
+	}
+	time.Sleep(200 * time.Millisecond)
+	rec := f.do(t, "GET", "/_wagi/status?json", nil)
+	wg.Wait()
+	var st manager.Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &st); err != nil || rec.Code != 200 {
+		t.Fatalf("%d %v", rec.Code, err)
+	}
+	if st.Pool.Busy != 2 || st.Pool.Idle != 0 {
+		t.Fatalf("pool %+v, want 2 busy", st.Pool)
 	}
 }

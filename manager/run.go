@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
 // RunSpec describes one run of a module from the command line.
@@ -19,6 +22,7 @@ type RunSpec struct {
 	Dirs     []config.Volume // directories to mount
 	Limits   config.Limits   // Timeout, CPU and Memory apply
 	StateDir string          // where modules and the compilation cache live
+	IPFS     config.IPFS     // the node for ipfs://, /ipns/ and mfs: sources
 }
 
 // ErrLimit is returned by RunOnce when the module was killed for a limit.
@@ -45,16 +49,37 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if ref.Kind != config.RefFile {
-		return 0, fmt.Errorf("run %s: IPFS module sources are not available in this build", spec.Module)
-	}
-	st, err := newStore(spec.StateDir, 0)
+	st, err := newStore(spec.StateDir, spec.IPFS.MaxModuleSize)
 	if err != nil {
 		return 0, err
 	}
 	defer st.close(context.Background())
 	pages := spec.Limits.MemoryPages()
-	mod, err := st.loadFile(ctx, spec.Module, ref.Path, pages)
+	var ic *ipfs.Client
+	needIPFS := ref.Kind != config.RefFile
+	for _, d := range spec.Dirs {
+		needIPFS = needIPFS || d.Kind != config.VolumeLocal
+	}
+	if needIPFS {
+		if ic, err = ipfs.New(spec.IPFS.API); err != nil {
+			return 0, err
+		}
+		defer ic.Close()
+	}
+	var mod *module
+	if ref.Kind == config.RefFile {
+		mod, err = st.loadFile(ctx, spec.Module, ref.Path, pages)
+	} else {
+		fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
+		var bin []byte
+		bin, err = ic.Fetch(fctx, ipfsPathOf(ref), spec.IPFS.MaxModuleSize)
+		cancel()
+		if err == nil {
+			mod, err = st.add(ctx, spec.Module, bin, pages)
+		} else {
+			err = fmt.Errorf("fetch %s: %w", spec.Module, err)
+		}
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -72,10 +97,23 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		InheritStdio: true,
 	}
 	for _, d := range spec.Dirs {
-		if d.Kind != config.VolumeLocal {
-			return 0, fmt.Errorf("--dir %s=%s: IPFS and MFS volumes are not available in this build", d.Guest, d.Source)
+		switch d.Kind {
+		case config.VolumeLocal:
+			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: d.Path, ReadOnly: d.ReadOnly})
+		case config.VolumeIPFS:
+			dir := filepath.Join(spec.StateDir, "ipfs-dirs", strings.ReplaceAll(d.Path, "/", "_"))
+			if checkDir(dir) != nil {
+				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
+				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, 0)
+				cancel()
+				if err != nil {
+					return 0, fmt.Errorf("--dir %s=%s: %w", d.Guest, d.Source, err)
+				}
+			}
+			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: dir, ReadOnly: true})
+		case config.VolumeMFS:
+			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Kind: ipc.MountMFS, Host: ic.BaseURL(), MFSPath: d.Path})
 		}
-		run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: d.Path, ReadOnly: d.ReadOnly})
 	}
 
 	sp := newSpawner()

@@ -115,6 +115,19 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// LoadAll loads every module that is not loaded yet, fetching IPFS modules
+// (for `wagi-fcgi check`, which must prove that every module can be had).
+func (m *Manager) LoadAll(ctx context.Context) error {
+	var errs []error
+	for i, src := range m.sources {
+		if _, err := m.module(ctx, src); err != nil {
+			mc := &m.cfg.Modules[i]
+			errs = append(errs, fmt.Errorf("%s:%d: %w", m.cfg.Path, mc.Line, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // resolveSubRoutes runs _routes of every module loaded so far.
 func (m *Manager) resolveSubRoutes(ctx context.Context) error {
 	var errs []error

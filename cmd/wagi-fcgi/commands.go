@@ -139,6 +139,9 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := m.Start(ctx); err != nil {
 		return err
 	}
+	if err := m.LoadAll(ctx); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "%s: ok, %d modules, routes:\n", *cfgPath, len(cfg.Modules))
 	for _, r := range m.Routes() {
 		fmt.Fprintf(stdout, "  %s\n", r)
@@ -163,6 +166,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 	fs.DurationVar(&lim.CPU, "cpu", lim.CPU, "CPU time limit")
 	memory := fs.String("memory", "", "guest memory limit, e.g. 64MiB (default from [limits])")
 	stateDir := fs.String("state-dir", "", "module and compilation cache `dir` (default: the user cache dir)")
+	defaults := config.Default()
+	ipfsAPI := fs.String("ipfs", defaults.IPFS.API, "kubo RPC API `address` for ipfs://, /ipns/ and mfs: sources")
 	if err := fs.Parse(args); err != nil {
 		return 0, err
 	}
@@ -176,7 +181,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 		}
 		lim.Memory = n
 	}
-	spec := manager.RunSpec{Module: fs.Arg(0), Args: fs.Args()[1:], Limits: lim, StateDir: *stateDir}
+	spec := manager.RunSpec{Module: fs.Arg(0), Args: fs.Args()[1:], Limits: lim, StateDir: *stateDir, IPFS: defaults.IPFS}
+	spec.IPFS.API = *ipfsAPI
 	for _, e := range envs {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
 			return 0, usageError{fmt.Errorf("--env %q: want K=V", e)}
