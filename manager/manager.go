@@ -31,8 +31,8 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
-	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
 const defaultReadyTimeout = 10 * time.Second
@@ -64,17 +64,17 @@ type Options struct {
 // Manager serves FastCGI requests with modules run in child processes. It
 // implements fcgi.Handler.
 type Manager struct {
-	cfg      *config.Config
-	opts     Options
-	log      *slog.Logger
-	store    *store
-	pool     *pool
-	ledger   *cpuacct.Ledger // nil with Options.NoLedger
-	procfs   procfs.FS
-	routes   atomic.Pointer[wagi.Table[*target]]
-	sources  []*source // one per configured module, in config order
-	ipfs     *ipfs.Client
-	gateway  *gateway // nil unless [ipfs] gateway is set
+	cfg     *config.Config
+	opts    Options
+	log     *slog.Logger
+	store   *store
+	pool    *pool
+	ledger  *cpuacct.Ledger // nil with Options.NoLedger
+	procfs  procfs.FS
+	routes  atomic.Pointer[wagi.Table[*target]]
+	sources []*source // one per configured module, in config order
+	ipfs    *ipfs.Client
+	gateway *gateway // nil unless [ipfs] gateway is set
 
 	routesMu sync.Mutex               // serialises rebuildRoutes
 	slots    map[string]chan struct{} // max_concurrency semaphores by module; under routesMu

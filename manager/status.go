@@ -170,7 +170,9 @@ func (m *Manager) Status(full bool) Status {
 			}
 		}
 	}
-	sort.Slice(mods, func(i, j int) bool { return mods[i].Route < mods[j].Route || (mods[i].Route == mods[j].Route && mods[i].Module < mods[j].Module) })
+	sort.Slice(mods, func(i, j int) bool {
+		return mods[i].Route < mods[j].Route || (mods[i].Route == mods[j].Route && mods[i].Module < mods[j].Module)
+	})
 	out := Status{
 		Start:  b.start,
 		Uptime: time.Since(b.start).Seconds(),
