@@ -568,3 +568,47 @@ func TestTheStatusPageAnswersWhileEveryChildIsBusy(t *testing.T) {
 		t.Fatalf("pool %+v, want 2 busy", st.Pool)
 	}
 }
+
+func TestIPFSFailuresGetTheirStatus(t *testing.T) {
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done() // a node that never answers
+	}))
+	defer hang.Close()
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closedURL := closed.URL
+	closed.Close() // nothing listens there any more
+	const cid = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"
+	cases := []struct {
+		name, api  string
+		status     int
+		retryAfter bool
+	}{
+		{"a node that does not answer in fetch_timeout is 504", hang.URL, 504, false},
+		{"an unreachable node with the module not cached is 503", closedURL, 503, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, fmt.Sprintf(`
+[pool]
+children = 1
+[ipfs]
+api = %q
+fetch_timeout = "300ms"
+[[module]]
+route = "/m"
+module = "ipfs://%s"
+`, tc.api, cid))
+			start := time.Now()
+			rec := f.do(t, "GET", "/m", nil)
+			if rec.Code != tc.status || (rec.Header().Get("Retry-After") != "") != tc.retryAfter {
+				t.Fatalf("got %d %v %q", rec.Code, rec.Header(), rec.Body)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("took %s", d)
+			}
+			if !strings.Contains(f.log.String(), cid) {
+				t.Fatalf("the log does not name the CID:\n%s", f.log)
+			}
+		})
+	}
+}

@@ -197,6 +197,44 @@ module = "ipfs://%s"
 		}
 	})
 
+	t.Run("an IPNS name is resolved to its module", func(t *testing.T) {
+		// Publishing works offline with --allow-offline; the name is the
+		// node's own key.
+		name := strings.TrimSpace(k.Run(t, "id", "-f", "<id>"))
+		k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+hello)
+		dir2 := t.TempDir()
+		w2 := startWagi(t, bin, dir2, fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+[pool]
+children = 1
+[ipfs]
+api = %q
+[[module]]
+route = "/named"
+module = "/ipns/%s"
+`, k.API, name))
+		n2 := startNginx(t, dir2, w2.sock)
+		if r := newClient(t, n2.base).get("/named"); r.status != 200 || string(r.body) != "Hello, world!\n" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("wagi-fcgi run mounts an MFS directory", func(t *testing.T) {
+		out, errs, code := runBin(t, bin, []byte("from run"), "run", "--state-dir", filepath.Join(dir, "runstate"),
+			"--ipfs", k.API, "--dir", "/data=mfs:/wagi/run", filepath.Join(mods, "files.wasm"), "write", "/data/note.txt")
+		if code != 0 || !strings.Contains(out, "wrote 8") {
+			t.Fatalf("exit %d: %q %q", code, out, errs)
+		}
+		if got := k.Run(t, "files", "read", "/wagi/run/note.txt"); got != "from run" {
+			t.Fatalf("ipfs files read: %q", got)
+		}
+		out, _, code = runBin(t, bin, nil, "run", "--state-dir", filepath.Join(dir, "runstate"), "--ipfs", k.API, "ipfs://"+hello)
+		if code != 0 || !strings.Contains(out, "Hello, world!") {
+			t.Fatalf("run ipfs://: exit %d %q", code, out)
+		}
+	})
+
 	t.Run("with kubo stopped a cached module still answers and a new CID is 503", func(t *testing.T) {
 		k.Stop(t)
 		defer k.Restart(t)

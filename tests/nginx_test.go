@@ -98,6 +98,16 @@ volumes = { "/static" = "{{dir}}/static:ro", "/data" = "{{dir}}/data" }
 // TestNginx runs the core cases through a real nginx using the shipped
 // conf/nginx files, against one wagi-fcgi.
 func TestNginx(t *testing.T) {
+	dir, w := startCoreWagi(t, coreConfig)
+	n := startNginx(t, dir, w.sock)
+	runCoreCases(t, dir, w, frontEnd{name: "nginx", base: n.base, port: n.port, abortsUpstream: true})
+}
+
+// startCoreWagi starts one wagi-fcgi with config (coreConfig, perhaps with
+// settings of its own in front), with the directories its /files volumes
+// need, and checks that its children are up before any request.
+func startCoreWagi(t *testing.T, config string) (string, *wagiProc) {
+	t.Helper()
 	dir := t.TempDir()
 	for _, d := range []string{"static", "data"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -108,14 +118,29 @@ func TestNginx(t *testing.T) {
 		t.Fatal(err)
 	}
 	bin := buildBinary(t, dir)
-	w := startWagi(t, bin, dir, coreConfig)
+	w := startWagi(t, bin, dir, config)
 
 	t.Run("children are running before the first request", func(t *testing.T) {
 		w.waitChildren(t, 2, 5*time.Second)
 	})
+	return dir, w
+}
 
-	n := startNginx(t, dir, w.sock)
-	c := newClient(t, n.base)
+// frontEnd is the web server the core cases go through.
+type frontEnd struct {
+	name string // "nginx", "apache"
+	base string // http://127.0.0.1:port
+	port int
+	// abortsUpstream: the server closes its FastCGI connection as soon as
+	// its client goes away while the module is still running (so
+	// wagi-fcgi kills the child at once).
+	abortsUpstream bool
+}
+
+// runCoreCases runs the request cases every supported web server must
+// pass, through fe, against w (started by startCoreWagi in dir).
+func runCoreCases(t *testing.T, dir string, w *wagiProc, fe frontEnd) {
+	c := newClient(t, fe.base)
 
 	t.Run("hello answers 200 with the module's body", func(t *testing.T) {
 		r := c.get("/hello")
@@ -138,7 +163,7 @@ func TestNginx(t *testing.T) {
 	})
 
 	t.Run("every CGI variable has the value the compat table gives", func(t *testing.T) {
-		host := fmt.Sprintf("Example.test:%d", n.port)
+		host := fmt.Sprintf("Example.test:%d", fe.port)
 		req := "GET /env/a%3bb/c?x=1&y=%20&&z HTTP/1.1\r\n" +
 			"Host: " + host + "\r\n" +
 			"X-Test: v1\r\n" +
@@ -147,7 +172,7 @@ func TestNginx(t *testing.T) {
 			"Proxy: http://evil.example\r\n" +
 			"Content-Type: text/x-test\r\n" +
 			"Connection: close\r\n\r\n"
-		r := rawRequest(t, fmt.Sprintf("127.0.0.1:%d", n.port), req)
+		r := rawRequest(t, fmt.Sprintf("127.0.0.1:%d", fe.port), req)
 		if r.status != 200 {
 			t.Fatalf("status %d: %s", r.status, r.body)
 		}
@@ -163,7 +188,7 @@ func TestNginx(t *testing.T) {
 			"AUTH_TYPE":         "",
 			"REMOTE_USER":       "",
 			"SERVER_NAME":       "Example.test",
-			"SERVER_PORT":       fmt.Sprint(n.port),
+			"SERVER_PORT":       fmt.Sprint(fe.port),
 			"CONTENT_LENGTH":    "0",
 			"CONTENT_TYPE":      "text/x-test",
 			"SCRIPT_NAME":       "/env",
@@ -171,7 +196,7 @@ func TestNginx(t *testing.T) {
 			"PATH_TRANSLATED":   "/a;b/c",
 			"X_RAW_PATH_INFO":   "/a%3bb/c",
 			"X_MATCHED_ROUTE":   "/env/...",
-			"X_FULL_URL":        fmt.Sprintf("http://Example.test:%d/env/a%%3bb/c?x=1&y=%%20&&z", n.port),
+			"X_FULL_URL":        fmt.Sprintf("http://Example.test:%d/env/a%%3bb/c?x=1&y=%%20&&z", fe.port),
 			"HTTP_X_TEST":       "v1",
 			"HTTP_X_DUP":        "one, two",
 			"HTTP_HOST":         host,
@@ -495,7 +520,7 @@ func TestNginx(t *testing.T) {
 	})
 
 	t.Run("a client that goes away mid-request gets its child killed", func(t *testing.T) {
-		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", n.port))
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", fe.port))
 		if err != nil {
 			t.Fatal(err)
 		}
