@@ -31,6 +31,11 @@ type Config struct {
 	// StatusPath is where the status page is served through FastCGI;
 	// default "/_wagi/status"; "" disables it.
 	StatusPath string
+	// LogFormat is "text" (default) or "json".
+	LogFormat string
+	// LogFile is where the log goes; "" is standard error. SIGUSR1
+	// reopens it (for logrotate).
+	LogFile string
 	// Healthz keeps WAGI's built-in /healthz route (200 OK); default
 	// true, `healthz = false` removes it.
 	Healthz bool
@@ -149,6 +154,7 @@ func Default() *Config {
 		ListenMode: 0o660,
 		StateDir:   "/var/lib/wagi-fcgi",
 		StatusPath: "/_wagi/status",
+		LogFormat:  "text",
 		Healthz:    true,
 		Pool: Pool{
 			Children:     runtime.NumCPU(),

@@ -198,6 +198,8 @@ listen_group = "www-data"
 state_dir = "state"
 status_path = ""
 healthz = false
+log_format = "json"
+log_file = "logs/wagi.log"
 
 [pool]
 children = 2
@@ -234,6 +236,8 @@ max_module_size = "10MB"
 		ListenGroup: "www-data",
 		StateDir:    "/srv/wagi/state",
 		StatusPath:  "",
+		LogFormat:   "json",
+		LogFile:     "/srv/wagi/logs/wagi.log",
 		Healthz:     false,
 		Pool:        Pool{Children: 2, MaxRequests: 500, Queue: 0, QueueTimeout: 250 * time.Millisecond, User: "wagi"},
 		Limits: Limits{

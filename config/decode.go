@@ -289,7 +289,7 @@ func (d *decoder) decode(data []byte) *Config {
 	d.lines = locateKeys(string(data))
 
 	known := []string{"listen", "listen_mode", "listen_owner", "listen_group", "state_dir",
-		"status_path", "healthz", "pool", "limits", "ipfs", "module"}
+		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "module"}
 	// [limits] is decoded first: modules start from its values wherever
 	// it appears in the file.
 	if v, ok := raw["limits"]; ok {
@@ -340,6 +340,21 @@ func (d *decoder) decode(data []byte) *Config {
 		case "healthz":
 			if b, ok := d.boolean(p, v); ok {
 				cfg.Healthz = b
+			}
+		case "log_format":
+			if str, ok := d.str(p, v); ok {
+				if str != "text" && str != "json" {
+					d.bad(p, "want \"text\" or \"json\", got %q", str)
+				} else {
+					cfg.LogFormat = str
+				}
+			}
+		case "log_file":
+			if str, ok := d.str(p, v); ok {
+				if str != "" {
+					str = resolve(str, d.baseDir)
+				}
+				cfg.LogFile = str
 			}
 		case "pool":
 			if m, ok := d.table(p, v); ok {

@@ -38,6 +38,16 @@ const (
 
 // ServeFCGI answers one FastCGI request.
 func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
+	if !m.enter() {
+		errorResponse(w, m.newID(), 503, "the server is restarting; try again", "Retry-After", "1")
+		return
+	}
+	defer m.leave()
+	m.serve(w, r)
+}
+
+// serve answers a request the manager has admitted.
+func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	start := time.Now()
 	id := m.newID()
 	rawPath := wagi.RawPath(r.Params)

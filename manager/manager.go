@@ -59,22 +59,31 @@ type Options struct {
 	// `wagi-fcgi check`, which must work beside a running manager (that
 	// holds the ledger's lock).
 	NoLedger bool
+	// Ledger, when set, is used instead of opening state_dir/cpu-ledger,
+	// and is not closed by Close: the generations of a reloading server
+	// share one.
+	Ledger *cpuacct.Ledger
 }
 
 // Manager serves FastCGI requests with modules run in child processes. It
 // implements fcgi.Handler.
 type Manager struct {
-	cfg     *config.Config
-	opts    Options
-	log     *slog.Logger
-	store   *store
-	pool    *pool
-	ledger  *cpuacct.Ledger // nil with Options.NoLedger
-	procfs  procfs.FS
-	routes  atomic.Pointer[wagi.Table[*target]]
-	sources []*source // one per configured module, in config order
-	ipfs    *ipfs.Client
-	gateway *gateway // nil unless [ipfs] gateway is set
+	cfg       *config.Config
+	opts      Options
+	log       *slog.Logger
+	store     *store
+	pool      *pool
+	ledger    *cpuacct.Ledger // nil with Options.NoLedger
+	ownLedger bool            // opened here, so closed here
+	procfs    procfs.FS
+	routes    atomic.Pointer[wagi.Table[*target]]
+	sources   []*source // one per configured module, in config order
+	ipfs      *ipfs.Client
+	gateway   *gateway // nil unless [ipfs] gateway is set
+
+	drainMu  sync.Mutex
+	draining bool
+	inflight sync.WaitGroup
 
 	routesMu sync.Mutex               // serialises rebuildRoutes
 	slots    map[string]chan struct{} // max_concurrency semaphores by module; under routesMu
@@ -193,8 +202,9 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ledger *cpuacct.Ledger
-	if !opts.NoLedger {
+	ledger, ownLedger := opts.Ledger, false
+	if ledger == nil && !opts.NoLedger {
+		ownLedger = true
 		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger})
 		if err != nil {
 			st.close(context.Background())
@@ -204,17 +214,18 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	m := &Manager{
-		cfg:      cfg,
-		opts:     opts,
-		log:      opts.Logger,
-		store:    st,
-		ledger:   ledger,
-		procfs:   pfs,
-		software: "wagi-fcgi/" + opts.Version,
-		idPrefix: hex.EncodeToString(rnd[:]),
-		slots:    map[string]chan struct{}{},
-		dirFetch: map[string]*loadCall{},
-		status:   newStatusBook(),
+		cfg:       cfg,
+		opts:      opts,
+		log:       opts.Logger,
+		store:     st,
+		ledger:    ledger,
+		ownLedger: ownLedger,
+		procfs:    pfs,
+		software:  "wagi-fcgi/" + opts.Version,
+		idPrefix:  hex.EncodeToString(rnd[:]),
+		slots:     map[string]chan struct{}{},
+		dirFetch:  map[string]*loadCall{},
+		status:    newStatusBook(),
 	}
 	if usesIPFS(cfg) {
 		c, err := ipfs.New(cfg.IPFS.API)
@@ -286,10 +297,39 @@ func (m *Manager) Close() error {
 		m.pool.close()
 	}
 	m.store.close(context.Background())
-	if m.ledger != nil {
+	if m.ledger != nil && m.ownLedger {
 		return m.ledger.Close()
 	}
 	return nil
+}
+
+// enter admits a request unless the manager is draining; leave ends it.
+func (m *Manager) enter() bool {
+	m.drainMu.Lock()
+	defer m.drainMu.Unlock()
+	if m.draining {
+		return false
+	}
+	m.inflight.Add(1)
+	return true
+}
+
+func (m *Manager) leave() { m.inflight.Done() }
+
+// Drain stops taking requests and waits until those in flight are done, or
+// ctx ends.
+func (m *Manager) Drain(ctx context.Context) error {
+	m.drainMu.Lock()
+	m.draining = true
+	m.drainMu.Unlock()
+	done := make(chan struct{})
+	go func() { m.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Routes lists the route patterns in match order, sub-routes included.

@@ -10,16 +10,20 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/yookoala/gofast"
 
 	"github.com/wagi-fcgi/wagi-fcgi/child"
 	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/listen"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/logfile"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
 )
 
@@ -27,7 +31,7 @@ import (
 const shutdownGrace = 30 * time.Second
 
 func newLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, nil))
+	return logfile.NewLogger(w, "text")
 }
 
 func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
@@ -45,16 +49,54 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(stderr)
-	m, err := manager.New(cfg, manager.Options{Logger: log, Version: getVersion()})
+	logOut := stderr
+	var logFile *logfile.File
+	if cfg.LogFile != "" {
+		if logFile, err = logfile.Open(cfg.LogFile); err != nil {
+			return err
+		}
+		defer logFile.Close()
+		logOut = logFile
+	}
+	log := logfile.NewLogger(logOut, cfg.LogFormat)
+	// The ledger belongs to the process, not to a config generation: a
+	// reload must not hand out a fresh budget day.
+	ledger, err := cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: log})
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	if err := m.Start(ctx); err != nil {
+	defer ledger.Close()
+	opts := manager.Options{Logger: log, Version: getVersion(), Ledger: ledger}
+	m, err := manager.New(cfg, opts)
+	if err != nil {
 		return err
 	}
+	if err := m.Start(ctx); err != nil {
+		m.Close()
+		return err
+	}
+	sw := manager.NewSwitch(m)
+	defer func() { sw.Current().Close() }()
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP, syscall.SIGUSR1)
+	defer signal.Stop(hup)
+	go func() {
+		for sig := range hup {
+			switch sig {
+			case syscall.SIGUSR1:
+				if logFile != nil {
+					if err := logFile.Reopen(); err != nil {
+						log.Error("reopening the log file", "err", err)
+					} else {
+						log.Info("log file reopened", "path", cfg.LogFile)
+					}
+				}
+			case syscall.SIGHUP:
+				reload(ctx, sw, *cfgPath, cfg, opts, log)
+			}
+		}
+	}()
 	l, err := listen.Systemd()
 	if err != nil {
 		return err
@@ -69,7 +111,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	capacity := cfg.Pool.Children + cfg.Pool.Queue
-	srv := &fcgi.Server{Handler: m, MaxConns: capacity, MaxReqs: capacity, Logger: log}
+	srv := &fcgi.Server{Handler: sw, MaxConns: capacity, MaxReqs: capacity, Logger: log}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(l) }()
 	log.Info("listening", "fastcgi", l.Addr().Network()+":"+l.Addr().String())
@@ -100,10 +142,34 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if hs != nil {
 		_ = hs.Shutdown(sctx)
 	}
+	// Stop accepting, let in-flight requests finish, then stop the
+	// children.
 	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown: requests still running at the deadline were cut", "err", err)
+	}
+	if err := sw.Shutdown(sctx); err != nil {
 		log.Warn("shutdown", "err", err)
 	}
+	log.Info("stopped")
 	return nil
+}
+
+// reload loads the config again and swaps in a new manager generation; a
+// config that does not load is refused and the running one stays.
+func reload(ctx context.Context, sw *manager.Switch, path string, running *config.Config, opts manager.Options, log *slog.Logger) {
+	log.Info("reloading", "config", path)
+	cfg, err := config.Load(path)
+	if err == nil && (cfg.Listen != running.Listen || cfg.LogFile != running.LogFile || cfg.LogFormat != running.LogFormat) {
+		log.Warn("listen and log settings change only on a restart; keeping the running ones")
+	}
+	if err == nil {
+		err = sw.Reload(ctx, cfg, opts, shutdownGrace)
+	}
+	if err != nil {
+		log.Error("reload refused; the running configuration stays", "err", err)
+		return
+	}
+	log.Info("reloaded", "routes", len(sw.Current().Routes()))
 }
 
 // devFront is the --http development front end: a FastCGI client (gofast)
