@@ -84,13 +84,22 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			}
 			return fmt.Errorf("child: read: %w", err)
 		}
-		if t != ipc.TypeRun {
+		var done ipc.Done
+		switch t {
+		case ipc.TypeRun:
+			if err := ipc.DecodeRun(p, &run); err != nil {
+				return fmt.Errorf("child: %w", err)
+			}
+			done = e.run(ctx, &run, w)
+		case ipc.TypePreload:
+			mods, err := ipc.DecodePreload(p)
+			if err != nil {
+				return fmt.Errorf("child: %w", err)
+			}
+			done = e.preload(ctx, mods)
+		default:
 			return fmt.Errorf("child: unexpected %s frame", t)
 		}
-		if err := ipc.DecodeRun(p, &run); err != nil {
-			return fmt.Errorf("child: %w", err)
-		}
-		done := e.run(ctx, &run, w)
 		doneBuf = ipc.AppendDone(doneBuf[:0], &done)
 		if err := w.WriteFrame(ipc.TypeDone, doneBuf); err != nil {
 			return fmt.Errorf("child: send done: %w", err)
@@ -226,6 +235,22 @@ func (e *engine) touch(ref moduleRef) {
 			return
 		}
 	}
+}
+
+// preload compiles modules ahead of their first request (from the file
+// cache, so it is cheap), so a fresh child answers as fast as an old one.
+// A module that fails is reported and skipped; its request will say why.
+func (e *engine) preload(ctx context.Context, mods []ipc.Module) ipc.Done {
+	var failed []string
+	for _, m := range mods {
+		if _, _, err := e.module(ctx, &ipc.Run{ModuleKey: m.Key, ModulePath: m.Path, MemoryPages: m.MemoryPages}); err != nil {
+			failed = append(failed, m.Key+": "+err.Error())
+		}
+	}
+	if len(failed) > 0 {
+		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: strings.Join(failed, "; ")}
+	}
+	return ipc.Done{Outcome: ipc.OutcomeOK}
 }
 
 // run runs one request to the end and reports how it ended. Output goes to

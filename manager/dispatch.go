@@ -24,6 +24,12 @@ const (
 	// cpuPoll is how often a running child's CPU clock is read. The
 	// per-request CPU limit is overshot by at most about this much.
 	cpuPoll = 5 * time.Millisecond
+	// demoteAfter is the CPU time after which a request's child is
+	// reniced to demoteNice: a long CPU-bound request then yields to the
+	// many short ones (hello-world pages take well under a millisecond),
+	// and a module burning CPU cannot double its neighbours' latency.
+	demoteAfter = 20 * time.Millisecond
+	demoteNice  = 19
 )
 
 // Kill reasons, as logged and counted.
@@ -372,6 +378,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 
 	var stdoutBytes int64
 	var stderrLine []byte
+	demoted := false
 	var outErr error
 	for {
 		select {
@@ -429,6 +436,12 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				}
 				p.owner, p.endCPU = owner, startCPU+cpu
 				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
+				if demoted && p.setNice(0) != nil {
+					// Lowering niceness again needs privilege; a child that
+					// cannot get it back is retired instead.
+					p.kill("recycle")
+					res.reusable = false
+				}
 				switch d.Outcome {
 				case ipc.OutcomeOK:
 				case ipc.OutcomeExit:
@@ -446,9 +459,15 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			p.kill(killTimeout)
 			stopWatching()
 		case <-tickC:
-			if lim.CPU > 0 && p.cpu()-startCPU > lim.CPU {
+			used := p.cpu() - startCPU
+			if lim.CPU > 0 && used > lim.CPU {
 				p.kill(killCPU)
 				stopWatching()
+			} else if !demoted && used > demoteAfter {
+				demoted = true
+				if err := p.setNice(demoteNice); err != nil {
+					log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
+				}
 			}
 		case <-doneC:
 			p.kill(killAbort)

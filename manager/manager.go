@@ -277,6 +277,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		pc.env = []string{}
 	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
+	m.pool.preload = m.preloadList
 	if err := m.pool.start(ctx); err != nil {
 		m.pool.close()
 		return fmt.Errorf("start children: %w", err)
@@ -353,6 +354,32 @@ func (m *Manager) ChildPIDs() []int { return m.pool.pids() }
 func (m *Manager) newID() string {
 	n := m.idSeq.Add(1)
 	return m.idPrefix + "-" + strconv.FormatUint(n, 36)
+}
+
+// maxPreload bounds the modules a fresh child compiles before its first
+// request; the rest compile on first use.
+const maxPreload = 16
+
+// preloadList is the modules loaded so far, in config order.
+func (m *Manager) preloadList() []ipc.Module {
+	var out []ipc.Module
+	seen := map[string]bool{}
+	for _, src := range m.sources {
+		mod, _ := src.loaded()
+		key := ""
+		if mod != nil {
+			key = fmt.Sprint(mod.key, "/", src.pages)
+		}
+		if mod == nil || seen[key] {
+			continue
+		}
+		seen[key] = true
+		out = append(out, ipc.Module{Key: mod.key, Path: mod.path, MemoryPages: src.pages})
+		if len(out) == maxPreload {
+			break
+		}
+	}
+	return out
 }
 
 // newTarget builds the route target for a configured module.

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 )
 
 // pool keeps a fixed number of pre-started children. Each slot is a
@@ -22,6 +24,9 @@ type pool struct {
 
 	sp      *spawner
 	idle    chan *proc
+	// preload lists the modules a fresh child compiles before it takes a
+	// request; nil means none.
+	preload func() []ipc.Module
 	waiting atomic.Int64
 
 	ctx    context.Context
@@ -98,7 +103,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 	reported := false
 	for pl.ctx.Err() == nil {
 		p, err := startProc(pl.ctx, pl.sp, pl.cfg, id)
-		if !reported {
+		if err != nil && !reported {
 			first <- err
 			reported = true
 		}
@@ -116,11 +121,17 @@ func (pl *pool) slot(id int, first chan<- error) {
 			continue
 		}
 		pl.stats.spawned.Add(1)
+		pl.warm(p)
 		pl.mu.Lock()
 		pl.procs[id] = p
 		pl.mu.Unlock()
 		pl.log.Debug("child started", "child", id, "pid", p.pid)
 		pl.idle <- p
+		if !reported {
+			// Start returns once every slot has a child ready to serve.
+			first <- nil
+			reported = true
+		}
 
 		select {
 		case <-p.exited:
@@ -154,6 +165,47 @@ func (pl *pool) slot(id int, first chan<- error) {
 				return
 			}
 		}
+	}
+}
+
+// warm has a fresh child compile the known modules (a file-cache read
+// each), so the first request it takes is not slower than the others. A
+// child that fails at it is still used: its requests will say what is
+// wrong.
+func (pl *pool) warm(p *proc) {
+	if pl.preload == nil {
+		return
+	}
+	mods := pl.preload()
+	if len(mods) == 0 {
+		return
+	}
+	if err := p.w.WriteFrame(ipc.TypePreload, ipc.AppendPreload(nil, mods)); err != nil {
+		return
+	}
+	if err := p.w.Flush(); err != nil {
+		return
+	}
+	t := time.NewTimer(pl.cfg.ready)
+	defer t.Stop()
+	select {
+	case f, ok := <-p.frames:
+		if !ok {
+			return
+		}
+		var d ipc.Done
+		if f.t != ipc.TypeDone || ipc.DecodeDone(f.p, &d) != nil {
+			pl.log.Error("child answered preload with a bad frame", "pid", p.pid, "frame", f.t)
+			p.kill(killIPC)
+			return
+		}
+		if d.Outcome != ipc.OutcomeOK {
+			pl.log.Warn("child could not preload every module", "pid", p.pid, "err", d.Message)
+		}
+	case <-t.C:
+		pl.log.Warn("child preload timed out", "pid", p.pid)
+		p.kill(killIPC)
+	case <-pl.ctx.Done():
 	}
 }
 

@@ -118,6 +118,27 @@ func (p *proc) send(run *ipc.Run) error {
 	return err
 }
 
+// setNice sets the scheduling niceness of every thread of the child (on
+// Linux, setpriority on a pid reaches one thread only). Threads made later
+// inherit it from their creator.
+func (p *proc) setNice(n int) error {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p.pid))
+	if err != nil {
+		return err
+	}
+	var first error
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, n); err != nil && first == nil && !errors.Is(err, syscall.ESRCH) {
+			first = err
+		}
+	}
+	return first
+}
+
 // spawner starts child processes from one goroutine locked to its OS thread.
 // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
 // the process (golang/go#27505); a thread that lives as long as the pool

@@ -520,6 +520,10 @@ func runCoreCases(t *testing.T, dir string, w *wagiProc, fe frontEnd) {
 	})
 
 	t.Run("a client that goes away mid-request gets its child killed", func(t *testing.T) {
+		if !fe.abortsUpstream {
+			clientAbortRunsToEnd(t, w, c, fe)
+			return
+		}
 		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", fe.port))
 		if err != nil {
 			t.Fatal(err)

@@ -29,6 +29,9 @@ const (
 	TypeStdout Type = 3 // child → manager: bytes the guest wrote to stdout
 	TypeStderr Type = 4 // child → manager: bytes the guest wrote to stderr
 	TypeDone   Type = 5 // child → manager: the run ended (payload Done)
+	// TypePreload asks a fresh child to compile modules before its first
+	// request (payload Preload); it answers with one Done.
+	TypePreload Type = 6
 )
 
 func (t Type) String() string {
@@ -43,6 +46,8 @@ func (t Type) String() string {
 		return "stderr"
 	case TypeDone:
 		return "done"
+	case TypePreload:
+		return "preload"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }

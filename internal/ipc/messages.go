@@ -246,3 +246,32 @@ func (d *decoder) finish(what string) error {
 	}
 	return nil
 }
+
+// Module names a compiled module for Preload.
+type Module struct {
+	Key         string
+	Path        string
+	MemoryPages uint32
+}
+
+// AppendPreload appends the encoding of a preload list to b.
+func AppendPreload(b []byte, mods []Module) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(mods)))
+	for _, m := range mods {
+		b = appendString(b, m.Key)
+		b = appendString(b, m.Path)
+		b = binary.BigEndian.AppendUint32(b, m.MemoryPages)
+	}
+	return b
+}
+
+// DecodePreload decodes a preload list.
+func DecodePreload(p []byte) ([]Module, error) {
+	d := decoder{p: p}
+	n := d.count(12)
+	var mods []Module
+	for i := 0; i < n && d.err == nil; i++ {
+		mods = append(mods, Module{Key: d.string(), Path: d.string(), MemoryPages: d.u32()})
+	}
+	return mods, d.finish("preload")
+}
