@@ -22,8 +22,8 @@ type pool struct {
 	queue       int
 	log         *slog.Logger
 
-	sp      *spawner
-	idle    chan *proc
+	sp   *spawner
+	idle chan *proc
 	// preload lists the modules a fresh child compiles before it takes a
 	// request; nil means none.
 	preload func() []ipc.Module
