@@ -125,7 +125,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 		pl.mu.Lock()
 		pl.procs[id] = p
 		pl.mu.Unlock()
-		pl.log.Debug("child started", "child", id, "pid", p.pid)
+		pl.log.Info("child started", "child", id, "pid", p.pid)
 		pl.idle <- p
 		if !reported {
 			// Start returns once every slot has a child ready to serve.
@@ -149,7 +149,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 		case reason == "recycle":
 			pl.stats.recycled.Add(1)
 			failures = 0
-			pl.log.Debug("child recycled", "child", id, "pid", p.pid, "requests", p.requests.Load())
+			pl.log.Info("child recycled", "child", id, "pid", p.pid, "requests", p.requests.Load())
 		case reason != "":
 			pl.stats.killed.Add(1)
 			failures = 0

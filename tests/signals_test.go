@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -54,6 +55,32 @@ func TestSignals(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+
+	t.Run("the JSON log has one line per request and per child event", func(t *testing.T) {
+		if r := c.get("/hello"); r.status != 200 {
+			t.Fatalf("got %d", r.status)
+		}
+		waitLog(`"msg":"request"`, 1)
+		var req map[string]any
+		for _, line := range strings.Split(logText(), "\n") {
+			if strings.Contains(line, `"msg":"request"`) && strings.Contains(line, `"path":"/hello"`) {
+				if err := json.Unmarshal([]byte(line), &req); err != nil {
+					t.Fatalf("%q: %v", line, err)
+				}
+			}
+		}
+		for _, k := range []string{"id", "method", "path", "route", "module", "status", "wall", "cpu", "bytes"} {
+			if _, ok := req[k]; !ok {
+				t.Errorf("the request line has no %q: %v", k, req)
+			}
+		}
+		if req["status"] != float64(200) || req["route"] != "/hello" {
+			t.Errorf("request line %v", req)
+		}
+		if strings.Count(logText(), `"msg":"child started"`) < 2 {
+			t.Errorf("no child start events:\n%s", tail(logText(), 10))
+		}
+	})
 
 	t.Run("SIGHUP reloads 20 times under load with no failed request", func(t *testing.T) {
 		var ok, failed atomic.Int64
