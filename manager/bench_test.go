@@ -108,3 +108,19 @@ func BenchmarkCPUAccounting(b *testing.B) {
 		b.ReportMetric(100*float64(used-charged)/float64(used), "%-uncharged")
 	}
 }
+
+// BenchmarkServeHello is one FastCGI request through the manager to a
+// child and back (the gofast client included), the hot path of a page.
+func BenchmarkServeHello(b *testing.B) {
+	f := newFixture(b, benchConfig)
+	f.do(b, "GET", "/hello", nil)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if rec := f.do(b, "GET", "/hello", nil); rec.Code != 200 {
+				b.Fatalf("got %d", rec.Code)
+			}
+		}
+	})
+}
