@@ -37,3 +37,7 @@ fuzz:
 
 clean:
 	rm -rf build
+
+# Benchmarks (bench/README.md); .PHONY because bench/ is a directory.
+.PHONY: bench bench-cold
+bench bench-cold: ; bash bench/run $(if $(filter bench-cold,$@),--cold)

@@ -292,8 +292,10 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 	if stdout != nil {
 		// A failed flush means the manager is gone; Serve notices on the
 		// next frame it writes.
-		_ = stdout.flush()
-		_ = stderr.flush()
+		// The last output goes out with Done, in one write: Serve
+		// flushes after the Done frame.
+		_ = stdout.frame()
+		_ = stderr.frame()
 	}
 	return done
 }
@@ -407,6 +409,14 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 }
 
 func (f *frameWriter) flush() error {
+	if err := f.frame(); err != nil {
+		return err
+	}
+	return f.w.Flush()
+}
+
+// frame puts what is buffered into a frame without flushing the socket.
+func (f *frameWriter) frame() error {
 	if len(f.buf) == 0 {
 		return nil
 	}
@@ -414,5 +424,5 @@ func (f *frameWriter) flush() error {
 		return err
 	}
 	f.buf = f.buf[:0]
-	return f.w.Flush()
+	return nil
 }
