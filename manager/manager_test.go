@@ -252,8 +252,12 @@ func TestLimitsKillTheChildAndAnswer504(t *testing.T) {
 			} else if !strings.Contains(rec.Body.String(), "request id: ") {
 				t.Fatalf("body %q has no request id", rec.Body)
 			}
-			if !strings.Contains(f.log.String(), tc.reason) {
-				t.Fatalf("log has no %q:\n%s", tc.reason, f.log)
+			// The child's slot logs the kill when it reaps it.
+			for deadline := time.Now().Add(2 * time.Second); !strings.Contains(f.log.String(), tc.reason); {
+				if time.Now().After(deadline) {
+					t.Fatalf("log has no %q:\n%s", tc.reason, f.log)
+				}
+				time.Sleep(5 * time.Millisecond)
 			}
 			// One child was replaced; the pool is full again.
 			pids := waitPool(t, f.m, 2, nil, 2*time.Second)
