@@ -69,13 +69,21 @@ func (p *proc) kill(reason string) {
 		p.killedBy = reason
 	}
 	p.mu.Unlock()
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		// Cannot happen once startProc checked the right to signal, but
+		// say so loudly if it does.
+		slogDefaultError("SIGKILL of a child failed", p.pid, err)
+	}
 }
 
 func (p *proc) killReason() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.killedBy
+}
+
+func slogDefaultError(msg string, pid int, err error) {
+	slog.Default().Error(msg, "pid", pid, "err", err)
 }
 
 // alive reports whether the process has not been seen to exit.
@@ -322,6 +330,13 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	select {
 	case f, ok := <-p.frames:
 		if ok && f.t == ipc.TypeReady {
+			// Limits are enforced by SIGKILL: a manager that may not
+			// signal its children (a child user without CAP_KILL) must not
+			// serve, or a runaway request would never be answered.
+			if err := syscall.Kill(p.pid, 0); err != nil {
+				p.conn.Close()
+				return nil, fmt.Errorf("the manager cannot signal child %d (%v): it needs CAP_KILL when children run as another user", p.pid, err)
+			}
 			return p, nil
 		}
 		p.kill("bad start")

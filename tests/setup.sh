@@ -6,11 +6,11 @@
 # already (Debian's Go is too old); a missing go is reported, not installed.
 set -euo pipefail
 
-PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk)
+PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk systemd util-linux)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 [ -f /usr/include/wasm32-wasi/stdio.h ] || missing+=("wasi-libc sysroot")
@@ -66,7 +66,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 # Check the result.
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit; do
 	command -v "$cmd" >/dev/null 2>&1 || {
 		echo "setup: $cmd still missing after install" >&2
 		exit 1
