@@ -30,6 +30,9 @@ const (
 	// and a module burning CPU cannot double its neighbours' latency.
 	demoteAfter = 20 * time.Millisecond
 	demoteNice  = 19
+	// abortGrace is how long a request whose client went away may still
+	// run before its child is killed.
+	abortGrace = 20 * time.Millisecond
 )
 
 // Kill reasons, as logged and counted.
@@ -237,7 +240,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 	bytesOut = resp.sent
 	switch {
-	case res.killed == killAbort:
+	case res.killed == killAbort || res.aborted:
 		status = 499
 	case res.err == nil:
 		if err := resp.finish(); err != nil {
@@ -343,6 +346,8 @@ type execResult struct {
 	idleOwner chargeTo
 	// retryAfter is the Retry-After value of a 503.
 	retryAfter string
+	// aborted: the client left, but the request ended within abortGrace.
+	aborted bool
 	exitCode   uint32 // the guest's exit code, for wagi-fcgi run
 }
 
@@ -378,7 +383,8 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 
 	var stdoutBytes int64
 	var stderrLine []byte
-	demoted := false
+	demoted, aborted := false, false
+	var graceC <-chan time.Time
 	var outErr error
 	for {
 		select {
@@ -403,6 +409,9 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 					p.kill(killOutput)
 					stopWatching()
 					continue
+				}
+				if aborted {
+					continue // nobody to send it to
 				}
 				if err := out.write(f.p); err != nil {
 					var inv *invalidOutputError
@@ -436,6 +445,9 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				}
 				p.owner, p.endCPU = owner, startCPU+cpu
 				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
+				if aborted {
+					res.aborted, res.err, res.status = true, errors.New("client went away"), 499
+				}
 				if demoted && p.setNice(0) != nil {
 					// Lowering niceness again needs privilege; a child that
 					// cannot get it back is retired instead.
@@ -470,6 +482,14 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				}
 			}
 		case <-doneC:
+			// The client is gone. A request about to end anyway finishes
+			// (its child is kept: a new one costs far more than a few
+			// milliseconds of CPU); one still running after abortGrace is
+			// killed.
+			doneC, aborted = nil, true
+			graceC = time.After(abortGrace)
+		case <-graceC:
+			graceC = nil
 			p.kill(killAbort)
 			stopWatching()
 		}
