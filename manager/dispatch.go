@@ -347,8 +347,8 @@ type execResult struct {
 	// retryAfter is the Retry-After value of a 503.
 	retryAfter string
 	// aborted: the client left, but the request ended within abortGrace.
-	aborted bool
-	exitCode   uint32 // the guest's exit code, for wagi-fcgi run
+	aborted  bool
+	exitCode uint32 // the guest's exit code, for wagi-fcgi run
 }
 
 // output receives a module's stdout.
