@@ -48,7 +48,7 @@ const (
 // ServeFCGI answers one FastCGI request.
 func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if !m.enter() {
-		errorResponse(w, m.newID(), 503, "the server is restarting; try again", "Retry-After", "1")
+		errorResponse(w, m.newID(), 503, "the server is restarting; try again", "1")
 		return
 	}
 	defer m.leave()
@@ -103,7 +103,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		var why string
 		if t, code, why = m.gateway.lookup(rawPath); t == nil {
 			status = code
-			errorResponse(w, id, status, why)
+			errorResponse(w, id, status, why, "")
 			return
 		}
 		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
@@ -113,7 +113,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		if !ok {
 			t = nil
 			status = 404
-			errorResponse(w, id, status, "no route matches this path")
+			errorResponse(w, id, status, "no route matches this path", "")
 			return
 		}
 	}
@@ -123,11 +123,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		var msg string
 		status, msg, retry = loadFailure(err, gw)
 		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
-		if retry != "" {
-			errorResponse(w, id, status, msg, "Retry-After", retry)
-		} else {
-			errorResponse(w, id, status, msg)
-		}
+		errorResponse(w, id, status, msg, retry)
 		return
 	}
 	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
@@ -135,11 +131,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if err != nil {
 		status, msg, retry := loadFailure(err, false)
 		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
-		if retry != "" {
-			errorResponse(w, id, status, "a volume of this module is not available: "+msg, "Retry-After", retry)
-		} else {
-			errorResponse(w, id, status, "a volume of this module is not available")
-		}
+		errorResponse(w, id, status, "a volume of this module is not available: "+msg, retry)
 		return
 	}
 
@@ -153,8 +145,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		spent := m.ledger.Spent(owner.module, owner.day)
 		if spent >= lim.DailyCPU {
 			status = 503
-			errorResponse(w, id, status, "this module has used its CPU time for today",
-				"Retry-After", retryAfter(now, lim.DayStart.Next(now)))
+			errorResponse(w, id, status, "this module has used its CPU time for today", retryAfter(now, lim.DayStart.Next(now)))
 			return
 		}
 		if left := lim.DailyCPU - spent; left < lim.CPU {
@@ -166,7 +157,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if err != nil {
 		if errors.Is(err, errBodyTooLarge) {
 			status = 413
-			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
+			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody), "")
 			return
 		}
 		// The front end went away while sending the body.
@@ -204,7 +195,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		if err != nil {
 			if errors.Is(err, errQueueTimeout) {
 				status = 503
-				errorResponse(w, id, status, "this module is already using all the workers it may (max_concurrency); try again shortly", "Retry-After", "1")
+				errorResponse(w, id, status, "this module is already using all the workers it may (max_concurrency); try again shortly", "1")
 			} else {
 				status = 499
 			}
@@ -217,7 +208,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		switch {
 		case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
 			status = 503
-			errorResponse(w, id, status, "all workers are busy ("+err.Error()+"); try again shortly", "Retry-After", "1")
+			errorResponse(w, id, status, "all workers are busy ("+err.Error()+"); try again shortly", "1")
 		default:
 			status = 499 // the client left while queued
 		}
@@ -246,7 +237,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		if err := resp.finish(); err != nil {
 			status = 502
 			log.Error("module output", "module", mod.ref, "err", err)
-			errorResponse(w, id, status, "the module's output is not a valid CGI response")
+			errorResponse(w, id, status, "the module's output is not a valid CGI response", "")
 			return
 		}
 		status = resp.status
@@ -260,12 +251,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	default:
 		status = res.status
 		log.Error("module failed", "module", mod.ref, "status", status, "err", res.err)
-		msg := res.public
-		var extra []string
-		if res.retryAfter != "" {
-			extra = []string{"Retry-After", res.retryAfter}
-		}
-		errorResponse(w, id, status, msg, extra...)
+		errorResponse(w, id, status, res.public, res.retryAfter)
 	}
 }
 

@@ -129,8 +129,8 @@ func (r *cgiResponse) finish() error {
 
 // errorResponse writes a response that wagi-fcgi produces itself: a status,
 // a short plain-text body and the request id, which the log line carries
-// too. Details stay in the log.
-func errorResponse(w io.Writer, id string, status int, msg string, extra ...string) {
+// too, and Retry-After when retryAfter is not "". Details stay in the log.
+func errorResponse(w io.Writer, id string, status int, msg, retryAfter string) {
 	var b []byte
 	b = append(b, "Status: "...)
 	b = strconv.AppendInt(b, int64(status), 10)
@@ -139,10 +139,9 @@ func errorResponse(w io.Writer, id string, status int, msg string, extra ...stri
 	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Request-Id: "...)
 	b = append(b, id...)
 	b = append(b, "\r\n"...)
-	for i := 0; i+1 < len(extra); i += 2 {
-		b = append(b, extra[i]...)
-		b = append(b, ": "...)
-		b = append(b, extra[i+1]...)
+	if retryAfter != "" {
+		b = append(b, "Retry-After: "...)
+		b = append(b, retryAfter...)
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, "\r\n"...)
