@@ -26,6 +26,7 @@ import (
 	"strings"
 
 	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/experimental"
 	esys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
@@ -120,6 +121,7 @@ type engine struct {
 	ipfs     map[string]*ipfs.Client // by RPC URL, for MFS volumes
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
+	memory   *memoryPool
 }
 
 type runtimeEntry struct {
@@ -133,7 +135,7 @@ type moduleRef struct {
 }
 
 func newEngine(ctx context.Context, opts Options) (*engine, error) {
-	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}, ipfs: map[string]*ipfs.Client{}}
+	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}, ipfs: map[string]*ipfs.Client{}, memory: &memoryPool{}}
 	if opts.CacheDir != "" {
 		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
 		if err != nil {
@@ -334,7 +336,7 @@ func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.Compiled
 	} else {
 		cfg = cfg.WithStartFunctions("_initialize")
 	}
-	mod, err := rt.InstantiateModule(ctx, cm, cfg)
+	mod, err := rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, e.memory), cm, cfg)
 	if err == nil && entry != "_start" {
 		_, err = mod.ExportedFunction(entry).Call(ctx)
 	}
