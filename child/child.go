@@ -29,7 +29,6 @@ import (
 	"github.com/tetratelabs/wazero/experimental"
 	esys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
@@ -183,7 +182,7 @@ func (e *engine) runtime(ctx context.Context, pages uint32) (*runtimeEntry, erro
 		return re, nil
 	}
 	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(e.cache, pages))
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+	if err := instantiateWASI(ctx, rt); err != nil {
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
@@ -264,10 +263,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 	}
 
 	cfg := e.base.WithArgs(m.Args...)
-	for _, kv := range m.Env {
-		k, v, _ := strings.Cut(kv, "=")
-		cfg = cfg.WithEnv(k, v)
-	}
+	ctx = withEnviron(ctx, m.Env)
 	var stdout, stderr *frameWriter
 	if m.InheritStdio {
 		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)
