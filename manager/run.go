@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
@@ -101,7 +99,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		case config.VolumeLocal:
 			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: d.Path, ReadOnly: d.ReadOnly})
 		case config.VolumeIPFS:
-			dir := filepath.Join(spec.StateDir, "ipfs-dirs", strings.ReplaceAll(d.Path, "/", "_"))
+			dir := ipfsDirPath(spec.StateDir, d.Path)
 			if checkDir(dir) != nil {
 				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
 				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, 0)

@@ -351,10 +351,16 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 	return out, nil
 }
 
+// ipfsDirPath is where the local copy of the UnixFS directory at cidPath
+// ("CID[/sub]") lives: it is immutable, so its name is its path.
+func ipfsDirPath(stateDir, cidPath string) string {
+	return filepath.Join(stateDir, "ipfs-dirs", strings.ReplaceAll(cidPath, "/", "_"))
+}
+
 // ipfsDir returns the local copy of an immutable UnixFS directory, fetching
 // it on first use. Concurrent first uses share one fetch.
 func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
-	dir := filepath.Join(m.cfg.StateDir, "ipfs-dirs", strings.ReplaceAll(cidPath, "/", "_"))
+	dir := ipfsDirPath(m.cfg.StateDir, cidPath)
 	if checkDir(dir) == nil {
 		return dir, nil
 	}
