@@ -121,6 +121,8 @@ type engine struct {
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 	memory   *memoryPool
+	// stdout and stderr of the request being run.
+	stdout, stderr frameWriter
 }
 
 type runtimeEntry struct {
@@ -268,8 +270,12 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 	if m.InheritStdio {
 		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)
 	} else {
-		stdout = &frameWriter{t: ipc.TypeStdout, w: w, limit: -1}
-		stderr = &frameWriter{t: ipc.TypeStderr, w: w, limit: int64(m.StderrCap)}
+		// The writers and their buffers are the engine's, reused by
+		// every request: a fresh 32 KiB buffer per request was most of
+		// what the child allocated, and so most of its GC.
+		stdout, stderr = &e.stdout, &e.stderr
+		stdout.reset(ipc.TypeStdout, w, -1)
+		stderr.reset(ipc.TypeStderr, w, int64(m.StderrCap))
 		cfg = cfg.WithStdin(bytes.NewReader(m.Stdin)).WithStdout(stdout).WithStderr(stderr)
 	}
 	if len(m.Mounts) > 0 {
@@ -367,6 +373,11 @@ type frameWriter struct {
 	limit   int64 // bytes to forward; -1 = all
 	written int64
 	dropped bool
+}
+
+// reset prepares f for a new request, keeping its buffer.
+func (f *frameWriter) reset(t ipc.Type, w *ipc.Writer, limit int64) {
+	*f = frameWriter{t: t, w: w, buf: f.buf[:0], limit: limit}
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {

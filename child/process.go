@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"runtime"
 
@@ -30,12 +29,10 @@ func Main(ctx context.Context, args []string) error {
 	if err := harden(); err != nil {
 		return fmt.Errorf("child: %w", err)
 	}
-	f := os.NewFile(ipcFD, "ipc")
-	if f == nil {
+	if _, err := unix.FcntlInt(ipcFD, unix.F_GETFD, 0); err != nil {
 		return fmt.Errorf("child: fd %d is not open (a child is started by the manager)", ipcFD)
 	}
-	conn, err := net.FileConn(f)
-	f.Close()
+	conn, err := newBlockingFD(ipcFD)
 	if err != nil {
 		return fmt.Errorf("child: fd %d: %w", ipcFD, err)
 	}

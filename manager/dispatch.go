@@ -355,129 +355,145 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	if err := p.send(run); err != nil {
 		p.kill(killIPC)
 		<-p.exited
-		drain(p)
 		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), status: 502,
 			public: "the worker process failed", killed: killIPC}
 	}
 
-	wall := time.NewTimer(lim.Timeout)
-	defer wall.Stop()
-	tick := time.NewTicker(cpuPoll)
-	defer tick.Stop()
-	wallC, tickC, doneC := wall.C, tick.C, ctx.Done()
-	stopWatching := func() { wallC, tickC, doneC = nil, nil, nil }
+	// The holder waits for the child's frames itself, with a read deadline
+	// at the next thing to check: the wall-clock limit, the next CPU
+	// poll, or the end of the abort grace. The end of ctx (the client
+	// went away) wakes the read.
+	start := time.Now()
+	wallAt, pollAt := start.Add(lim.Timeout), start.Add(cpuPoll)
+	watching := true // limits are enforced until the child is killed
+	stopWake := context.AfterFunc(ctx, p.wake)
+	defer stopWake()
+	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
 	var stdoutBytes int64
 	var stderrLine []byte
 	demoted, aborted := false, false
-	var graceC <-chan time.Time
+	var graceAt time.Time
 	var outErr error
+	kill := func(reason string) {
+		p.kill(reason)
+		watching = false
+	}
 	for {
-		select {
-		case f, ok := <-p.frames:
-			if !ok {
-				// The child is gone: killed by us, or crashed.
+		var deadline time.Time
+		if watching {
+			deadline = pollAt
+			if wallAt.Before(deadline) {
+				deadline = wallAt
+			}
+			if aborted && graceAt.Before(deadline) {
+				deadline = graceAt
+			}
+		}
+		t, payload, err := p.recv(waitCtx, deadline)
+		if err != nil && timedOut(err) {
+			now := time.Now()
+			if waitCtx.Err() != nil && !aborted {
+				// The client is gone. A request about to end anyway
+				// finishes (its child is kept: a new one costs far more
+				// than a few milliseconds of CPU); one still running
+				// after abortGrace is killed.
+				aborted, graceAt, waitCtx = true, now.Add(abortGrace), context.Background()
+			}
+			if !watching {
+				continue
+			}
+			switch {
+			case !now.Before(wallAt):
+				kill(killTimeout)
+			case aborted && !now.Before(graceAt):
+				kill(killAbort)
+			case !now.Before(pollAt):
+				pollAt = now.Add(cpuPoll)
+				used := p.cpu() - startCPU
+				if lim.CPU > 0 && used > lim.CPU {
+					kill(killCPU)
+				} else if !demoted && used > demoteAfter {
+					demoted = true
+					if err := p.setNice(demoteNice); err != nil {
+						log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
+					}
+				}
+			}
+			continue
+		}
+		if err != nil {
+			// The child is gone: killed by us, or crashed.
+			<-p.exited
+			cpu := p.cpu() - startCPU
+			logStderr(log, &stderrLine, nil, true)
+			res := deadChildResult(p, cpu, outErr)
+			res.idle, res.idleOwner = idle, idleOwner
+			return res
+		}
+		switch t {
+		case ipc.TypeStdout:
+			if outErr != nil {
+				continue
+			}
+			stdoutBytes += int64(len(payload))
+			if lim.MaxOutput > 0 && stdoutBytes > lim.MaxOutput {
+				outErr = fmt.Errorf("output passed max_output (%d bytes)", lim.MaxOutput)
+				kill(killOutput)
+				continue
+			}
+			if aborted {
+				continue // nobody to send it to
+			}
+			if err := out.write(payload); err != nil {
+				outErr = err
+				var inv *invalidOutputError
+				if errors.As(err, &inv) {
+					kill(killInvalid)
+				} else {
+					// Writing to the front end failed: it is gone.
+					kill(killAbort)
+				}
+			}
+		case ipc.TypeStderr:
+			logStderr(log, &stderrLine, payload, false)
+		case ipc.TypeDone:
+			var d ipc.Done
+			cpu := p.cpu() - startCPU
+			logStderr(log, &stderrLine, nil, true)
+			if err := ipc.DecodeDone(payload, &d); err != nil {
+				p.kill(killIPC) // its slot drains and replaces it
+				return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
+			}
+			if p.killReason() != "" {
+				// Done crossed our kill on the way: the kill decides.
 				<-p.exited
-				cpu := p.cpu() - startCPU
-				logStderr(log, &stderrLine, nil, true)
-				res := deadChildResult(p, cpu, outErr)
+				res := deadChildResult(p, p.cpu()-startCPU, outErr)
 				res.idle, res.idleOwner = idle, idleOwner
 				return res
 			}
-			switch f.t {
-			case ipc.TypeStdout:
-				if outErr != nil {
-					continue
-				}
-				stdoutBytes += int64(len(f.p))
-				if lim.MaxOutput > 0 && stdoutBytes > lim.MaxOutput {
-					outErr = fmt.Errorf("output passed max_output (%d bytes)", lim.MaxOutput)
-					p.kill(killOutput)
-					stopWatching()
-					continue
-				}
-				if aborted {
-					continue // nobody to send it to
-				}
-				if err := out.write(f.p); err != nil {
-					var inv *invalidOutputError
-					if errors.As(err, &inv) {
-						outErr = err
-						p.kill(killInvalid)
-						stopWatching()
-					} else {
-						// Writing to the front end failed: it is gone.
-						outErr = err
-						p.kill(killAbort)
-						stopWatching()
-					}
-				}
-			case ipc.TypeStderr:
-				logStderr(log, &stderrLine, f.p, false)
-			case ipc.TypeDone:
-				var d ipc.Done
-				cpu := p.cpu() - startCPU
-				logStderr(log, &stderrLine, nil, true)
-				if err := ipc.DecodeDone(f.p, &d); err != nil {
-					p.kill(killIPC) // its slot drains and replaces it
-					return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
-				}
-				if p.killReason() != "" {
-					// Done crossed our kill on the way: the kill decides.
-					<-p.exited
-					res := deadChildResult(p, p.cpu()-startCPU, outErr)
-					res.idle, res.idleOwner = idle, idleOwner
-					return res
-				}
-				p.owner, p.endCPU = owner, startCPU+cpu
-				res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
-				if aborted {
-					res.aborted, res.err, res.status = true, errors.New("client went away"), 499
-				}
-				if demoted && p.setNice(0) != nil {
-					// Lowering niceness again needs privilege; a child that
-					// cannot get it back is retired instead.
-					p.kill("recycle")
-					res.reusable = false
-				}
-				switch d.Outcome {
-				case ipc.OutcomeOK:
-				case ipc.OutcomeExit:
-					res.err, res.status, res.public = fmt.Errorf("module exited with code %d", d.ExitCode), 500, "the module failed"
-				default:
-					res.err, res.status, res.public = fmt.Errorf("%s: %s", d.Outcome, d.Message), 500, "the module failed"
-				}
-				return res
+			p.owner, p.endCPU = owner, startCPU+cpu
+			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
+			if aborted {
+				res.aborted, res.err, res.status = true, errors.New("client went away"), 499
+			}
+			if demoted && p.setNice(0) != nil {
+				// Lowering niceness again needs privilege; a child that
+				// cannot get it back is retired instead.
+				p.kill("recycle")
+				res.reusable = false
+			}
+			switch d.Outcome {
+			case ipc.OutcomeOK:
+			case ipc.OutcomeExit:
+				res.err, res.status, res.public = fmt.Errorf("module exited with code %d", d.ExitCode), 500, "the module failed"
 			default:
-				p.kill(killIPC)
-				stopWatching()
-				outErr = fmt.Errorf("unexpected %s frame from child", f.t)
+				res.err, res.status, res.public = fmt.Errorf("%s: %s", d.Outcome, d.Message), 500, "the module failed"
 			}
-		case <-wallC:
-			p.kill(killTimeout)
-			stopWatching()
-		case <-tickC:
-			used := p.cpu() - startCPU
-			if lim.CPU > 0 && used > lim.CPU {
-				p.kill(killCPU)
-				stopWatching()
-			} else if !demoted && used > demoteAfter {
-				demoted = true
-				if err := p.setNice(demoteNice); err != nil {
-					log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
-				}
-			}
-		case <-doneC:
-			// The client is gone. A request about to end anyway finishes
-			// (its child is kept: a new one costs far more than a few
-			// milliseconds of CPU); one still running after abortGrace is
-			// killed.
-			doneC, aborted = nil, true
-			graceC = time.After(abortGrace)
-		case <-graceC:
-			graceC = nil
-			p.kill(killAbort)
-			stopWatching()
+			return res
+		default:
+			kill(killIPC)
+			outErr = fmt.Errorf("unexpected %s frame from child", t)
 		}
 	}
 }

@@ -138,12 +138,8 @@ func (pl *pool) slot(id int, first chan<- error) {
 		case <-pl.ctx.Done():
 			p.kill("shutdown")
 			<-p.exited
-			drain(p)
 			return
 		}
-		// Whoever held the child may have stopped reading; let its reader
-		// goroutine finish.
-		drain(p)
 		reason := p.killReason()
 		switch {
 		case reason == "recycle":
@@ -186,26 +182,23 @@ func (pl *pool) warm(p *proc) {
 	if err := p.w.Flush(); err != nil {
 		return
 	}
-	t := time.NewTimer(pl.cfg.ready)
-	defer t.Stop()
-	select {
-	case f, ok := <-p.frames:
-		if !ok {
-			return
-		}
+	stop := context.AfterFunc(pl.ctx, p.wake)
+	defer stop()
+	t, payload, err := p.recv(pl.ctx, time.Now().Add(pl.cfg.ready))
+	switch {
+	case err == nil:
 		var d ipc.Done
-		if f.t != ipc.TypeDone || ipc.DecodeDone(f.p, &d) != nil {
-			pl.log.Error("child answered preload with a bad frame", "pid", p.pid, "frame", f.t)
+		if t != ipc.TypeDone || ipc.DecodeDone(payload, &d) != nil {
+			pl.log.Error("child answered preload with a bad frame", "pid", p.pid, "frame", t)
 			p.kill(killIPC)
 			return
 		}
 		if d.Outcome != ipc.OutcomeOK {
 			pl.log.Warn("child could not preload every module", "pid", p.pid, "err", d.Message)
 		}
-	case <-t.C:
+	case timedOut(err) && pl.ctx.Err() == nil:
 		pl.log.Warn("child preload timed out", "pid", p.pid)
 		p.kill(killIPC)
-	case <-pl.ctx.Done():
 	}
 }
 

@@ -22,12 +22,6 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 )
 
-// frame is one message from a child, its payload copied out of the reader.
-type frame struct {
-	t ipc.Type
-	p []byte
-}
-
 // proc is one child process and the manager's end of its socketpair.
 type proc struct {
 	id   int // slot number, for logs
@@ -35,9 +29,12 @@ type proc struct {
 	cmd  *exec.Cmd
 	conn net.Conn
 	w    *ipc.Writer
-	// frames carries what the child sends; the reader goroutine closes it
-	// when the stream ends (the child exited or was killed).
-	frames chan frame
+	// r reads what the child sends. Only the holder of the child reads,
+	// in its own goroutine (see recv): a reader goroutine per child
+	// handing frames over a channel cost two goroutine wakeups per
+	// request, which on a small machine were a measurable share of the
+	// manager's CPU.
+	r *ipc.Reader
 	// exited is closed once the process has been reaped; state is set
 	// before that.
 	exited chan struct{}
@@ -124,6 +121,38 @@ func (p *proc) send(run *ipc.Run) error {
 		p.runBuf = nil // don't pin a large request body
 	}
 	return err
+}
+
+// recv reads the child's next frame, waiting at most until deadline (the
+// zero time: no limit) or until ctx is done, if the caller arranged for
+// that with context.AfterFunc(ctx, p.wake). The payload is valid until the
+// next recv. A passed deadline or a done ctx returns an error matching
+// os.ErrDeadlineExceeded and keeps a partly read frame for the next call;
+// any other error means the stream is over (the child exited, or was
+// killed).
+func (p *proc) recv(ctx context.Context, deadline time.Time) (ipc.Type, []byte, error) {
+	if err := p.conn.SetReadDeadline(deadline); err != nil {
+		return 0, nil, err
+	}
+	// After the deadline is set: a wake from here on overrides it, and an
+	// earlier end of ctx is seen here.
+	if ctx.Err() != nil {
+		return 0, nil, os.ErrDeadlineExceeded
+	}
+	return p.r.ReadFrame()
+}
+
+// wake makes a recv in progress return at once with
+// os.ErrDeadlineExceeded; it is how a context's end reaches a holder
+// waiting for its child. It is safe to call from any goroutine.
+func (p *proc) wake() {
+	_ = p.conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// timedOut reports whether a recv error is a passed deadline (or a wake),
+// as opposed to the end of the stream.
+func timedOut(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // setNice sets the scheduling niceness of every thread of the child (on
@@ -291,7 +320,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		cmd:    cmd,
 		conn:   conn,
 		w:      ipc.NewWriter(conn, 64<<10),
-		frames: make(chan frame, 16),
+		r:      ipc.NewReader(conn, 64<<10),
 		exited: make(chan struct{}),
 	}
 	log := cfg.logger.With("child", id, "pid", p.pid)
@@ -308,48 +337,37 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		}()
 	}
 	go func() {
-		defer close(p.frames)
-		r := ipc.NewReader(conn, 64<<10)
-		for {
-			t, payload, err := r.ReadFrame()
-			if err != nil {
-				return
-			}
-			p.frames <- frame{t: t, p: append([]byte(nil), payload...)}
-		}
-	}()
-	go func() {
 		_ = cmd.Wait()
 		p.state = cmd.ProcessState
 		conn.Close()
 		close(p.exited)
 	}()
 
-	t := time.NewTimer(cfg.ready)
-	defer t.Stop()
-	select {
-	case f, ok := <-p.frames:
-		if ok && f.t == ipc.TypeReady {
-			// Limits are enforced by SIGKILL: a manager that may not
-			// signal its children (a child user without CAP_KILL) must not
-			// serve, or a runaway request would never be answered.
-			if err := syscall.Kill(p.pid, 0); err != nil {
-				p.conn.Close()
-				return nil, fmt.Errorf("the manager cannot signal child %d (%v): it needs CAP_KILL when children run as another user", p.pid, err)
-			}
-			return p, nil
+	stop := context.AfterFunc(ctx, p.wake)
+	defer stop()
+	t, _, err := p.recv(ctx, time.Now().Add(cfg.ready))
+	switch {
+	case err == nil && t == ipc.TypeReady:
+		// Limits are enforced by SIGKILL: a manager that may not signal
+		// its children (a child user without CAP_KILL) must not serve, or
+		// a runaway request would never be answered.
+		if err := syscall.Kill(p.pid, 0); err != nil {
+			p.conn.Close()
+			return nil, fmt.Errorf("the manager cannot signal child %d (%v): it needs CAP_KILL when children run as another user", p.pid, err)
 		}
-		p.kill("bad start")
-		<-p.exited
-		return nil, fmt.Errorf("%w: %s", errChildNotReady, exitText(p.state))
-	case <-t.C:
-		p.kill("start timeout")
-		<-p.exited
-		return nil, fmt.Errorf("%w within %s", errChildNotReady, cfg.ready)
-	case <-ctx.Done():
+		return p, nil
+	case timedOut(err) && ctx.Err() != nil:
 		p.kill("shutdown")
 		<-p.exited
 		return nil, ctx.Err()
+	case timedOut(err):
+		p.kill("start timeout")
+		<-p.exited
+		return nil, fmt.Errorf("%w within %s", errChildNotReady, cfg.ready)
+	default:
+		p.kill("bad start")
+		<-p.exited
+		return nil, fmt.Errorf("%w: %s", errChildNotReady, exitText(p.state))
 	}
 }
 
@@ -362,11 +380,4 @@ func exitText(ps *os.ProcessState) string {
 		return "killed by " + ws.Signal().String()
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
-}
-
-// drain discards frames until the stream ends, so the reader goroutine of
-// a dead child can finish.
-func drain(p *proc) {
-	for range p.frames {
-	}
 }

@@ -134,7 +134,6 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	defer func() {
 		p.conn.Close() // the child exits when its socket closes
 		<-p.exited
-		drain(p)
 	}()
 	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{})
 	switch {

@@ -40,6 +40,8 @@ type bench struct {
 	cold                  bool
 	out                   string
 	command               string // how the run was started, for the report
+	only                  string // comma-separated nginx locations to measure (default all)
+	hold                  bool   // start the backends, then wait (for profiling by hand)
 
 	port int // nginx's loopback port
 }
@@ -63,6 +65,8 @@ func main() {
 	flag.BoolVar(&b.cold, "cold", false, "measure the cold paths instead of throughput")
 	flag.StringVar(&b.out, "out", "", "also write the report (markdown) to this file")
 	flag.StringVar(&b.command, "command", "", "the command line to print in the report")
+	flag.BoolVar(&b.hold, "hold", false, "start every backend behind nginx, print the port, and wait for SIGINT/SIGTERM instead of measuring (for profiling by hand)")
+	flag.StringVar(&b.only, "only", "", "measure only these nginx locations, comma-separated (e.g. /php,/hello); default all")
 	flag.Parse()
 	if b.work == "" {
 		fmt.Fprintln(os.Stderr, "driver: -work is required")

@@ -237,3 +237,60 @@ func children(pid int) []int {
 	}
 	return out
 }
+
+// clockTick is the kernel's USER_HZ, the unit of /proc/<pid>/stat times
+// (100 on every Linux architecture Go supports).
+const clockTick = 10 * time.Millisecond
+
+// treeCPU returns the CPU time (user + system) used so far by pid and by
+// every live process below it, including the children each has already
+// reaped (cutime, cstime), so that short-lived CGI processes count too.
+func treeCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name may contain spaces; the fields start after its ')'.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	var ticks int64
+	// utime, stime, cutime, cstime are fields 14-17; f[0] is field 3.
+	for _, i := range []int{11, 12, 13, 14} {
+		if i < len(f) {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += v
+		}
+	}
+	total := time.Duration(ticks) * clockTick
+	for _, c := range children(pid) {
+		total += treeCPU(c)
+	}
+	return total
+}
+
+// treeSwitches returns the context switches (voluntary and not) of every
+// thread of pid and of every live process below it. Processes that already
+// exited are not counted.
+func treeSwitches(pid int) int64 {
+	var total int64
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				total += n
+			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				total += n
+			}
+		}
+	}
+	for _, c := range children(pid) {
+		total += treeSwitches(c)
+	}
+	return total
+}

@@ -21,6 +21,7 @@ func isHello(body string) bool {
 type backend struct {
 	name string
 	path string // nginx location
+	svc  string // the daemon behind it ("" for nginx itself)
 	res  wrkResult
 }
 
@@ -95,6 +96,7 @@ module = "%[3]s/gohello.wasm"
 		{"inproc-go", []string{b.bin + "/inproc", "-listen", "unix:" + b.path("inproc-go.sock"), "-module", b.mods + "/gohello.wasm"}, b.path("inproc-go.sock")},
 		{"wagi-fcgi", []string{b.bin + "/wagi-fcgi", "serve", "-c", b.path("wagi.toml")}, b.path("wagi.sock")},
 	}
+	daemons := map[string]*daemon{}
 	for _, s := range svcs {
 		d, err := start(s.name, b.path("logs", s.name+".log"), []string{"PATH=/usr/local/bin:/usr/bin:/bin"}, s.argv...)
 		if err != nil {
@@ -103,6 +105,7 @@ module = "%[3]s/gohello.wasm"
 		if err := waitDial(d, "unix", s.sock, 60*time.Second); err != nil {
 			return "", err
 		}
+		daemons[s.name] = d
 		logf("%s is up", s.name)
 	}
 
@@ -134,21 +137,38 @@ module = "%[3]s/gohello.wasm"
 		fcgi(b.path("fcgiwrap.sock"), b.bin+"/hello-cgi"),
 		fcgi(b.path("fcgiwrap.sock"), b.path("cgi/wazero-hello.cgi")),
 		fcgi(b.path("fcgiwrap.sock"), b.path("cgi/wazero-cached.cgi")))
-	if _, err := b.startNginx(upstreams, locations); err != nil {
+	ngx, err := b.startNginx(upstreams, locations)
+	if err != nil {
 		return "", err
 	}
 	logf("nginx listens on 127.0.0.1:%d", b.port)
 
 	backends := []*backend{
 		{name: "nginx `return 200` (ceiling)", path: "/nginx"},
-		{name: fmt.Sprintf("php-fpm (pm static, %d workers), PHP echo", b.nproc), path: "/php"},
-		{name: fmt.Sprintf("fcgiwrap -c %d, native C CGI", b.nproc), path: "/cgi"},
-		{name: fmt.Sprintf("fcgiwrap -c %d, sh → `wazero run hello.wasm` per request", b.nproc), path: "/wazero-cgi"},
-		{name: fmt.Sprintf("fcgiwrap -c %d, sh → `wazero run -cachedir` per request", b.nproc), path: "/wazero-cgi-cached"},
-		{name: "in-process wazero (net/http/fcgi), C hello", path: "/inproc"},
-		{name: "in-process wazero (net/http/fcgi), Go hello", path: "/inproc-go"},
-		{name: fmt.Sprintf("**wagi-fcgi** (%d children), C hello", b.nproc), path: "/hello"},
-		{name: fmt.Sprintf("**wagi-fcgi** (%d children), Go hello", b.nproc), path: "/gohello"},
+		{name: fmt.Sprintf("php-fpm (pm static, %d workers), PHP echo", b.nproc), path: "/php", svc: "php-fpm"},
+		{name: fmt.Sprintf("fcgiwrap -c %d, native C CGI", b.nproc), path: "/cgi", svc: "fcgiwrap"},
+		{name: fmt.Sprintf("fcgiwrap -c %d, sh → `wazero run hello.wasm` per request", b.nproc), path: "/wazero-cgi", svc: "fcgiwrap"},
+		{name: fmt.Sprintf("fcgiwrap -c %d, sh → `wazero run -cachedir` per request", b.nproc), path: "/wazero-cgi-cached", svc: "fcgiwrap"},
+		{name: "in-process wazero (net/http/fcgi), C hello", path: "/inproc", svc: "inproc-c"},
+		{name: "in-process wazero (net/http/fcgi), Go hello", path: "/inproc-go", svc: "inproc-go"},
+		{name: fmt.Sprintf("**wagi-fcgi** (%d children), C hello", b.nproc), path: "/hello", svc: "wagi-fcgi"},
+		{name: fmt.Sprintf("**wagi-fcgi** (%d children), Go hello", b.nproc), path: "/gohello", svc: "wagi-fcgi"},
+	}
+	if b.only != "" {
+		keep := map[string]bool{}
+		for _, p := range strings.Split(b.only, ",") {
+			keep[strings.TrimSpace(p)] = true
+		}
+		var sel []*backend
+		for _, be := range backends {
+			if keep[be.path] {
+				sel = append(sel, be)
+			}
+		}
+		if len(sel) == 0 {
+			return "", fmt.Errorf("-only %q selects no backend", b.only)
+		}
+		backends = sel
 	}
 	// Every backend must answer the same body before it is measured.
 	for _, be := range backends {
@@ -158,7 +178,12 @@ module = "%[3]s/gohello.wasm"
 				tail(b.path("nginx/logs/error.log"), 10))
 		}
 	}
-	var wagiC *backend
+	if b.hold {
+		logf("holding: every backend is up behind http://127.0.0.1:%d (work dir %s); stop with Ctrl-C", b.port, b.work)
+		<-ctx.Done()
+		return "", ctx.Err()
+	}
+	wagiC := &backend{}
 	for _, be := range backends {
 		if be.path == "/hello" {
 			wagiC = be
@@ -167,12 +192,34 @@ module = "%[3]s/gohello.wasm"
 		if _, err := b.runWrk(ctx, b.url(be.path), b.warmup); err != nil {
 			return "", err
 		}
+		var svcPid int
+		if d := daemons[be.svc]; d != nil {
+			svcPid = d.cmd.Process.Pid
+		}
+		ngx0, svc0 := treeCPU(ngx.cmd.Process.Pid), treeCPU(svcPid)
+		sw0 := treeSwitches(ngx.cmd.Process.Pid)
+		if svcPid != 0 {
+			sw0 += treeSwitches(svcPid)
+		}
 		r, err := b.runWrk(ctx, b.url(be.path), b.duration)
 		if err != nil {
 			return "", err
 		}
+		if n := time.Duration(max(r.requests, 1)); svcPid != 0 || be.svc == "" {
+			r.cpuNginx = (treeCPU(ngx.cmd.Process.Pid) - ngx0) / n
+			if svcPid != 0 {
+				r.cpuBackend = (treeCPU(svcPid) - svc0) / n
+			}
+			r.cpuWrk /= n
+			sw := treeSwitches(ngx.cmd.Process.Pid)
+			if svcPid != 0 {
+				sw += treeSwitches(svcPid)
+			}
+			r.switches = float64(sw-sw0) / float64(n)
+		}
 		be.res = r
-		logf("%-60s %10.0f req/s  p50 %s  p99 %s", be.path, r.rps, fmtDur(r.p50), fmtDur(r.p99))
+		logf("%-60s %10.0f req/s  p50 %s  p99 %s  CPU/req: nginx %s, backend %s, wrk %s; %.1f context switches/req", be.path, r.rps, fmtDur(r.p50), fmtDur(r.p99),
+			us(r.cpuNginx), us(r.cpuBackend), us(r.cpuWrk), r.switches)
 	}
 
 	var sb strings.Builder
@@ -181,20 +228,33 @@ module = "%[3]s/gohello.wasm"
 		b.wrkCommand(b.duration), durArg(b.warmup))
 	fmt.Fprintf(&sb, "- %s; %s; wazero %s; %s\n", firstLine(cmdOut(b.nginx, "-v")), firstLine(cmdOut(b.phpFPM, "-v")),
 		firstLine(cmdOut(wazero, "version")), strings.TrimPrefix(firstLine(cmdOut("go", "version")), "go version "))
-	sb.WriteString("\n| backend | req/s | p50 | p99 | errors | wagi-fcgi (C) req/s ÷ this | wagi-fcgi (C) p99 ÷ this |\n")
-	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	sb.WriteString("\n| backend | req/s | p50 | p99 | errors | wagi-fcgi (C) req/s ÷ this | wagi-fcgi (C) p99 ÷ this | CPU per request: nginx / backend / wrk | context switches per request |\n")
+	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, be := range backends {
 		r := be.res
 		errs := "0"
 		if r.non2xx > 0 || r.errors != "" {
 			errs = strings.TrimSpace(fmt.Sprintf("%d non-2xx %s", r.non2xx, r.errors))
 		}
-		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %s | %s | %s |\n", be.name, r.rps, fmtDur(r.p50), fmtDur(r.p99), errs,
-			ratio(wagiC.res.rps, r.rps), ratio(float64(wagiC.res.p99), float64(r.p99)))
+		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %s | %s | %s | %s / %s / %s | %.1f |\n", be.name, r.rps, fmtDur(r.p50), fmtDur(r.p99), errs,
+			ratio(wagiC.res.rps, r.rps), ratio(float64(wagiC.res.p99), float64(r.p99)),
+			us(r.cpuNginx), us(r.cpuBackend), us(r.cpuWrk), r.switches)
 	}
 	sb.WriteString("\nreq/s ÷: above 1 = wagi-fcgi serves more requests per second than that peer. " +
-		"p99 ÷: above 1 = wagi-fcgi's 99th percentile is slower.\n")
+		"p99 ÷: above 1 = wagi-fcgi's 99th percentile is slower. " +
+		"CPU per request: user + system time used during the measured run by nginx, by the backend's processes " +
+		"(and the CGI processes they reaped) and by wrk, divided by the requests served (from /proc, 10 ms ticks). " +
+		"Context switches per request: of every thread of nginx and of the backend's live processes (CGI processes that " +
+		"already exited are not counted, so the CGI rows are too low).\n")
 	return sb.String(), nil
+}
+
+// us formats a per-request CPU time in microseconds.
+func us(d time.Duration) string {
+	if d == 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f µs", float64(d)/float64(time.Microsecond))
 }
 
 func ratio(a, b float64) string {

@@ -18,6 +18,13 @@ type wrkResult struct {
 	non2xx   int
 	errors   string // wrk's "Socket errors" line, if any
 	raw      string
+
+	// CPU used during the measured run per request, by process: nginx,
+	// the backend's process tree, and wrk itself.
+	cpuNginx, cpuBackend, cpuWrk time.Duration
+	// switches is the context switches of nginx and the backend's
+	// processes during the measured run, per request.
+	switches float64
 }
 
 var (
@@ -34,8 +41,12 @@ func (b *bench) runWrk(ctx context.Context, url string, d time.Duration) (wrkRes
 		"--timeout", "10s", "--latency", url}
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, b.wrk, args...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, b.wrk, args...)
+	out, err := cmd.CombinedOutput()
 	r := wrkResult{raw: string(out)}
+	if cmd.ProcessState != nil {
+		r.cpuWrk = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
 	if err != nil {
 		return r, fmt.Errorf("wrk %s: %v\n%s", strings.Join(args, " "), err, out)
 	}

@@ -91,10 +91,19 @@ func (w *Writer) WriteFrame(t Type, payload []byte) error {
 func (w *Writer) Flush() error { return w.w.Flush() }
 
 // Reader reads frames.
+//
+// A read that fails with a timeout (a deadline on the underlying
+// connection) can be retried: the Reader keeps the part of the frame it
+// already has, so the manager can wait for a child's next frame with a
+// deadline and look at its clocks in between.
 type Reader struct {
 	r   *bufio.Reader
 	hdr [headerLen]byte
 	buf []byte
+
+	// The frame being read: header bytes, then payload bytes, so far.
+	hdrN, payN int
+	n          int // payload length, once the header is complete
 }
 
 // NewReader returns a Reader with a read buffer of size bytes.
@@ -104,28 +113,49 @@ func NewReader(r io.Reader, size int) *Reader {
 
 // ReadFrame reads the next frame. The payload is valid only until the next
 // call to ReadFrame; copy it to keep it. At a clean end of stream it returns
-// io.EOF; a stream cut inside a frame is io.ErrUnexpectedEOF.
+// io.EOF; a stream cut inside a frame is io.ErrUnexpectedEOF. Any other
+// error of the underlying reader is returned as is, with the partial frame
+// kept for the next call.
 func (r *Reader) ReadFrame() (Type, []byte, error) {
-	if _, err := io.ReadFull(r.r, r.hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(r.hdr[1:])
-	if n > MaxPayload {
-		return 0, nil, ErrFrameTooLarge
-	}
-	if cap(r.buf) < int(n) {
-		r.buf = make([]byte, n)
-	}
-	p := r.buf[:n]
-	if _, err := io.ReadFull(r.r, p); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	for r.hdrN < headerLen {
+		k, err := r.r.Read(r.hdr[r.hdrN:])
+		r.hdrN += k
+		if err != nil {
+			return 0, nil, r.cut(err)
 		}
-		return 0, nil, err
 	}
-	// Don't keep a huge body buffer alive for the life of the connection.
+	if r.payN == 0 && r.n == 0 {
+		n := binary.BigEndian.Uint32(r.hdr[1:])
+		if n > MaxPayload {
+			r.hdrN = 0
+			return 0, nil, ErrFrameTooLarge
+		}
+		r.n = int(n)
+		if cap(r.buf) < r.n {
+			r.buf = make([]byte, r.n)
+		}
+	}
+	for r.payN < r.n {
+		k, err := r.r.Read(r.buf[r.payN:r.n])
+		r.payN += k
+		if err != nil {
+			return 0, nil, r.cut(err)
+		}
+	}
+	p := r.buf[:r.n]
+	r.hdrN, r.payN, r.n = 0, 0, 0
+	// Don't keep a huge body buffer alive for the life of the connection
+	// (p stays valid: it is the old array).
 	if cap(r.buf) > 1<<20 {
 		r.buf = nil
 	}
 	return Type(r.hdr[0]), p, nil
+}
+
+// cut turns an end of stream inside a frame into io.ErrUnexpectedEOF.
+func (r *Reader) cut(err error) error {
+	if err == io.EOF && r.hdrN > 0 {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }

@@ -103,3 +103,90 @@ func BenchmarkRunEncodeDecode(b *testing.B) {
 		}
 	}
 }
+
+// stutterReader hands out its data one byte per Read and fails every other
+// Read with errTimeout, like a connection whose read deadline keeps passing
+// in the middle of frames.
+type stutterReader struct {
+	data []byte
+	fail bool
+}
+
+var errTimeout = errors.New("deadline exceeded")
+
+func (s *stutterReader) Read(p []byte) (int, error) {
+	s.fail = !s.fail
+	if s.fail {
+		return 0, errTimeout
+	}
+	if len(s.data) == 0 {
+		return 0, io.EOF
+	}
+	p[0] = s.data[0]
+	s.data = s.data[1:]
+	return 1, nil
+}
+
+func TestReadFrameResumesAfterATimeoutInsideAFrame(t *testing.T) {
+	var stream bytes.Buffer
+	w := NewWriter(&stream, 64)
+	frames := []struct {
+		t Type
+		p string
+	}{{TypeStdout, "hello"}, {TypeDone, ""}, {TypeStderr, "a longer payload"}}
+	for _, f := range frames {
+		if err := w.WriteFrame(f.t, []byte(f.p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&stutterReader{data: stream.Bytes()}, 16)
+	timeouts := 0
+	for _, want := range frames {
+		for {
+			typ, p, err := r.ReadFrame()
+			if errors.Is(err, errTimeout) {
+				timeouts++
+				continue
+			}
+			if err != nil {
+				t.Fatalf("reading %s frame: %v", want.t, err)
+			}
+			if typ != want.t || string(p) != want.p {
+				t.Fatalf("got %s %q, want %s %q", typ, p, want.t, want.p)
+			}
+			break
+		}
+	}
+	if timeouts == 0 {
+		t.Fatal("the reader never saw a timeout; the test proves nothing")
+	}
+	for {
+		_, _, err := r.ReadFrame()
+		if errors.Is(err, errTimeout) {
+			continue
+		}
+		if err != io.EOF {
+			t.Fatalf("at the end of the stream got %v, want io.EOF", err)
+		}
+		break
+	}
+}
+
+func TestReadFrameReportsAStreamCutInsideAFrame(t *testing.T) {
+	var stream bytes.Buffer
+	w := NewWriter(&stream, 64)
+	if err := w.WriteFrame(TypeStdout, []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	w.Flush()
+	full := stream.Bytes()
+	for _, n := range []int{1, headerLen, headerLen + 2} {
+		r := NewReader(bytes.NewReader(full[:n]), 16)
+		if _, _, err := r.ReadFrame(); err != io.ErrUnexpectedEOF {
+			t.Errorf("cut after %d bytes: got %v, want io.ErrUnexpectedEOF", n, err)
+		}
+	}
+}
