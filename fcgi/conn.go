@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/rawio"
 )
 
 const (
@@ -87,8 +89,9 @@ type reqState struct {
 
 func (s *Server) newConn(rwc net.Conn) *conn {
 	c := &conn{
-		srv:       s,
-		rwc:       rwc,
+		srv: s,
+		// Raw non-blocking reads and writes: see package rawio.
+		rwc:       rawio.Wrap(rwc),
 		log:       s.logger(),
 		afterDone: make(chan struct{}),
 	}

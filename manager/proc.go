@@ -20,6 +20,7 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/rawio"
 )
 
 // proc is one child process and the manager's end of its socketpair.
@@ -278,6 +279,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		childEnd.Close()
 		return nil, fmt.Errorf("ipc conn: %w", err)
 	}
+	conn = rawio.Wrap(conn) // raw non-blocking reads and writes: see package rawio
 	var errR, errW *os.File
 	if !cfg.inheritStdio {
 		errR, errW, err = os.Pipe()
