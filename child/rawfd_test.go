@@ -46,6 +46,24 @@ func TestBlockingFDReadsWhatArrivesBeforeAndAfterTheRawWait(t *testing.T) {
 	}
 }
 
+func TestBlockingFDWaitsInPollOnceIdleForTheRawWait(t *testing.T) {
+	// The test goroutine sits in a raw read, so the runtime pre-empts it
+	// with a signal every 10 ms, as it does a child's: the interrupted
+	// reads must still add up to rawWait and end in poll(2).
+	b, peer := socketpair(t)
+	go func() {
+		time.Sleep(4 * rawWait)
+		unix.Write(peer, []byte("run"))
+	}()
+	buf := make([]byte, 8)
+	if n, err := b.Read(buf); err != nil || string(buf[:n]) != "run" {
+		t.Fatalf("got %q, %v", buf[:n], err)
+	}
+	if b.polls == 0 {
+		t.Fatalf("an idle wait of %s never went to poll(2): an idle child would keep a thread busy", 4*rawWait)
+	}
+}
+
 func TestBlockingFDReportsEOFWhenTheManagerClosesItsEnd(t *testing.T) {
 	for _, delay := range []time.Duration{0, 3 * rawWait} {
 		t.Run(delay.String(), func(t *testing.T) {
