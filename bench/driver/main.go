@@ -37,6 +37,7 @@ type bench struct {
 	threads, conns        int
 	duration, warmup      time.Duration
 	reps                  int
+	rounds                int
 	cold                  bool
 	out                   string
 	command               string // how the run was started, for the report
@@ -59,8 +60,9 @@ func main() {
 	flag.StringVar(&b.kubo, "kubo", "", "ipfs (kubo) binary, for -cold")
 	flag.IntVar(&b.threads, "threads", 2, "wrk threads")
 	flag.IntVar(&b.conns, "conns", 16, "wrk connections")
-	flag.DurationVar(&b.duration, "duration", 10*time.Second, "measured wrk run per backend")
-	flag.DurationVar(&b.warmup, "warmup", 2*time.Second, "wrk warm-up run per backend (not reported)")
+	flag.DurationVar(&b.duration, "duration", 6*time.Second, "measured wrk run per backend and round")
+	flag.IntVar(&b.rounds, "rounds", 3, "rounds over all backends (each figure is the median over the rounds)")
+	flag.DurationVar(&b.warmup, "warmup", 2*time.Second, "wrk warm-up run per backend and round (not reported)")
 	flag.IntVar(&b.reps, "reps", 5, "repetitions of each cold measurement (the median is reported)")
 	flag.BoolVar(&b.cold, "cold", false, "measure the cold paths instead of throughput")
 	flag.StringVar(&b.out, "out", "", "also write the report (markdown) to this file")
@@ -70,6 +72,10 @@ func main() {
 	flag.Parse()
 	if b.work == "" {
 		fmt.Fprintln(os.Stderr, "driver: -work is required")
+		os.Exit(2)
+	}
+	if b.rounds < 1 {
+		fmt.Fprintln(os.Stderr, "driver: -rounds must be at least 1")
 		os.Exit(2)
 	}
 	for _, p := range []*string{&b.repo, &b.work, &b.bin, &b.mods} {

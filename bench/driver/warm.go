@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"time"
 )
@@ -22,7 +23,88 @@ type backend struct {
 	name string
 	path string // nginx location
 	svc  string // the daemon behind it ("" for nginx itself)
-	res  wrkResult
+
+	rounds []wrkResult // one per round
+	res    wrkResult   // the median of each figure over the rounds
+}
+
+// measure warms path up, then runs the measured wrk against it and adds
+// the CPU and context switches of nginx and of the backend's processes
+// (svcPid, 0 for none) during that run.
+func (b *bench) measure(ctx context.Context, path string, nginxPid, svcPid int, self bool) (wrkResult, error) {
+	if _, err := b.runWrk(ctx, b.url(path), b.warmup); err != nil {
+		return wrkResult{}, err
+	}
+	ngx0, svc0 := treeCPU(nginxPid), treeCPU(svcPid)
+	sw0 := treeSwitches(nginxPid)
+	if svcPid != 0 {
+		sw0 += treeSwitches(svcPid)
+	}
+	r, err := b.runWrk(ctx, b.url(path), b.duration)
+	if err != nil {
+		return r, err
+	}
+	if svcPid == 0 && !self {
+		return r, nil
+	}
+	n := time.Duration(max(r.requests, 1))
+	r.cpuNginx = (treeCPU(nginxPid) - ngx0) / n
+	if svcPid != 0 {
+		r.cpuBackend = (treeCPU(svcPid) - svc0) / n
+	}
+	r.cpuWrk /= n
+	sw := treeSwitches(nginxPid)
+	if svcPid != 0 {
+		sw += treeSwitches(svcPid)
+	}
+	r.switches = float64(sw-sw0) / float64(n)
+	return r, nil
+}
+
+// medianResult is the median of each figure of rs (errors are summed).
+func medianResult(rs []wrkResult) wrkResult {
+	pick := func(f func(wrkResult) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	dur := func(f func(wrkResult) time.Duration) time.Duration {
+		return time.Duration(pick(func(r wrkResult) float64 { return float64(f(r)) }))
+	}
+	m := wrkResult{
+		rps:        pick(func(r wrkResult) float64 { return r.rps }),
+		p50:        dur(func(r wrkResult) time.Duration { return r.p50 }),
+		p99:        dur(func(r wrkResult) time.Duration { return r.p99 }),
+		cpuNginx:   dur(func(r wrkResult) time.Duration { return r.cpuNginx }),
+		cpuBackend: dur(func(r wrkResult) time.Duration { return r.cpuBackend }),
+		cpuWrk:     dur(func(r wrkResult) time.Duration { return r.cpuWrk }),
+		switches:   pick(func(r wrkResult) float64 { return r.switches }),
+	}
+	var errs []string
+	for _, r := range rs {
+		m.requests += r.requests
+		m.non2xx += r.non2xx
+		if r.errors != "" {
+			errs = append(errs, r.errors)
+		}
+	}
+	m.errors = strings.Join(errs, "; ")
+	return m
+}
+
+// spread is the lowest and highest req/s over the rounds.
+func (be *backend) spread() string {
+	lo, hi := be.rounds[0].rps, be.rounds[0].rps
+	for _, r := range be.rounds {
+		lo, hi = min(lo, r.rps), max(hi, r.rps)
+	}
+	return fmt.Sprintf("%.0f–%.0f", lo, hi)
 }
 
 // runWarm starts every backend behind one nginx and runs the same wrk
@@ -188,55 +270,45 @@ module = "%[3]s/gohello.wasm"
 		if be.path == "/hello" {
 			wagiC = be
 		}
-		logf("%-60s warm-up %s, then %s", be.path, b.warmup, b.duration)
-		if _, err := b.runWrk(ctx, b.url(be.path), b.warmup); err != nil {
-			return "", err
-		}
-		var svcPid int
-		if d := daemons[be.svc]; d != nil {
-			svcPid = d.cmd.Process.Pid
-		}
-		ngx0, svc0 := treeCPU(ngx.cmd.Process.Pid), treeCPU(svcPid)
-		sw0 := treeSwitches(ngx.cmd.Process.Pid)
-		if svcPid != 0 {
-			sw0 += treeSwitches(svcPid)
-		}
-		r, err := b.runWrk(ctx, b.url(be.path), b.duration)
-		if err != nil {
-			return "", err
-		}
-		if n := time.Duration(max(r.requests, 1)); svcPid != 0 || be.svc == "" {
-			r.cpuNginx = (treeCPU(ngx.cmd.Process.Pid) - ngx0) / n
-			if svcPid != 0 {
-				r.cpuBackend = (treeCPU(svcPid) - svc0) / n
+	}
+	// Rounds over all backends, so that a slow spell of this shared
+	// machine hits every backend alike instead of the one measured then;
+	// each figure reported is the median over the rounds.
+	for round := 1; round <= b.rounds; round++ {
+		for _, be := range backends {
+			var svcPid int
+			if d := daemons[be.svc]; d != nil {
+				svcPid = d.cmd.Process.Pid
 			}
-			r.cpuWrk /= n
-			sw := treeSwitches(ngx.cmd.Process.Pid)
-			if svcPid != 0 {
-				sw += treeSwitches(svcPid)
+			r, err := b.measure(ctx, be.path, ngx.cmd.Process.Pid, svcPid, be.svc == "")
+			if err != nil {
+				return "", err
 			}
-			r.switches = float64(sw-sw0) / float64(n)
+			be.rounds = append(be.rounds, r)
+			logf("round %d/%d %-22s %8.0f req/s  p50 %s  p99 %s  CPU/req: nginx %s, backend %s, wrk %s; %.1f context switches/req",
+				round, b.rounds, be.path, r.rps, fmtDur(r.p50), fmtDur(r.p99), us(r.cpuNginx), us(r.cpuBackend), us(r.cpuWrk), r.switches)
 		}
-		be.res = r
-		logf("%-60s %10.0f req/s  p50 %s  p99 %s  CPU/req: nginx %s, backend %s, wrk %s; %.1f context switches/req", be.path, r.rps, fmtDur(r.p50), fmtDur(r.p99),
-			us(r.cpuNginx), us(r.cpuBackend), us(r.cpuWrk), r.switches)
+	}
+	for _, be := range backends {
+		be.res = medianResult(be.rounds)
 	}
 
 	var sb strings.Builder
 	sb.WriteString(hdr)
 	fmt.Fprintf(&sb, "- load: `%s` per backend after a `%s` warm-up (same settings), one nginx (`worker_processes auto`, access_log off)\n",
 		b.wrkCommand(b.duration), durArg(b.warmup))
+	fmt.Fprintf(&sb, "- %d rounds over all backends in turn; every figure is the median over the rounds (req/s range: lowest and highest round)\n", b.rounds)
 	fmt.Fprintf(&sb, "- %s; %s; wazero %s; %s\n", firstLine(cmdOut(b.nginx, "-v")), firstLine(cmdOut(b.phpFPM, "-v")),
 		firstLine(cmdOut(wazero, "version")), strings.TrimPrefix(firstLine(cmdOut("go", "version")), "go version "))
-	sb.WriteString("\n| backend | req/s | p50 | p99 | errors | wagi-fcgi (C) req/s ÷ this | wagi-fcgi (C) p99 ÷ this | CPU per request: nginx / backend / wrk | context switches per request |\n")
-	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	sb.WriteString("\n| backend | req/s | req/s range | p50 | p99 | errors | wagi-fcgi (C) req/s ÷ this | wagi-fcgi (C) p99 ÷ this | CPU per request: nginx / backend / wrk | context switches per request |\n")
+	sb.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, be := range backends {
 		r := be.res
 		errs := "0"
 		if r.non2xx > 0 || r.errors != "" {
 			errs = strings.TrimSpace(fmt.Sprintf("%d non-2xx %s", r.non2xx, r.errors))
 		}
-		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %s | %s | %s | %s / %s / %s | %.1f |\n", be.name, r.rps, fmtDur(r.p50), fmtDur(r.p99), errs,
+		fmt.Fprintf(&sb, "| %s | %.0f | %s | %s | %s | %s | %s | %s | %s / %s / %s | %.1f |\n", be.name, r.rps, be.spread(), fmtDur(r.p50), fmtDur(r.p99), errs,
 			ratio(wagiC.res.rps, r.rps), ratio(float64(wagiC.res.p99), float64(r.p99)),
 			us(r.cpuNginx), us(r.cpuBackend), us(r.cpuWrk), r.switches)
 	}
