@@ -70,7 +70,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if c.rerrno != 0 {
-		return 0, &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.rerrno)}
+		return 0, c.opError("read", os.NewSyscallError("read", c.rerrno))
 	}
 	if c.rn == 0 {
 		return 0, io.EOF
@@ -110,7 +110,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return n, err
 	}
 	if c.werrno != 0 {
-		return n, &net.OpError{Op: "write", Net: c.LocalAddr().Network(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", c.werrno)}
+		return n, c.opError("write", os.NewSyscallError("write", c.werrno))
 	}
 	return n, nil
 }
@@ -138,7 +138,21 @@ func (c *Conn) doWrite(fd uintptr) bool {
 func (c *Conn) CloseWrite() error {
 	cw, ok := c.Conn.(interface{ CloseWrite() error })
 	if !ok {
-		return &net.OpError{Op: "close", Net: c.LocalAddr().Network(), Addr: c.RemoteAddr(), Err: errors.ErrUnsupported}
+		return c.opError("close", errors.ErrUnsupported)
 	}
 	return cw.CloseWrite()
+}
+
+// opError wraps err the way the net package does, so callers can inspect
+// it as they would a net.Conn's error. An unnamed socket may have no
+// address; that is not an error here.
+func (c *Conn) opError(op string, err error) error {
+	e := &net.OpError{Op: op, Err: err}
+	if a := c.LocalAddr(); a != nil {
+		e.Net, e.Source = a.Network(), a
+	}
+	if a := c.RemoteAddr(); a != nil {
+		e.Addr = a
+	}
+	return e
 }
