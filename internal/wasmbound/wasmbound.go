@@ -40,8 +40,11 @@ type Bounds struct {
 	// Params bounds the parameters, and separately the results, of
 	// one function type.
 	Params uint32
-	// Locals bounds the locals one function body declares.
-	Locals uint32
+	// Locals bounds the locals one function body declares, TotalLocals
+	// those of all bodies together (wazero keeps a byte per local, and a
+	// six-byte body can declare 2^32-1 of them).
+	Locals      uint32
+	TotalLocals uint32
 	// Imports and Exports bound those sections' entries.
 	Imports uint32
 	Exports uint32
@@ -50,28 +53,39 @@ type Bounds struct {
 	DataSegments    uint32
 }
 
-// Default is what wagi-fcgi applies. Reasons (figures measured on the
-// modules in tests/testdata and on cmd/compile built for wasip1):
+// Default is what wagi-fcgi applies. Reasons, from the modules in
+// tests/testdata, cmd/compile built for wasip1 (49 MB of wasm, the largest
+// module at hand) and wazero v1.12.0's costs measured by compiling
+// generated modules:
 //
-//   - TableElements: 1 Mi elements is 8 MiB of references per instance in
-//     wazero, small next to the default 128 MiB linear memory. A C module
-//     has a table of 5 to 7 elements, the Go hello 5,863, the Go compiler
-//     itself (49 MB of wasm, 19,930 functions) 24,026.
-//   - DataSegments: the Go linker emits up to 100,000 data segments (its own
-//     cap, which the Go compiler's wasm reaches exactly; the Go hello has
-//     30,477), and browsers refuse more; C modules have 2.
-//   - Functions, Types, Globals, Imports, Exports, Locals, Params,
-//     ElementSegments: the limits that browser engines agreed on (V8's
-//     wasm-limits.h), which every toolchain stays within because modules
-//     over them do not load in a browser. The Go compiler has 19,930
-//     functions and 8 globals; C modules tens of functions and one global.
+//   - TableElements: 1 Mi elements is 8 MiB of references per instance,
+//     small next to the default 128 MiB linear memory. C modules have a
+//     table of 5 to 7 elements, the Go hello 5,863, the Go compiler 24,026.
+//   - Functions: 200,000, ten times the Go compiler's 19,930 (C modules
+//     have tens to hundreds). wazero holds ~270 bytes per function after
+//     compiling it (100,000 empty functions: 37 MiB peak RSS), so the bound
+//     keeps an empty-function bomb near 55 MiB.
+//   - Globals: 100,000 (Go has 8, C 1); ~135 bytes each at compile time
+//     and again per live instance (1,000,000 globals: 134 MiB, then 270).
+//   - DataSegments: 100,000, the Go linker's own cap (the Go compiler has
+//     exactly 100,000, the Go hello 30,477) and the browsers' limit.
+//   - Locals: 50,000 per function, the browsers' limit (Go's largest is 20,
+//     C's 38); TotalLocals: 16 Mi, 16 MiB of local types in wazero (the Go
+//     compiler declares 90,795 in all).
+//   - Types, Params, Imports, Exports, ElementSegments: the limits browser
+//     engines agreed on (V8's wasm-limits.h: 1,000 parameters or results;
+//     100,000 imports, exports and element segments), except Types, cut
+//     from 1,000,000 to 100,000 like Functions (the Go compiler has 13
+//     types, C modules under 20). Every toolchain stays within these,
+//     since modules over them do not load in a browser.
 var Default = Bounds{
 	TableElements:   1 << 20,
-	Functions:       1_000_000,
-	Globals:         1_000_000,
-	Types:           1_000_000,
+	Functions:       200_000,
+	Globals:         100_000,
+	Types:           100_000,
 	Params:          1_000,
 	Locals:          50_000,
+	TotalLocals:     1 << 24,
 	Imports:         100_000,
 	Exports:         100_000,
 	ElementSegments: 100_000,
@@ -129,6 +143,7 @@ type walk struct {
 	b Bounds
 
 	importedFuncs, importedGlobals uint32
+	totalLocals                    uint64
 	importedTableElems             uint64
 	definedFuncs                   uint32
 	tableSec                       [2]int // start and end of the table section's content; 0, 0 if none
@@ -412,11 +427,15 @@ func (w *walk) code(s *reader) error {
 			if err := over(fmt.Sprintf("function body %d", i), "locals", locals, w.b.Locals); err != nil {
 				return err
 			}
+			if err := over("the code section", "locals in all", w.totalLocals+locals, w.b.TotalLocals); err != nil {
+				return err
+			}
 		}
 		if body.err != nil {
 			s.fail("function body %d: %v", i, body.err)
 			break
 		}
+		w.totalLocals += locals
 		s.off = end
 	}
 	return nil

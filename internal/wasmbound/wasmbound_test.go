@@ -72,7 +72,7 @@ func tableMaxima(t *testing.T, bin []byte) []int64 {
 }
 
 func TestApply(t *testing.T) {
-	small := Bounds{TableElements: 100, Functions: 3, Globals: 2, Types: 2, Params: 2, Locals: 10, Imports: 2, Exports: 2, ElementSegments: 2, DataSegments: 2}
+	small := Bounds{TableElements: 100, Functions: 3, Globals: 2, Types: 2, Params: 2, Locals: 10, TotalLocals: 15, Imports: 2, Exports: 2, ElementSegments: 2, DataSegments: 2}
 	cases := []struct {
 		name      string
 		bin       []byte
@@ -133,6 +133,11 @@ func TestApply(t *testing.T) {
 		{name: "a function body declaring 2^32-1 locals is refused",
 			bin: module(voidType, oneFunc, section(secCode, vec(cat(leb(8), vec(cat(leb(0xffffffff), []byte{0x7f})), []byte{0x0b})))), b: Default,
 			err: ErrBound, msg: "function body 0 declares 4294967295 locals, over the bound of 50000"},
+		{name: "locals count across function bodies",
+			bin: module(voidType, section(secFunction, vec(leb(0), leb(0))), section(secCode, vec(
+				cat(leb(4), vec(cat(leb(9), []byte{0x7f})), []byte{0x0b}),
+				cat(leb(4), vec(cat(leb(9), []byte{0x7e})), []byte{0x0b})))), b: small,
+			err: ErrBound, msg: "the code section declares 18 locals in all, over the bound of 15"},
 		{name: "a function body longer than its section is malformed",
 			bin: module(voidType, oneFunc, section(secCode, vec(cat(leb(200), []byte{0x00, 0x0b})))), b: small,
 			err: ErrMalformed, msg: "function body 0 declares 200 bytes"},
