@@ -32,6 +32,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
@@ -210,6 +211,11 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 	bin, err := os.ReadFile(m.ModulePath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read module: %w", err)
+	}
+	// The same bounds as the manager's, on the same stored bytes: the same
+	// bytes are compiled, so the compilation cache hits.
+	if bin, err = wasmbound.Apply(bin, wasmbound.Default); err != nil {
+		return nil, nil, fmt.Errorf("bound module: %w", err)
 	}
 	cm, err := re.rt.CompileModule(ctx, bin)
 	if err != nil {

@@ -19,6 +19,7 @@ const ipcFD = 3
 func Main(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("child", flag.ContinueOnError)
 	cacheDir := fs.String("cache", "", "wazero compilation cache directory")
+	addressSpace := fs.Uint64("address-space", 0, "RLIMIT_AS in bytes, soft and hard (0: leave as inherited)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -26,7 +27,7 @@ func Main(ctx context.Context, args []string) error {
 	// runtime's own work (GC) on the request's thread, where the
 	// manager's CPU clock charges it to the request that caused it.
 	runtime.GOMAXPROCS(1)
-	if err := harden(); err != nil {
+	if err := harden(*addressSpace); err != nil {
 		return fmt.Errorf("child: %w", err)
 	}
 	if _, err := unix.FcntlInt(ipcFD, unix.F_GETFD, 0); err != nil {
@@ -46,7 +47,20 @@ func Main(ctx context.Context, args []string) error {
 // so other processes of the same user cannot ptrace it or read its memory.
 // (no_new_privs comes from the manager's spawning thread: prctl here would
 // set it for one thread only.)
-func harden() error {
+//
+// addressSpace, when not 0, becomes the process's RLIMIT_AS, soft and hard:
+// the backstop under everything a module can make a child allocate (tables,
+// compiled code, the Go heap), where wasmbound and wazero's memory limit
+// are the first lines. It is set after the Go runtime has made its startup
+// reservations (~1.6 GB of mostly PROT_NONE address space): a limit below
+// those only fails later mappings. A child that hits it dies with "fatal
+// error: out of memory", and the manager answers for it and replaces it.
+func harden(addressSpace uint64) error {
+	if addressSpace > 0 {
+		if err := unix.Setrlimit(unix.RLIMIT_AS, &unix.Rlimit{Cur: addressSpace, Max: addressSpace}); err != nil {
+			return fmt.Errorf("rlimit as: %w", err)
+		}
+	}
 	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
 		return fmt.Errorf("rlimit core: %w", err)
 	}

@@ -61,7 +61,45 @@ type Pool struct {
 	QueueTimeout time.Duration
 	// User runs children as this user when started as root; "" = don't.
 	User string
+	// ChildMemory is each child's address space limit (RLIMIT_AS) in
+	// bytes; 0 = computed by Config.ChildMemory from the memory limits.
+	ChildMemory int64
 }
+
+// ChildMemory returns the RLIMIT_AS every child gets: [pool] child_memory,
+// or DefaultChildMemory of the largest memory limit in the config.
+func (c *Config) ChildMemory() int64 {
+	if c.Pool.ChildMemory > 0 {
+		return c.Pool.ChildMemory
+	}
+	largest := c.Limits.Memory // the gateway's modules get the defaults
+	for _, m := range c.Modules {
+		largest = max(largest, m.Limits.Memory)
+	}
+	return DefaultChildMemory(largest)
+}
+
+// DefaultChildMemory is the address space a child needs to run modules
+// with the given linear memory limit: a fixed part for the Go runtime and
+// wazero, and three times the memory, because a growing linear memory is
+// copied into a buffer up to twice its size while the old one still lives
+// and the garbage collector frees the last request's memory only after the
+// next one has started allocating. Measured on this design (see
+// manager/RATIONALE.md): a child reserves ~1.6 GB of address space before
+// it runs anything (Go's heap index and page summaries, malloc arenas),
+// and serving the Go hello adds ~130 MB.
+func DefaultChildMemory(memory int64) int64 {
+	return childMemoryBase + 3*memory
+}
+
+// childMemoryBase is the part of DefaultChildMemory that does not depend
+// on the memory limit.
+const childMemoryBase = 2 << 30
+
+// minChildMemory is the least child_memory accepted: below the address
+// space a child has reserved when it starts, every child would die on its
+// first request.
+const minChildMemory = 1 << 30
 
 // Limits is the [limits] table; every key can also appear in a [[module]]
 // table to override it for that module.

@@ -827,3 +827,32 @@ func TestIPFSAPIForms(t *testing.T) {
 		})
 	}
 }
+
+func TestChildMemory(t *testing.T) {
+	cases := []struct {
+		name string
+		src  string
+		want int64
+	}{
+		{"by default it is 2GiB plus three times the default memory", "", 2<<30 + 3*128<<20},
+		{"the largest memory limit of any module sets the default", "[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"1GiB\"\n" +
+			"[[module]]\nroute = \"/b\"\nmodule = \"b.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 3<<30},
+		{"the [limits] memory counts even when every module has less", "[limits]\nmemory = \"512MiB\"\n[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 3*512<<20},
+		{"child_memory in [pool] is taken as it is", "[pool]\nchild_memory = \"3GiB\"\n[limits]\nmemory = \"2GiB\"\n", 3 << 30},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.src), "wagi.toml", "/srv")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ChildMemory(); got != tc.want {
+				t.Fatalf("ChildMemory() = %d, want %d", got, tc.want)
+			}
+		})
+	}
+	_, err := Parse([]byte("[pool]\nchild_memory = \"256MiB\"\n"), "wagi.toml", "/srv")
+	if err == nil || !strings.Contains(err.Error(), "wagi.toml:2: [pool] child_memory: must be at least 1GiB, got 256MiB") {
+		t.Fatalf("a child_memory below 1GiB: %v", err)
+	}
+}

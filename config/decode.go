@@ -416,7 +416,7 @@ func checkURLPath(s string) error {
 }
 
 func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
-	known := []string{"children", "max_requests", "queue", "queue_timeout", "user"}
+	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -439,6 +439,10 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 		case "user":
 			if s, ok := d.str(kp, v); ok {
 				pool.User = s
+			}
+		case "child_memory":
+			if n, ok := d.size(kp, v, minChildMemory); ok {
+				pool.ChildMemory = n
 			}
 		default:
 			d.unknown(kp, known, "")

@@ -273,6 +273,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		logger:   m.log,
 		ready:    m.opts.ReadyTimeout,
 	}
+	pc.addressSpace = m.cfg.ChildMemory()
 	if pc.env == nil {
 		pc.env = []string{}
 	}

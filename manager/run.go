@@ -127,6 +127,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		logger:       opts.Logger,
 		ready:        opts.ReadyTimeout,
 		inheritStdio: true,
+		addressSpace: config.DefaultChildMemory(spec.Limits.Memory),
 	}, 0)
 	if err != nil {
 		return 0, err

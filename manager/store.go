@@ -15,6 +15,7 @@ import (
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 
 	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 )
 
 // module is a validated, compiled module: its bytes are stored by content
@@ -126,6 +127,14 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
 		return nil, fmt.Errorf("load %s: %w: not a WebAssembly binary module (no \\0asm magic)", ref, errInvalidModule)
 	}
+	// What is compiled is the module within wagi-fcgi's bounds (tables
+	// capped, counts checked before wazero allocates by them). What is
+	// stored is the module as given: a child applies the same bounds to
+	// it and gets the same bytes, so the compilation cache hits.
+	bounded, err := wasmbound.Apply(bin, wasmbound.Default)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w: %v", ref, errInvalidModule, err)
+	}
 	sum := sha256.Sum256(bin)
 	key := hex.EncodeToString(sum[:])
 	m := &module{ref: ref, key: key, path: filepath.Join(s.dir, key+".wasm"), size: len(bin)}
@@ -139,7 +148,7 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", ref, err)
 	}
-	cm, err := rt.CompileModule(ctx, bin)
+	cm, err := rt.CompileModule(ctx, bounded)
 	if err != nil && strings.Contains(err.Error(), "compilationcache") {
 		// A corrupt cache entry fails the compile instead of being
 		// replaced (wazero v1.12.0); clear the cache and try once more.
@@ -147,7 +156,7 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32) (
 			return nil, fmt.Errorf("load %s: %w (and resetting the cache: %v)", ref, err, rerr)
 		}
 		if rt, err = s.runtime(ctx, pages); err == nil {
-			cm, err = rt.CompileModule(ctx, bin)
+			cm, err = rt.CompileModule(ctx, bounded)
 		}
 	}
 	if err != nil {
