@@ -80,16 +80,17 @@ func (c *Config) ChildMemory() int64 {
 }
 
 // DefaultChildMemory is the address space a child needs to run modules
-// with the given linear memory limit: a fixed part for the Go runtime and
-// wazero, and three times the memory, because a growing linear memory is
-// copied into a buffer up to twice its size while the old one still lives
-// and the garbage collector frees the last request's memory only after the
-// next one has started allocating. Measured on this design (see
-// manager/RATIONALE.md): a child reserves ~1.6 GB of address space before
-// it runs anything (Go's heap index and page summaries, malloc arenas),
-// and serving the Go hello adds ~130 MB.
+// with the given linear memory limit: 2 GiB for the Go runtime and wazero,
+// and eight times the memory. Measured (see manager/RATIONALE.md): a child
+// has ~1.6 GB of address space mapped before it runs anything (Go's heap
+// index and page summaries, malloc arenas), ~1.7 GB after serving the Go
+// hello; a memory bomb that grows to its limit on every request drives a
+// child to 2.65 GB at memory = "128MiB" and 5.8 GB at "1GiB" (a growing
+// memory is copied into a buffer up to twice its size, and dead buffers of
+// earlier requests wait for the collector). 3× was too little: such
+// children died of the limit.
 func DefaultChildMemory(memory int64) int64 {
-	return childMemoryBase + 3*memory
+	return childMemoryBase + 8*memory
 }
 
 // childMemoryBase is the part of DefaultChildMemory that does not depend

@@ -834,10 +834,10 @@ func TestChildMemory(t *testing.T) {
 		src  string
 		want int64
 	}{
-		{"by default it is 2GiB plus three times the default memory", "", 2<<30 + 3*128<<20},
+		{"by default it is 2GiB plus eight times the default memory", "", 2<<30 + 8*128<<20},
 		{"the largest memory limit of any module sets the default", "[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"1GiB\"\n" +
-			"[[module]]\nroute = \"/b\"\nmodule = \"b.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 3<<30},
-		{"the [limits] memory counts even when every module has less", "[limits]\nmemory = \"512MiB\"\n[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 3*512<<20},
+			"[[module]]\nroute = \"/b\"\nmodule = \"b.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 8<<30},
+		{"the [limits] memory counts even when every module has less", "[limits]\nmemory = \"512MiB\"\n[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 8*512<<20},
 		{"child_memory in [pool] is taken as it is", "[pool]\nchild_memory = \"3GiB\"\n[limits]\nmemory = \"2GiB\"\n", 3 << 30},
 	}
 	for _, tc := range cases {

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -140,7 +141,14 @@ module = "%s"
 			}
 		})
 		t.Run("serve refuses "+m.name, func(t *testing.T) {
-			_, errs, code := runBin(t, bin, nil, "serve", "-c", cfg)
+			// A serve that accepted the module would serve until killed.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, bin, "serve", "-c", cfg)
+			var errb bytes.Buffer
+			cmd.Stderr = &errb
+			_ = cmd.Run()
+			errs, code := errb.String(), cmd.ProcessState.ExitCode()
 			if code != 1 || !strings.Contains(errs, m.want) {
 				t.Fatalf("exit %d, want 1 and %q:\n%s", code, m.want, errs)
 			}
