@@ -96,17 +96,17 @@ func (r *reader) bytes(what string) {
 	r.off += int(n)
 }
 
-// name reads a length-prefixed name.
-func (r *reader) name() string {
+// name reads a length-prefixed name; the result aliases the binary.
+func (r *reader) name() []byte {
 	start := r.off
 	r.bytes("a name")
 	if r.err != nil {
-		return ""
+		return nil
 	}
 	// Skip the length: re-read it to find where the bytes begin.
 	l := &reader{b: r.b, off: start}
 	l.u32()
-	return string(r.b[l.off:r.off])
+	return r.b[l.off:r.off]
 }
 
 // valType skips a value type: one byte, or a reference type prefix with a

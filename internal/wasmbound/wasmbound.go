@@ -255,11 +255,15 @@ func (w *walk) section(id byte, hdr int, s *reader) error {
 
 // over reports a count over its bound (0: no bound).
 func over(who, what string, n uint64, bound uint32) error {
-	if bound != 0 && n > uint64(bound) {
+	if exceeds(n, bound) {
 		return fmt.Errorf("%w: %s declares %d %s, over the bound of %d", ErrBound, who, n, what, bound)
 	}
 	return nil
 }
+
+// exceeds is over's test, for loops that should not format a name for
+// every item.
+func exceeds(n uint64, bound uint32) bool { return bound != 0 && n > uint64(bound) }
 
 func (w *walk) types(s *reader) error {
 	n := s.count("types", 1)
@@ -281,8 +285,8 @@ func (w *walk) types(s *reader) error {
 			}
 			for _, what := range []string{"parameters", "results"} {
 				k := s.count(what, 1)
-				if err := over(fmt.Sprintf("type %d", total-1), what, uint64(k), w.b.Params); err != nil {
-					return err
+				if exceeds(uint64(k), w.b.Params) {
+					return over(fmt.Sprintf("type %d", total-1), what, uint64(k), w.b.Params)
 				}
 				for v := uint32(0); v < k && s.err == nil; v++ {
 					s.valType()
@@ -424,8 +428,8 @@ func (w *walk) code(s *reader) error {
 		for j := uint32(0); j < decls && body.err == nil; j++ {
 			locals += uint64(body.u32())
 			body.valType()
-			if err := over(fmt.Sprintf("function body %d", i), "locals", locals, w.b.Locals); err != nil {
-				return err
+			if exceeds(locals, w.b.Locals) {
+				return over(fmt.Sprintf("function body %d", i), "locals", locals, w.b.Locals)
 			}
 			if err := over("the code section", "locals in all", w.totalLocals+locals, w.b.TotalLocals); err != nil {
 				return err
@@ -469,7 +473,7 @@ func (w *walk) data(s *reader) error {
 // wazero reads a known subsection by its content, not by its declared
 // size, so a subsection here must hold exactly what it declares.
 func (w *walk) custom(s *reader) error {
-	if s.name() != "name" || s.err != nil {
+	if string(s.name()) != "name" || s.err != nil {
 		s.off = len(s.b)
 		return nil
 	}
