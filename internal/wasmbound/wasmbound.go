@@ -31,6 +31,8 @@ type Bounds struct {
 	// instantiation and after any table.grow, and the items of all
 	// element segments together (they can only be copied into tables).
 	TableElements uint32
+	// Tables bounds the tables, imported and defined.
+	Tables uint32
 	// Functions bounds imported plus defined functions.
 	Functions uint32
 	// Globals bounds imported plus defined globals.
@@ -61,6 +63,7 @@ type Bounds struct {
 //   - TableElements: 1 Mi elements is 8 MiB of references per instance,
 //     small next to the default 128 MiB linear memory. C modules have a
 //     table of 5 to 7 elements, the Go hello 5,863, the Go compiler 24,026.
+//   - Tables: 100, as wasmparser (every toolchain emits one table).
 //   - Functions: 200,000, ten times the Go compiler's 19,930 (C modules
 //     have tens to hundreds). wazero holds ~270 bytes per function after
 //     compiling it (100,000 empty functions: 37 MiB peak RSS), so the bound
@@ -80,6 +83,7 @@ type Bounds struct {
 //     since modules over them do not load in a browser.
 var Default = Bounds{
 	TableElements:   1 << 20,
+	Tables:          100,
 	Functions:       200_000,
 	Globals:         100_000,
 	Types:           100_000,
@@ -143,6 +147,7 @@ type walk struct {
 	b Bounds
 
 	importedFuncs, importedGlobals uint32
+	importedTables                 uint32
 	totalLocals                    uint64
 	importedTableElems             uint64
 	definedFuncs                   uint32
@@ -312,6 +317,7 @@ func (w *walk) imports(s *reader) error {
 		case 0x01: // table
 			t := s.tableType()
 			w.importedTableElems += uint64(t.min)
+			w.importedTables++
 		case 0x02: // memory
 			switch flag := s.byte1(); flag {
 			case 0x00, 0x02:
@@ -340,6 +346,9 @@ func (w *walk) imports(s *reader) error {
 
 func (w *walk) tableSection(s *reader) error {
 	n := s.count("tables", 3)
+	if err := over("the module", "tables", uint64(n)+uint64(w.importedTables), w.b.Tables); err != nil {
+		return err
+	}
 	for i := uint32(0); i < n && s.err == nil; i++ {
 		t := s.tableType()
 		if s.err != nil {
@@ -412,6 +421,11 @@ func (w *walk) elements(s *reader) error {
 
 func (w *walk) code(s *reader) error {
 	n := s.count("function bodies", 2)
+	// wazero allocates the bodies before it compares their count with
+	// the function section's.
+	if err := over("the code section", "function bodies", uint64(n), w.b.Functions); err != nil {
+		return err
+	}
 	for i := uint32(0); i < n && s.err == nil; i++ {
 		size := s.u32()
 		if s.err != nil {

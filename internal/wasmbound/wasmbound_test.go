@@ -72,7 +72,7 @@ func tableMaxima(t *testing.T, bin []byte) []int64 {
 }
 
 func TestApply(t *testing.T) {
-	small := Bounds{TableElements: 100, Functions: 3, Globals: 2, Types: 2, Params: 2, Locals: 10, TotalLocals: 15, Imports: 2, Exports: 2, ElementSegments: 2, DataSegments: 2}
+	small := Bounds{TableElements: 100, Tables: 3, Functions: 3, Globals: 2, Types: 2, Params: 2, Locals: 10, TotalLocals: 15, Imports: 2, Exports: 2, ElementSegments: 2, DataSegments: 2}
 	cases := []struct {
 		name      string
 		bin       []byte
@@ -103,6 +103,12 @@ func TestApply(t *testing.T) {
 		{name: "an imported table counts towards the bound",
 			bin: module(section(secImport, vec(cat(str("env"), str("t"), []byte{0x01}, tableMin(90)))), section(secTable, vec(tableMin(20)))), b: small,
 			err: ErrBound, msg: "110 elements together"},
+		{name: "too many tables are refused, however small",
+			bin: module(section(secImport, vec(cat(str("env"), str("t"), []byte{0x01}, tableMin(0)))), section(secTable, vec(tableMin(0), tableMin(0), tableMin(0)))), b: small,
+			err: ErrBound, msg: "declares 4 tables, over the bound of 3"},
+		{name: "function bodies over the function bound are refused before their count is compared",
+			bin: module(voidType, section(secCode, cat(leb(4), bytes.Repeat([]byte{0x02, 0x00, 0x0b}, 4)))), b: small,
+			err: ErrBound, msg: "the code section declares 4 function bodies, over the bound of 3"},
 		{name: "a table maximum under its minimum is malformed",
 			bin: module(section(secTable, vec(tableMax(5, 4)))), b: small, err: ErrMalformed, msg: "under its minimum"},
 		{name: "a shared table is malformed",
