@@ -216,6 +216,19 @@ module = "{{mods}}/hello.wasm"
 	if peak > 128<<20 {
 		t.Errorf("peak RSS %d MiB, want under 128 MiB", peak>>20)
 	}
+	// The child applied the same bounds to the stored bytes as the manager
+	// and compiled the same bytes: one cache entry per module, not two
+	// for the module whose table was given a maximum.
+	var entries []string
+	_ = filepath.WalkDir(filepath.Join(dir, "state", "compilation-cache"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			entries = append(entries, p)
+		}
+		return nil
+	})
+	if len(entries) != 2 {
+		t.Errorf("compilation cache has %d entries for 2 modules: %v", len(entries), entries)
+	}
 	// The status page still shows the child's RSS.
 	r := c.get("/_wagi/status?full")
 	if m := regexp.MustCompile(`rss bytes:\s+(\d+)`).FindSubmatch(r.body); r.status != 200 || m == nil {
