@@ -26,7 +26,7 @@ func FuzzApply(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s)
 	}
-	small := Bounds{TableElements: 100, Functions: 10, Globals: 10, Types: 10, Params: 4, Locals: 10, Imports: 4, Exports: 4, ElementSegments: 4, DataSegments: 4}
+	small := Bounds{TableElements: 100, Tables: 2, Functions: 10, TotalLocals: 20, Globals: 10, Types: 10, Params: 4, Locals: 10, Imports: 4, Exports: 4, ElementSegments: 4, DataSegments: 4}
 	f.Fuzz(func(t *testing.T, bin []byte) {
 		for _, b := range []Bounds{Default, small} {
 			in := bytes.Clone(bin)

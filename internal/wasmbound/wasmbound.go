@@ -522,7 +522,12 @@ func (w *walk) custom(s *reader) error {
 			for i := uint32(0); i < n && sub.err == nil; i++ {
 				sub.u32()
 				k := sub.count("local names", 2)
-				if err := over("the name section", "local names for one function", uint64(k), w.b.Locals+w.b.Params); err != nil {
+				// A function's locals index space holds its parameters too.
+				bound := uint64(w.b.Locals) + uint64(w.b.Params)
+				if w.b.Locals == 0 || w.b.Params == 0 || bound > 1<<32-1 {
+					bound = 0
+				}
+				if err := over("the name section", "local names for one function", uint64(k), uint32(bound)); err != nil {
 					return err
 				}
 				for j := uint32(0); j < k && sub.err == nil; j++ {
