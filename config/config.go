@@ -116,6 +116,11 @@ type IPFS struct {
 	Allow []string
 	// MaxModuleSize is the largest module fetched, in bytes.
 	MaxModuleSize int64
+	// GatewayDailyCPU is the CPU time all gateway CIDs together may use
+	// per day (→ 503), on top of each CID's own daily_cpu; 0 = no
+	// gateway-wide budget. Without it, publishing new CIDs would buy
+	// fresh budgets without end.
+	GatewayDailyCPU time.Duration
 }
 
 // Module is one [[module]] entry.
@@ -173,11 +178,12 @@ func Default() *Config {
 			MaxConcurrency: 0,
 		},
 		IPFS: IPFS{
-			API:           "/ip4/127.0.0.1/tcp/5001",
-			FetchTimeout:  30 * time.Second,
-			Gateway:       "",
-			Allow:         []string{},
-			MaxModuleSize: 64 << 20,
+			API:             "/ip4/127.0.0.1/tcp/5001",
+			FetchTimeout:    30 * time.Second,
+			Gateway:         "",
+			Allow:           []string{},
+			MaxModuleSize:   64 << 20,
+			GatewayDailyCPU: time.Hour,
 		},
 	}
 }

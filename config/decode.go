@@ -511,7 +511,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "gateway_daily_cpu"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -555,6 +555,10 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 		case "max_module_size":
 			if n, ok := d.size(kp, v, 1); ok {
 				c.MaxModuleSize = n
+			}
+		case "gateway_daily_cpu":
+			if dur, ok := d.duration(kp, v); ok {
+				c.GatewayDailyCPU = dur
 			}
 		default:
 			d.unknown(kp, known, "")

@@ -37,6 +37,11 @@ import (
 
 const defaultReadyTimeout = 10 * time.Second
 
+// LedgerRetain is how long the CPU ledger keeps a module's entry after the
+// start of its budget day: a day is over well before, and without a bound
+// the ledger would grow with every gateway CID ever served.
+const LedgerRetain = 48 * time.Hour
+
 // Options are the parts of a Manager that do not come from the config file.
 type Options struct {
 	// Logger receives one line per request and per child event. nil means
@@ -74,6 +79,7 @@ type Manager struct {
 	store     *store
 	pool      *pool
 	ledger    *cpuacct.Ledger // nil with Options.NoLedger
+	budgets   *budgets        // daily budgets, over the ledger
 	ownLedger bool            // opened here, so closed here
 	procfs    procfs.FS
 	routes    atomic.Pointer[wagi.Table[*target]]
@@ -205,7 +211,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	ledger, ownLedger := opts.Ledger, false
 	if ledger == nil && !opts.NoLedger {
 		ownLedger = true
-		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger})
+		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger, Retain: LedgerRetain, Now: opts.Now})
 		if err != nil {
 			st.close(context.Background())
 			return nil, err
@@ -219,6 +225,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		log:       opts.Logger,
 		store:     st,
 		ledger:    ledger,
+		budgets:   newBudgets(ledger),
 		ownLedger: ownLedger,
 		procfs:    pfs,
 		software:  "wagi-fcgi/" + opts.Version,
@@ -278,6 +285,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
 	m.pool.preload = m.preloadList
+	m.pool.charge = func(to chargeTo, d time.Duration) { m.charge(m.log, to, d) }
 	if err := m.pool.start(ctx); err != nil {
 		m.pool.close()
 		return fmt.Errorf("start children: %w", err)
@@ -464,7 +472,7 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, l
 		StderrCap:   stderrCap,
 	}
 	out := &captureWriter{limit: 1 << 20}
-	res := execute(ctx, m.log.With("module", mod.ref), p, run, lim, out, chargeTo{})
+	res := execute(ctx, m.log.With("module", mod.ref), p, run, lim, out, chargeTo{}, nil)
 	if res.reusable {
 		m.pool.release(p)
 	}

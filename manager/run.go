@@ -135,7 +135,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		p.conn.Close() // the child exits when its socket closes
 		<-p.exited
 	}()
-	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{})
+	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{}, nil)
 	switch {
 	case res.err == nil:
 		return 0, nil
