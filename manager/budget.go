@@ -154,3 +154,14 @@ func (b *budgets) charge(log *slog.Logger, to chargeTo, d time.Duration) {
 		}
 	}
 }
+
+// budgetError is a load refused because the module's budget is spent (its
+// _routes would run on it).
+type budgetError struct {
+	a   account
+	now time.Time
+}
+
+func (e *budgetError) Error() string {
+	return "daily CPU budget of " + e.a.key + " spent"
+}

@@ -63,7 +63,7 @@ func (g *gateway) lookup(rawPath string) (*target, int, string) {
 		return nil, 404, "no CID in this gateway path"
 	}
 	mc := &config.Module{Route: route.Pattern, Module: ref.Raw, Ref: ref, Entrypoint: "_start", Limits: g.limits}
-	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start"}
+	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start", gateway: true}
 	t := newTarget(route, src, mc, "_start")
 	if n := g.limits.MaxConcurrency; n > 0 && n < g.children {
 		// Every [limits] key holds for gateway CIDs as for configured

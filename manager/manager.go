@@ -457,8 +457,16 @@ func (m *Manager) assignSlotsLocked(table *wagi.Table[*target]) {
 }
 
 // moduleRoutes runs a module's _routes export in a child and checks what it
-// printed.
-func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, lim config.Limits, route string) ([]wagi.SubRoute, error) {
+// printed. Its CPU is the module's, like a request's: charged to its daily
+// budgets (and refused once they are spent), or a module could spin in
+// _routes on every load attempt for free.
+func (m *Manager) moduleRoutes(ctx context.Context, mod *module, src *source) ([]wagi.SubRoute, error) {
+	pages, lim, route := src.pages, src.limits, src.route
+	now := m.opts.Now()
+	owner := m.chargeTo(mod.key, lim, src.gateway, now)
+	if a, spent := m.budgets.exhausted(owner); spent {
+		return nil, &budgetError{a: a, now: now}
+	}
 	p, err := m.pool.acquire(ctx, m.opts.ReadyTimeout)
 	if err != nil {
 		return nil, err
@@ -472,9 +480,17 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, l
 		StderrCap:   stderrCap,
 	}
 	out := &captureWriter{limit: 1 << 20}
-	res := execute(ctx, m.log.With("module", mod.ref), p, run, lim, out, chargeTo{}, nil)
+	log := m.log.With("module", mod.ref)
+	claim := m.budgets.open(owner)
+	res := execute(ctx, log, p, run, lim, out, owner, claim)
 	if res.reusable {
 		m.pool.release(p)
+	}
+	m.charge(log, owner, res.cpu)
+	claim.close()
+	m.charge(log, res.idleOwner, res.idle)
+	if res.killed == killBudget {
+		return nil, &budgetError{a: res.budget, now: now}
 	}
 	if res.err != nil {
 		return nil, fmt.Errorf("_routes: %w", res.err)

@@ -350,12 +350,12 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	}
 
 	p := &proc{
-		id:     id,
-		pid:    cmd.Process.Pid,
-		cmd:    cmd,
-		conn:   conn,
-		w:      ipc.NewWriter(conn, 64<<10),
-		r:      ipc.NewReader(conn, 64<<10),
+		id:       id,
+		pid:      cmd.Process.Pid,
+		cmd:      cmd,
+		conn:     conn,
+		w:        ipc.NewWriter(conn, 64<<10),
+		r:        ipc.NewReader(conn, 64<<10),
 		exited:   make(chan struct{}),
 		spawnCPU: spawnCPU,
 	}

@@ -30,6 +30,8 @@ type source struct {
 	limits config.Limits
 	entry  string
 	mounts []config.Volume
+	// gateway: a gateway CID, which also pays from the gateway's budget.
+	gateway bool
 
 	mu       sync.Mutex
 	mod      *module
@@ -136,7 +138,7 @@ func (m *Manager) resolveSubRoutes(ctx context.Context) error {
 		if src.mod == nil || !src.mod.exports["_routes"] {
 			continue
 		}
-		subs, err := m.moduleRoutes(ctx, src.mod, src.pages, src.limits, src.route)
+		subs, err := m.moduleRoutes(ctx, src.mod, src)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: load %s: %w", m.cfg.Path, mc.Line, mc.Module, err))
 			continue
@@ -296,7 +298,11 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 	var subs []wagi.SubRoute
 	if mod.exports["_routes"] {
 		var err error
-		subs, err = m.moduleRoutes(ctx, mod, src.pages, src.limits, src.route)
+		subs, err = m.moduleRoutes(ctx, mod, src)
+		var be *budgetError
+		if errors.As(err, &be) {
+			return nil, nil, err
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("load %s: %w: %v", src.ref.Raw, errInvalidModule, err)
 		}
@@ -306,7 +312,10 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 
 // loadFailure is the answer to a request whose module could not be loaded.
 func loadFailure(err error, gateway bool) (status int, msg, retry string) {
+	var be *budgetError
 	switch {
+	case errors.As(err, &be):
+		return 503, budgetMessage(be.a), retryAfter(be.now, be.a.next)
 	case errors.Is(err, ipfs.ErrUnavailable):
 		return 503, "the module is not cached and the IPFS node is unreachable", "30"
 	case errors.Is(err, ipfs.ErrTimeout):
