@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -351,7 +352,7 @@ func TestEveryLimitHoldsOnConfiguredRoutesAndGatewayCIDs(t *testing.T) {
 			}
 		}
 	}
-	dayStart := time.Now().UTC().Add(-2 * time.Hour).Format("15:04") + "Z"
+	dayStart := time.Now().UTC().Add(-2*time.Hour).Format("15:04") + "Z"
 	cases := []limitCase{
 		{key: "timeout", limits: `timeout = "300ms"`, module: "sleep", check: expect(504, "?5000")},
 		{key: "cpu", limits: `cpu = "200ms"` + "\n" + `timeout = "120s"`, module: "loop",
@@ -449,4 +450,71 @@ module = %q
 			})
 		}
 	}
+}
+
+// buildWAT compiles WebAssembly text with wabt's wat2wasm and returns the
+// module's bytes.
+func buildWAT(t testing.TB, src string) []byte {
+	t.Helper()
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "m.wat"), filepath.Join(dir, "m.wasm")
+	if err := os.WriteFile(in, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("wat2wasm", "--enable-all", "-o", out, in).CombinedOutput(); err != nil {
+		t.Fatalf("wat2wasm: %v\n%s", err, b)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestASpinningRoutesExportIsChargedOnEveryLoad serves a gateway CID whose
+// _routes never returns. Its load fails (502) and is tried again on the
+// next request; each try is CPU the module causes, so its budget must pay
+// for it and, once spent, the CID gets 503 without another try.
+func TestASpinningRoutesExportIsChargedOnEveryLoad(t *testing.T) {
+	k := testenv.StartKubo(t)
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	cid := k.AddBytes(t, buildWAT(t, `(module
+  (memory (export "memory") 1)
+  (func (export "_routes") (loop $spin (br $spin)))
+  (func (export "_start")))`))
+	w := startWagi(t, bin, dir, fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+[pool]
+children = 2
+[limits]
+cpu = "200ms"
+timeout = "60s"
+daily_cpu = "500ms"
+[ipfs]
+api = %q
+gateway = "/ipfs/"
+allow = ["*"]
+`, k.API))
+	n := startNginx(t, dir, w.sock)
+	c := newClient(t, n.base)
+	var got []int
+	for i := 0; i < 8; i++ {
+		r := c.get("/ipfs/" + cid + "/")
+		got = append(got, r.status)
+		if r.status == 503 {
+			if r.header.Get("Retry-After") == "" {
+				t.Fatal("503 without Retry-After")
+			}
+			break
+		}
+		if r.status != 502 {
+			t.Fatalf("request %d: %d %q, want 502 (the load failed) or 503 (budget spent)", i, r.status, r.body)
+		}
+	}
+	if got[len(got)-1] != 503 {
+		t.Fatalf("statuses %v: the _routes runs were never charged against the 500 ms budget", got)
+	}
+	t.Logf("statuses until the budget was spent: %v", got)
 }
