@@ -33,6 +33,10 @@ import (
 // The test binary doubles as the child: the manager re-executes it with
 // the argument "child", as it re-executes wagi-fcgi in production.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 2 && os.Args[1] == "hostile-child" {
+		hostileChild(os.Args[2])
+		os.Exit(0)
+	}
 	if len(os.Args) > 1 && os.Args[1] == "child" {
 		if err := child.Main(context.Background(), os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -109,6 +113,13 @@ func startManager(t testing.TB, dir, cfgText string, now func() time.Time) (*fix
 		m.Close()
 		return nil, err
 	}
+	return serveFixture(t, dir, m, log), nil
+}
+
+// serveFixture serves a started manager on a unix socket in dir, with a
+// gofast client for it; the test's end stops both.
+func serveFixture(t testing.TB, dir string, m *manager.Manager, log *syncBuffer) *fixture {
+	t.Helper()
 	sock := filepath.Join(dir, "fcgi.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
@@ -125,7 +136,7 @@ func startManager(t testing.TB, dir, cfgText string, now func() time.Time) (*fix
 	cf := gofast.SimpleClientFactory(gofast.SimpleConnFactory("unix", sock))
 	h := gofast.NewHandler(gofast.Chain(gofast.BasicParamsMap, gofast.MapHeader)(gofast.BasicSession), cf)
 	f.h = h
-	return f, nil
+	return f
 }
 
 func (f *fixture) do(t testing.TB, method, target string, body []byte) *httptest.ResponseRecorder {

@@ -359,6 +359,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		exited:   make(chan struct{}),
 		spawnCPU: spawnCPU,
 	}
+	p.r.SetMaxPayload(ipc.MaxChildPayload)
 	log := cfg.logger.With("child", id, "pid", p.pid)
 	// The child's own stderr (Go runtime panics, not guest output) goes to
 	// the log line by line.
