@@ -223,7 +223,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 	claim := m.budgets.open(owner)
-	resp := &cgiResponse{w: w}
+	resp := &cgiResponse{w: w, log: log}
 	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
 	if res.reusable {
 		m.pool.release(p)
