@@ -3,6 +3,9 @@ package tests
 import (
 	"bytes"
 	"fmt"
+	"net"
+	"net/http"
+	"net/http/fcgi"
 	"os"
 	"path/filepath"
 	"testing"
@@ -116,4 +119,35 @@ func TestModuleOutputCannotSteerApache(t *testing.T) {
 		t.Fatalf("the protected directory answered a client: %d %q", r.status, r.body)
 	}
 	checkNoSteer(t, c, secret)
+}
+
+// TestTheShippedNginxConfigIgnoresXAccelOnItsOwn puts the shipped nginx
+// files in front of a FastCGI server that answers X-Accel-Redirect as
+// wagi-fcgi never would: the config's own fastcgi_ignore_headers must keep
+// nginx from following it (the second wall).
+func TestTheShippedNginxConfigIgnoresXAccelOnItsOwn(t *testing.T) {
+	dir := t.TempDir()
+	prot, _ := protectedDir(t, dir)
+	sock := filepath.Join(dir, "steer.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		_ = fcgi.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Accel-Redirect", "/protected/secret.txt")
+			w.Header().Set("X-Sendfile", "/etc/passwd")
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write([]byte("module body\n"))
+		}))
+	}()
+	n := startNginxWith(t, dir, sock, fmt.Sprintf("location /protected/ { internal; alias %s/; }", prot))
+	r := newClient(t, n.base).get("/anything")
+	if bytes.Contains(r.body, []byte(secretText)) || string(r.body) != "module body\n" {
+		t.Fatalf("nginx followed X-Accel-Redirect: %d %q", r.status, r.body)
+	}
+	if v := r.header.Get("X-Sendfile"); v != "" {
+		t.Fatalf("X-Sendfile reached the client: %q", v)
+	}
 }
