@@ -224,6 +224,7 @@ fetch_timeout = "1m"
 gateway = "/ipfs/"
 allow = ["*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"]
 max_module_size = "10MB"
+gateway_daily_cpu = "90m"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -248,8 +249,9 @@ max_module_size = "10MB"
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",
-			Allow:         []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
-			MaxModuleSize: 10_000_000,
+			Allow:           []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
+			MaxModuleSize:   10_000_000,
+			GatewayDailyCPU: 90 * time.Minute,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {
