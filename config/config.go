@@ -116,6 +116,15 @@ type IPFS struct {
 	Allow []string
 	// MaxModuleSize is the largest module fetched, in bytes.
 	MaxModuleSize int64
+	// MaxDirSize and MaxDirFiles bound one read-only IPFS directory
+	// volume: its file bytes, and its entries (files, directories and
+	// skipped symlinks), so a CID naming a huge tree cannot fill state_dir.
+	MaxDirSize  int64
+	MaxDirFiles int
+	// StoreSize bounds what state_dir holds of fetched content (modules,
+	// their compiled code, IPFS directories); least recently used entries
+	// that the config does not name are evicted past it. 0: no bound.
+	StoreSize int64
 }
 
 // Module is one [[module]] entry.
@@ -178,6 +187,9 @@ func Default() *Config {
 			Gateway:       "",
 			Allow:         []string{},
 			MaxModuleSize: 64 << 20,
+			MaxDirSize:    256 << 20,
+			MaxDirFiles:   10000,
+			StoreSize:     2 << 30,
 		},
 	}
 }
