@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,6 +164,16 @@ volumes = { "/assets" = "ipfs://%s" }
 		filepath.Join(mods, "static.wasm"), manyCID)
 	w := startWagi(t, bin, dir, cfg, "--http", fmt.Sprintf("127.0.0.1:%d", port))
 	c := newClient(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	// startWagi waits for the FastCGI socket; --http may come up after it.
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--http did not listen within 20s; log:\n%s", w.log)
+		}
+	}
 	state := filepath.Join(dir, "state")
 
 	expect := func(path string, status int, body string) {
