@@ -115,6 +115,16 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	if d.total > d.max {
 		t.Errorf("store holds %d bytes, over its size %d", d.total, d.max)
 	}
+	// An evicted module that comes back is compiled, and counted, again.
+	again, err := st.add(ctx, "old", tinyModule("old", 20000), 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.useModule(again, false)
+	if e := d.entries[modID(old.key)]; e == nil || e.cache != oldCache || !exists(oldCache) {
+		t.Errorf("the module added again has no compiled code in the cache (entry %+v)", e)
+	}
+
 	// Pinned modules stay however old: fill the store with one big
 	// module use after another and the pinned one is still there.
 	for i, tag := range []string{"x", "y", "z"} {
