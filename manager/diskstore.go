@@ -177,13 +177,14 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 	d.mu.Lock()
 	e := d.entries[id]
 	findCache := e == nil || (e.cache == "" && time.Since(e.checked) > touchEvery)
+	cpuFlags, et := d.cpuFlags, d.ensureTermination
 	d.mu.Unlock()
 	var cands []cacheCandidate
 	if findCache {
 		// The module's bytes are read again outside the lock; the
 		// compilation cache names its file after them.
 		if bin, err := os.ReadFile(mod.path); err == nil {
-			cands = d.cacheCandidates(bin)
+			cands = d.cacheCandidates(bin, cpuFlags, et)
 		}
 	}
 	var size int64 = -1
@@ -209,6 +210,18 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 		d.adoptCacheLocked(e, cands)
 	}
 	d.usedLocked(e, pinned)
+}
+
+// useRejected counts fetched bytes that did not make a module but may
+// have been stored before they were rejected, so they are bounded and
+// evicted like any module.
+func (d *diskStore) useRejected(bin []byte) {
+	if d == nil {
+		return
+	}
+	sum := sha256.Sum256(bin)
+	key := hex.EncodeToString(sum[:])
+	d.useModule(&module{key: key, path: filepath.Join(d.modDir, key+".wasm")}, false)
 }
 
 // useDir records a use of the IPFS directory copy at path.
@@ -299,7 +312,7 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		if key, ok := strings.CutPrefix(e.id, "m:"); ok {
 			if e.cache == "" {
 				if bin, err := os.ReadFile(e.path); err == nil {
-					d.adoptCacheLocked(e, d.cacheCandidates(bin))
+					d.adoptCacheLocked(e, d.cacheCandidates(bin, d.cpuFlags, d.ensureTermination))
 				}
 			}
 			if e.cache != "" {
@@ -370,14 +383,13 @@ func (d *diskStore) dropIndex(keys []string) {
 // The feature flags use three bits at most (platform/cpuid_*.go), so
 // every combination is tried until one is found, then the one found is
 // used. A wrong guess removes nothing: the names are hashes.
-func (d *diskStore) cacheCandidates(bin []byte) []cacheCandidate {
+//
+// cpuFlags and et are the flags learned so far (-1: not yet).
+func (d *diskStore) cacheCandidates(bin []byte, cpuFlags, et int) []cacheCandidate {
 	dirs, _ := filepath.Glob(filepath.Join(d.cacheDir, "wazero-*"))
 	if len(dirs) == 0 {
 		return nil
 	}
-	d.mu.Lock()
-	cpuFlags, et := d.cpuFlags, d.ensureTermination
-	d.mu.Unlock()
 	var out []cacheCandidate
 	for t := 0; t < 2; t++ {
 		if et >= 0 && t != et {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
@@ -142,5 +143,21 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	d2 := openDiskStore(&config.Config{StateDir: dir, IPFS: config.IPFS{StoreSize: 1 << 30}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if d2.total != d.total {
 		t.Errorf("after a restart the store counts %d bytes, before it %d", d2.total, d.total)
+	}
+	// Entries known only from the disk are evicted with their compiled
+	// code (found from the module's bytes at eviction time).
+	d2.useModule(pinned, true)
+	d2.mu.Lock()
+	d2.max = d2.entries[modID(pinned.key)].bytes + 1
+	d2.mu.Unlock()
+	last, err := st.add(ctx, "last", tinyModule("last", 10), 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2.useModule(last, false)
+	cacheFiles, _ := filepath.Glob(filepath.Join(dir, "compilation-cache", "*", "*"))
+	modFiles, _ := filepath.Glob(filepath.Join(dir, "modules", "*.wasm"))
+	if len(modFiles) != 2 || len(cacheFiles) != 2 || !exists(pinned.path) || !exists(last.path) {
+		t.Errorf("after evicting all but the pinned module and the one in use: modules %v, compiled code %v", modFiles, cacheFiles)
 	}
 }

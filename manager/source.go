@@ -292,6 +292,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
 		if err != nil {
+			m.disk.useRejected(bin) // its bytes may be on disk all the same
 			return nil, nil, err
 		}
 		m.fetches.Add(1)

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -118,6 +119,14 @@ func TestTheModuleStoreStaysWithinStoreSize(t *testing.T) {
 	}
 	manyCID := k.AddDir(t, manyDir)
 
+	// Bytes that start like a module but do not compile: rejected with
+	// 502, and bounded like modules all the same.
+	var junk []string
+	for i := range 12 {
+		b := append([]byte("\x00asm\x01\x00\x00\x00\x7f"), bytes.Repeat([]byte{byte(i)}, 200<<10)...)
+		junk = append(junk, k.AddBytes(t, b))
+	}
+
 	// Distinct gateway modules, together well over store_size.
 	var cids []string
 	for i := range 24 {
@@ -201,6 +210,19 @@ volumes = { "/assets" = "ipfs://%s" }
 		t.Logf("after %d CIDs of ~%d KiB each: %d bytes held (store_size %d, one module with its compiled code ≤ %d)",
 			len(cids), (len(hello)+pad)>>10, total, storeSize, slack)
 		w.log.waitFor(t, 5*time.Second, "evicted from the module store")
+	})
+
+	t.Run("rejected bytes count against store_size too", func(t *testing.T) {
+		for _, cid := range junk {
+			if r := c.get("/ipfs/" + cid + "/"); r.status != 502 {
+				t.Fatalf("GET %s: got %d %q, want 502; log:\n%s", cid, r.status, r.body, w.log)
+			}
+			total, mod, compiled := storeBytes(t, state)
+			if slack := mod + compiled; total > storeSize+slack {
+				t.Fatalf("after %s state_dir holds %d bytes of fetched content, over store_size %d + one module %d",
+					cid, total, storeSize, slack)
+			}
+		}
 	})
 
 	t.Run("configured modules and volumes are never evicted", func(t *testing.T) {
