@@ -121,6 +121,15 @@ type IPFS struct {
 	// gateway-wide budget. Without it, publishing new CIDs would buy
 	// fresh budgets without end.
 	GatewayDailyCPU time.Duration
+	// MaxDirSize and MaxDirFiles bound one read-only IPFS directory
+	// volume: its file bytes, and its entries (files, directories and
+	// skipped symlinks), so a CID naming a huge tree cannot fill state_dir.
+	MaxDirSize  int64
+	MaxDirFiles int
+	// StoreSize bounds what state_dir holds of fetched content (modules,
+	// their compiled code, IPFS directories); least recently used entries
+	// that the config does not name are evicted past it. 0: no bound.
+	StoreSize int64
 }
 
 // Module is one [[module]] entry.
@@ -184,6 +193,9 @@ func Default() *Config {
 			Allow:           []string{},
 			MaxModuleSize:   64 << 20,
 			GatewayDailyCPU: time.Hour,
+			MaxDirSize:      256 << 20,
+			MaxDirFiles:     10000,
+			StoreSize:       2 << 30,
 		},
 	}
 }

@@ -45,6 +45,9 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"the gateway is off", c.IPFS.Gateway, ""},
 		{"allow is empty", len(c.IPFS.Allow), 0},
 		{"max_module_size is 64MiB", c.IPFS.MaxModuleSize, int64(64 << 20)},
+		{"max_dir_size is 256MiB", c.IPFS.MaxDirSize, int64(256 << 20)},
+		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
+		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -225,6 +228,9 @@ gateway = "/ipfs/"
 allow = ["*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"]
 max_module_size = "10MB"
 gateway_daily_cpu = "90m"
+max_dir_size = "1MiB"
+max_dir_files = 500
+store_size = "1GiB"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -252,6 +258,9 @@ gateway_daily_cpu = "90m"
 			Allow:           []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
 			MaxModuleSize:   10_000_000,
 			GatewayDailyCPU: 90 * time.Minute,
+			MaxDirSize:      1 << 20,
+			MaxDirFiles:     500,
+			StoreSize:       1 << 30,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -552,6 +561,16 @@ func TestErrors(t *testing.T) {
 			name: "a zero max_output is rejected",
 			src:  "[limits]\nmax_output = 0\n",
 			want: `modules.toml:2: [limits] max_output: must be at least 1B, got 0B`,
+		},
+		{
+			name: "a store_size smaller than max_module_size is rejected",
+			src:  "[ipfs]\nstore_size = \"1MiB\"\n",
+			want: `modules.toml:2: [ipfs] store_size: must be 0 (no bound) or at least max_module_size (64MiB) and max_dir_size (256MiB), got 1MiB`,
+		},
+		{
+			name: "a zero max_dir_files is rejected",
+			src:  "[ipfs]\nmax_dir_files = 0\n",
+			want: `modules.toml:2: [ipfs] max_dir_files: must be at least 1, got 0`,
 		},
 		{
 			name: "a zero max_module_size is rejected",

@@ -511,7 +511,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "gateway_daily_cpu"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -560,9 +560,27 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 			if dur, ok := d.duration(kp, v); ok {
 				c.GatewayDailyCPU = dur
 			}
+		case "max_dir_size":
+			if n, ok := d.size(kp, v, 1); ok {
+				c.MaxDirSize = n
+			}
+		case "max_dir_files":
+			if n, ok := d.integer(kp, v, 1); ok {
+				c.MaxDirFiles = n
+			}
+		case "store_size":
+			if n, ok := d.size(kp, v, 0); ok {
+				c.StoreSize = n
+			}
 		default:
 			d.unknown(kp, known, "")
 		}
+	}
+	// The store must hold the largest item it lets in, or that item would
+	// be evicted as soon as it is added.
+	if c.StoreSize > 0 && c.StoreSize < max(c.MaxModuleSize, c.MaxDirSize) {
+		d.bad(p.child("store_size"), "must be 0 (no bound) or at least max_module_size (%s) and max_dir_size (%s), got %s",
+			FormatSize(c.MaxModuleSize), FormatSize(c.MaxDirSize), FormatSize(c.StoreSize))
 	}
 }
 

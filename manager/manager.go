@@ -102,6 +102,7 @@ type Manager struct {
 	fetches  atomic.Int64 // modules fetched from IPFS
 	dirMu    sync.Mutex
 	dirFetch map[string]*loadCall // IPFS directories being fetched
+	disk     *diskStore           // bounds fetched content in state_dir; nil: no bound
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
@@ -232,6 +233,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		idPrefix:  hex.EncodeToString(rnd[:]),
 		slots:     map[string]chan struct{}{},
 		dirFetch:  map[string]*loadCall{},
+		disk:      openDiskStore(cfg, opts.Logger),
 		status:    newStatusBook(),
 	}
 	if usesIPFS(cfg) {

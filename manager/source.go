@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -113,6 +114,7 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 			continue
 		}
 		src.mod, src.resolved = mod, time.Now()
+		m.disk.useModule(mod, true)
 	}
 	return errors.Join(errs...)
 }
@@ -181,14 +183,29 @@ func ipfsPathOf(ref config.ModuleRef) string {
 	return "/ipfs/" + ref.Path
 }
 
-// module returns src's module, loading it if needed. Concurrent callers
-// share one load; a failed load is not remembered, so the next request
-// tries again (the node may be back).
+// module returns src's module, loading it if needed, and records its use
+// in the bounded module store (which pins the modules the config names).
 func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
+	mod, err := m.loadModule(ctx, src)
+	if err == nil && src.ref.Kind != config.RefFile {
+		m.disk.useModule(mod, slices.Contains(m.sources, src))
+	}
+	return mod, err
+}
+
+// loadModule returns src's module, loading it if needed (again, when the
+// module store evicted it). Concurrent callers share one load; a failed
+// load is not remembered, so the next request tries again (the node may
+// be back).
+func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) {
 	for {
 		src.mu.Lock()
 		stale := src.ref.Kind == config.RefIPNS && time.Since(src.resolved) > ipnsTTL
-		if src.mod != nil && !stale {
+		evicted := src.mod != nil && src.ref.Kind != config.RefFile && !m.disk.has(src.mod.key)
+		if evicted && src.loading == nil {
+			src.mod = nil // fetched again below; nothing stale to fall back on
+		}
+		if src.mod != nil && !stale && !evicted {
 			mod := src.mod
 			src.mu.Unlock()
 			return mod, nil
@@ -236,6 +253,9 @@ func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
 			return nil, err
 		}
 		if old == nil || old.key != mod.key {
+			if old != nil && slices.Contains(m.sources, src) {
+				m.disk.unpin(old.key) // the configured IPNS name moved on
+			}
 			m.rebuildRoutes()
 		}
 		return mod, nil
@@ -274,6 +294,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
 		if err != nil {
+			m.disk.useRejected(bin) // its bytes may be on disk all the same
 			return nil, nil, err
 		}
 		m.fetches.Add(1)
@@ -320,6 +341,8 @@ func loadFailure(err error, gateway bool) (status int, msg, retry string) {
 		return 503, "the module is not cached and the IPFS node is unreachable", "30"
 	case errors.Is(err, ipfs.ErrTimeout):
 		return 504, "fetching the module from IPFS timed out", ""
+	case errors.Is(err, ipfs.ErrDirTooLarge):
+		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", ""
 	case errors.Is(err, ipfs.ErrTooLarge):
 		return 502, "the module is larger than max_module_size", ""
 	case errors.Is(err, ipfs.ErrNotFound) && gateway:
@@ -371,6 +394,7 @@ func ipfsDirPath(stateDir, cidPath string) string {
 func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 	dir := ipfsDirPath(m.cfg.StateDir, cidPath)
 	if checkDir(dir) == nil {
+		m.disk.useDir(dir)
 		return dir, nil
 	}
 	if m.ipfs == nil {
@@ -384,7 +408,12 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		go func() {
 			lctx, cancel := context.WithTimeout(context.Background(), m.cfg.IPFS.FetchTimeout)
 			defer cancel()
-			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, 0)
+			lim := ipfs.DirLimits{MaxBytes: m.cfg.IPFS.MaxDirSize, MaxFiles: m.cfg.IPFS.MaxDirFiles}
+			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, lim)
+			if errors.Is(c.err, ipfs.ErrDirTooLarge) {
+				m.log.Warn("IPFS directory refused: over its cap; nothing of it was kept", "cid", cidPath,
+					"max_dir_size", lim.MaxBytes, "max_dir_files", lim.MaxFiles, "err", c.err)
+			}
 			m.dirMu.Lock()
 			delete(m.dirFetch, dir)
 			m.dirMu.Unlock()
@@ -397,6 +426,7 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		if c.err != nil {
 			return "", c.err
 		}
+		m.disk.useDir(dir)
 		return dir, nil
 	case <-ctx.Done():
 		return "", ctx.Err()
