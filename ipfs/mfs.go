@@ -198,6 +198,7 @@ type mfsStat struct {
 	Mode       json.RawMessage
 	Mtime      int64
 	MtimeNsecs int64
+	Hash       string
 }
 
 func (s *mfsStat) isDir() bool { return s.Type == "directory" }
@@ -1094,23 +1095,22 @@ func (f *mfsFile) flush() esys.Errno {
 	if !f.dirty {
 		return 0
 	}
-	if errno := f.fs.checkWriteBack(f.path, int64(len(f.data))); errno != 0 {
-		return errno
-	}
 	// A concurrent creator of the same new file can make files/write fail
 	// with "directory already has entry by that name"; the file exists then,
 	// so retrying writes over it.
-	var errno esys.Errno
-	for range 3 {
-		body, ctype := multipartFile(f.data)
-		req := f.fs.api.Request("files/write", f.path).
-			Option("create", true).Option("truncate", true).Option("parents", true).Option("flush", true).
-			Header("Content-Type", ctype).Body(body)
-		if errno = f.fs.do(req, nil, f.path); errno != esys.EEXIST {
-			break
+	write := func() (errno esys.Errno) {
+		for range 3 {
+			body, ctype := multipartFile(f.data)
+			req := f.fs.api.Request("files/write", f.path).
+				Option("create", true).Option("truncate", true).Option("parents", true).Option("flush", true).
+				Header("Content-Type", ctype).Body(body)
+			if errno = f.fs.do(req, nil, f.path); errno != esys.EEXIST {
+				break
+			}
 		}
+		return errno
 	}
-	if errno != 0 {
+	if errno := f.fs.writeBack(f.path, int64(len(f.data)), write); errno != 0 {
 		return errno
 	}
 	f.dirty = false

@@ -15,14 +15,22 @@ package ipfs
 //     write-back that makes the volume larger walks it again first and is
 //     refused (the Close or Sync fails with ENOSPC, the file is left as it
 //     was) if the fresh figure, which includes what other requests have
-//     written back meanwhile, plus this file's growth would pass a quota.
+//     written back meanwhile, plus this file's growth would pass a quota;
+//     and it walks the volume once more after the files/write, undoing the
+//     write-back (and failing with ENOSPC) if the volume is then over a
+//     quota: another request wrote back in between.
 //   - Removing anything (unlink, rmdir, rename over an entry) forgets the
 //     figure, so the next check walks again and sees the room it freed.
 //
-// Two requests writing back at the same moment can both pass their check
-// against the same walk: the overshoot is bounded by what the other
-// concurrent write-backs add, at most (k-1) files and (k-1) × min(quota,
-// MaxFileSize) bytes for k requests writing back to the volume at once.
+// Two requests writing back at the same moment can both pass the first
+// check; the second one catches them, and each undoes its own write-back
+// (both may, so near the limit concurrent writers can all be refused). So
+// the volume is over its quota only transiently, between a files/write and
+// its undo: by at most (k-1) write-backs (each at most min(quota,
+// MaxFileSize) bytes and one file) for k requests writing back at once. It
+// stays over only if a request is killed (or the node fails) between its
+// files/write and its undo: by that one write-back, until files are
+// removed.
 
 import (
 	"path"
@@ -113,32 +121,70 @@ func (m *mfsFS) forget() {
 	}
 }
 
-// checkWriteBack is the check before a write-back of size bytes to abs:
-// against a fresh walk, if the volume grows.
-func (m *mfsFS) checkWriteBack(abs string, size int64) esys.Errno {
+// writeBack runs write, the files/write of size bytes to abs, within the
+// quotas: if the volume grows, it is walked before (and the write-back
+// refused if it would not fit) and after; if the second walk finds the
+// volume over a quota (another request wrote back meanwhile), this
+// write-back is undone (the old version put back, a new file removed) and
+// refused. Concurrent write-backs near the limit may so all be refused.
+func (m *mfsFS) writeBack(abs string, size int64, write func() esys.Errno) esys.Errno {
 	if !m.quotaOn() {
-		return 0
+		return write()
 	}
-	var old int64
-	var newFile int64
+	var old mfsStat
+	var newFile bool
 	switch st, errno := m.stat(abs); errno {
 	case 0:
-		old = st.Size
+		old = st
 	case esys.ENOENT:
-		newFile = 1
+		newFile = true
 	default:
 		return errno
 	}
-	if size <= old && newFile == 0 {
-		return 0
+	growBytes := m.quotaBytes > 0 && size > old.Size
+	growFiles := m.quotaFiles > 0 && newFile
+	if !growBytes && !growFiles {
+		return write()
+	}
+	over := func(u mfsUsage, extraBytes, extraFiles int64) bool {
+		return growBytes && u.bytes+extraBytes > m.quotaBytes || growFiles && u.files+extraFiles > m.quotaFiles
 	}
 	u, errno := m.walk()
 	if errno != 0 {
 		return errno
 	}
-	if m.quotaBytes > 0 && size > old && u.bytes+size-old > m.quotaBytes ||
-		m.quotaFiles > 0 && newFile > 0 && u.files+1 > m.quotaFiles {
+	if over(u, size-old.Size, boolInt(newFile)) {
 		return quota.Exceeded()
+	}
+	if errno := write(); errno != 0 {
+		return errno
+	}
+	if u, errno = m.walk(); errno != 0 {
+		return errno
+	}
+	if over(u, 0, 0) {
+		m.undo(abs, old.Hash, newFile)
+		return quota.Exceeded()
+	}
+	m.qmu.Lock()
+	m.usage = u
+	m.qmu.Unlock()
+	return 0
+}
+
+// undo puts back what was at abs before a write-back: the file with CID
+// hash, or nothing. Best effort: if it fails, the volume stays over its
+// quota until something is removed.
+func (m *mfsFS) undo(abs, hash string, newFile bool) {
+	if m.do(m.api.Request("files/rm", abs).Option("force", true), nil, abs) != 0 || newFile || hash == "" {
+		return
+	}
+	_ = m.do(m.api.Request("files/cp", "/ipfs/"+hash, abs), nil, abs)
+}
+
+func boolInt(b bool) int64 {
+	if b {
+		return 1
 	}
 	return 0
 }
