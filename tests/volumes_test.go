@@ -245,8 +245,11 @@ module = "{{mods}}/hello.wasm"
 			t.Fatalf("the MFS volume holds %d bytes, over its 1 MiB quota", b)
 		}
 		t.Logf("%d writers of 3 MiB each left %d bytes in a 1 MiB MFS volume", writers, b)
-		// It is not left unusable.
-		quotaAnswer(t, c, "/mfs?write&/data/after&1000&100", `wrote 1000 write OK close OK`)
+		// Once the writers' files are removed, the whole quota is usable.
+		for i := range writers {
+			quotaAnswer(t, c, fmt.Sprintf("/mfs?rm&/data/r%d", i), `rm (OK|ENOENT)`)
+		}
+		quotaAnswer(t, c, "/mfs?write&/data/after&1048576&65536", `wrote 1048576 write OK close OK`)
 	})
 }
 
