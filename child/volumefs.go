@@ -96,6 +96,9 @@ type volumeFS struct {
 	root     string
 	readOnly bool
 	quota    Quota // see volumequota.go
+	// checkedFD: the cached figure descriptor was checked against the
+	// directory for this mount (volumequota.go).
+	checkedFD bool
 	// fdFS opens a pinned descriptor N as the wazero file of "N".
 	fdFS esys.FS
 }

@@ -30,12 +30,14 @@ package child
 //     counts as one more entry and its file's bytes once more.
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	esys "github.com/tetratelabs/wazero/experimental/sys"
@@ -79,8 +81,55 @@ type usage struct {
 // usageLock is a volume's figure, read and locked.
 type usageLock struct {
 	v  *volumeFS
+	e  *usageFD
 	fd int
 	u  usage
+}
+
+// usageFD is the open figure file of one volume root, kept for the life of
+// the process: opening it (with openat2, jailed) for every write cost more
+// than the write. mu serialises the goroutines of this process (flock locks
+// an open file description, which they share); flock, other processes.
+type usageFD struct {
+	mu sync.Mutex
+	fd int // -1 until opened
+	// raw and u are the last figure read or written, so that an unchanged
+	// figure is not parsed again.
+	raw []byte
+	u   usage
+}
+
+// usageFDs maps a volume root to its usageFD.
+var usageFDs struct {
+	sync.Mutex
+	m map[string]*usageFD
+}
+
+func usageFDOf(root string) *usageFD {
+	usageFDs.Lock()
+	defer usageFDs.Unlock()
+	if usageFDs.m == nil {
+		usageFDs.m = map[string]*usageFD{}
+	}
+	e := usageFDs.m[root]
+	if e == nil {
+		e = &usageFD{fd: -1}
+		usageFDs.m[root] = e
+	}
+	return e
+}
+
+// current reports whether fd is still the file named usageFile in root
+// (the administrator may have removed or replaced it).
+func current(fd int, root string) bool {
+	var a, b unix.Stat_t
+	if unix.Fstat(fd, &a) != nil || a.Nlink == 0 {
+		return false
+	}
+	if unix.Fstatat(unix.AT_FDCWD, filepath.Join(root, usageFile), &b, unix.AT_SYMLINK_NOFOLLOW) != nil {
+		return false
+	}
+	return a.Dev == b.Dev && a.Ino == b.Ino
 }
 
 // accounted reports whether v keeps a figure.
@@ -91,26 +140,44 @@ func (v *volumeFS) accounted() bool {
 // lockUsage opens usageFile (creating it), takes the lock and reads the
 // figure, walking the directory if it is missing or stale.
 func (v *volumeFS) lockUsage() (*usageLock, esys.Errno) {
-	fd, errno := v.openJailed(usageFile, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW, 0o600)
-	if errno != 0 {
-		return nil, errno
+	e := usageFDOf(v.root)
+	e.mu.Lock()
+	if e.fd >= 0 && !v.checkedFD && !current(e.fd, v.root) { // once per mount
+		unix.Close(e.fd)
+		e.fd, e.raw = -1, nil
 	}
+	v.checkedFD = true
+	if e.fd < 0 {
+		fd, errno := v.openJailed(usageFile, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW, 0o600)
+		if errno != 0 {
+			e.mu.Unlock()
+			return nil, errno
+		}
+		e.fd = fd
+	}
+	fd := e.fd
 	for {
 		err := unix.Flock(fd, unix.LOCK_EX)
 		if err == nil {
 			break
 		}
 		if err != unix.EINTR {
-			unix.Close(fd)
+			e.mu.Unlock()
 			return nil, esys.UnwrapOSError(err)
 		}
 	}
-	l := &usageLock{v: v, fd: fd}
+	l := &usageLock{v: v, e: e, fd: fd}
 	var buf [len(usageFormat) + 64]byte
 	n, _ := unix.Pread(fd, buf[:], 0)
 	var u usage
-	ok := n > 0 && parseUsage(string(buf[:max(n, 0)]), &u)
+	ok := true
+	if raw := buf[:max(n, 0)]; n > 0 && bytes.Equal(raw, e.raw) {
+		u = e.u
+	} else if ok = n > 0 && parseUsage(string(raw), &u); ok {
+		e.raw, e.u = append(e.raw[:0], raw...), u
+	}
 	if !ok || time.Since(time.Unix(0, u.walked)) > usageRescan || u.walked > time.Now().UnixNano() {
+		var errno esys.Errno
 		if u, errno = v.walkUsage(); errno != 0 {
 			l.unlock()
 			return nil, errno
@@ -166,15 +233,19 @@ func (v *volumeFS) walkUsage() (usage, esys.Errno) {
 
 // save writes the figure back.
 func (l *usageLock) save() {
-	s := fmt.Sprintf(usageFormat, max(l.u.bytes, 0), max(l.u.files, 0), l.u.walked)
-	_, _ = unix.Pwrite(l.fd, []byte(s), 0)
+	s := fmt.Appendf(l.e.raw[:0], usageFormat, max(l.u.bytes, 0), max(l.u.files, 0), l.u.walked)
+	if _, err := unix.Pwrite(l.fd, s, 0); err != nil {
+		s = s[:0]
+	}
+	l.e.raw, l.e.u = s, l.u
 }
 
-// unlock drops the lock (closing the descriptor releases it).
+// unlock drops the lock. (A process that dies holding it drops it too.)
 func (l *usageLock) unlock() {
 	if l.fd >= 0 {
-		unix.Close(l.fd)
+		_ = unix.Flock(l.fd, unix.LOCK_UN)
 		l.fd = -1
+		l.e.mu.Unlock()
 	}
 }
 

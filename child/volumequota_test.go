@@ -355,3 +355,36 @@ func checkFigure(t *testing.T, _ esys.FS, dir string) {
 		t.Fatalf("figure %q, directory holds %d bytes in %d entries", b, bytes, files)
 	}
 }
+
+// BenchmarkVolumeWrite is the cost of the quota's bookkeeping per write:
+// 4 KiB writes to one file, rewound every 256 writes (1 MiB).
+func BenchmarkVolumeWrite(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		q    child.Quota
+	}{{"no quota", child.Quota{}}, {"quota", child.Quota{Bytes: 64 << 20, Files: 1000}}} {
+		b.Run(bc.name, func(b *testing.B) {
+			v, err := child.NewVolumeFSWithQuota(b.TempDir(), false, bc.q)
+			if err != nil {
+				b.Fatal(err)
+			}
+			f, errno := v.OpenFile("w", wFlags, 0o644)
+			if errno != 0 {
+				b.Fatal(errno)
+			}
+			defer f.Close()
+			buf := make([]byte, 4096)
+			b.SetBytes(int64(len(buf)))
+			for i := 0; b.Loop(); i++ {
+				if i%256 == 0 {
+					if _, errno := f.Seek(0, 0); errno != 0 {
+						b.Fatal(errno)
+					}
+				}
+				if _, errno := f.Write(buf); errno != 0 {
+					b.Fatal(errno)
+				}
+			}
+		})
+	}
+}
