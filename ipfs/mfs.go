@@ -48,10 +48,16 @@ package ipfs
 //   - O_SYNC, O_DSYNC, O_RSYNC, O_NOFOLLOW and O_NONBLOCK are ignored; Sync
 //     writes back at once.
 //   - Modes and times: Stat reports the UnixFS mode and mtime if set
-//     (defaults 0644 for files, 0755 for directories, mtime 0); Chmod and
-//     Utimens set them (files/chmod, files/touch, each changes the file's
-//     CID); perm arguments of OpenFile and Mkdir are ignored. Inode numbers
-//     are a hash of the MFS path (stable while the file is not renamed).
+//     (defaults 0644 for files, 0755 for directories, mtime 0 for an entry
+//     nobody set one on); Chmod and Utimens set them (files/chmod,
+//     files/touch, each changes the file's CID); perm arguments of OpenFile
+//     and Mkdir are ignored. files/write keeps a file's mtime (none for a
+//     new file), so every write-back is followed by a files/touch with the
+//     time of the write-back; a new file's handle reports the time it was
+//     opened until then. Utimens on a handle also updates what that
+//     handle's Stat reports. Inode numbers are a hash of the MFS path
+//     (stable while the file is not renamed).
+//   - Quotas (MFSOptions.QuotaBytes, QuotaFiles): see mfsquota.go.
 //   - Symlink and Link fail with EPERM (MFS volumes have no links); Readlink
 //     fails with EINVAL (nothing is a link) or ENOENT.
 //
