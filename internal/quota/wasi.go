@@ -35,8 +35,9 @@ var growing = []string{
 // this reaches into the builder (pinned wazero v1.12.0): its
 // nameToHostFunc map, and each function's Code.GoFunc, which wazero calls
 // as an api.GoModuleFunction. If that shape is not found (another wazero
-// version), it changes nothing and returns an error: quota refusals then
-// reach the guest as EIO, and everything else works as before.
+// version), it changes nothing and returns an error. Only this builder
+// changes: wazero's own function definitions are shared by every runtime
+// of the process, so they are copied, not modified.
 func WrapWASI(b wazero.HostModuleBuilder) error {
 	bv := reflect.ValueOf(b)
 	if bv.Kind() != reflect.Pointer || bv.Elem().Kind() != reflect.Struct {
@@ -47,34 +48,40 @@ func WrapWASI(b wazero.HostModuleBuilder) error {
 		return errors.New("quota: wazero's host module builder has no nameToHostFunc map")
 	}
 	funcs = reflect.NewAt(funcs.Type(), unsafe.Pointer(funcs.UnsafeAddr())).Elem()
+	// The map holds wazero's package-level *HostFunc values, shared by
+	// every runtime of the process: each is replaced by a copy with the
+	// wrapper, never changed in place.
 	type slot struct {
-		at   reflect.Value
-		orig api.GoModuleFunction
+		name reflect.Value
+		fn   reflect.Value // the copy
 	}
 	var slots []slot
 	for _, name := range growing {
-		hf := funcs.MapIndex(reflect.ValueOf(name))
+		key := reflect.ValueOf(name)
+		hf := funcs.MapIndex(key)
 		if !hf.IsValid() || hf.Kind() != reflect.Pointer || hf.IsNil() || hf.Elem().Kind() != reflect.Struct {
 			return fmt.Errorf("quota: no WASI function %s in the builder", name)
 		}
-		code := hf.Elem().FieldByName("Code")
+		cp := reflect.New(hf.Elem().Type())
+		cp.Elem().Set(hf.Elem())
+		code := cp.Elem().FieldByName("Code")
 		if !code.IsValid() || code.Kind() != reflect.Struct {
 			return fmt.Errorf("quota: WASI function %s has no Code", name)
 		}
 		goFunc := code.FieldByName("GoFunc")
-		if !goFunc.IsValid() || goFunc.Kind() != reflect.Interface {
+		if !goFunc.IsValid() || goFunc.Kind() != reflect.Interface || !goFunc.CanSet() {
 			return fmt.Errorf("quota: WASI function %s has no GoFunc", name)
 		}
-		at := reflect.NewAt(goFunc.Type(), unsafe.Pointer(goFunc.UnsafeAddr())).Elem()
-		orig, ok := at.Interface().(api.GoModuleFunction)
+		orig, ok := goFunc.Interface().(api.GoModuleFunction)
 		if !ok {
-			return fmt.Errorf("quota: WASI function %s is a %T, not an api.GoModuleFunction", name, at.Interface())
+			return fmt.Errorf("quota: WASI function %s is a %T, not an api.GoModuleFunction", name, goFunc.Interface())
 		}
-		slots = append(slots, slot{at, orig})
+		goFunc.Set(reflect.ValueOf(wrap(orig)))
+		slots = append(slots, slot{key, cp})
 	}
-	// All found: only now change anything.
+	// All found: only now change the builder.
 	for _, s := range slots {
-		s.at.Set(reflect.ValueOf(wrap(s.orig)))
+		funcs.SetMapIndex(s.name, s.fn)
 	}
 	return nil
 }
