@@ -161,6 +161,10 @@ module = "{{mods}}/hello.wasm"
 		if r := c.get("/read?read&/data/big"); r.status != 200 || len(r.body) != 1<<20 {
 			t.Fatalf("reading the full volume: %d, %d bytes", r.status, len(r.body))
 		}
+		// The quota's figure file is not the guests' to see.
+		if r := c.get("/read?ls&/data"); r.status != 200 || string(r.body) != "big\n" {
+			t.Fatalf("listing the volume: %d %q, want only big", r.status, r.body)
+		}
 		quotaAnswer(t, c, "/q?truncate&/data/big&1048577", `truncate ENOSPC close OK`)
 		quotaAnswer(t, c, "/q?append&/data/big&1&1", `wrote 0 write ENOSPC close OK`)
 		// Deleting frees the room.
