@@ -21,7 +21,7 @@ const (
 // use more room (or, for MFS, at whose end buffered data is written back).
 var growing = []string{
 	"fd_write", "fd_pwrite", "fd_allocate", "fd_filestat_set_size",
-	"fd_close", "fd_sync", "fd_datasync",
+	"fd_close", "fd_sync", "fd_datasync", "fd_renumber", "fd_filestat_set_times",
 	"path_open", "path_create_directory", "path_link", "path_rename",
 }
 
