@@ -11,20 +11,18 @@ package ipfs
 //     the files it creates, the directories it makes. write, pwrite,
 //     truncate, open with O_CREAT and mkdir are refused past a quota
 //     (quota.Exceeded, ENOSPC for the guest) against that figure.
-//   - Since the data reaches MFS only at the write-back (Close, Sync), the
-//     write-back that makes the volume larger walks it again first and is
-//     refused (the Close or Sync fails with ENOSPC, the file is left as it
-//     was) if the fresh figure, which includes what other requests have
-//     written back meanwhile, plus this file's growth would pass a quota;
-//     and it walks the volume once more after the files/write, undoing the
-//     write-back (and failing with ENOSPC) if the volume is then over a
-//     quota: another request wrote back in between.
+//   - Since the data reaches MFS only at the write-back (Close, Sync), a
+//     write-back that makes the volume larger walks it again after its
+//     files/write: if the volume is then over a quota, other requests wrote
+//     back since this one's figure was taken, and this write-back is undone
+//     (the old version put back by CID, or the new file removed) and fails
+//     with ENOSPC (the guest's close or fsync gets it).
 //   - Removing anything (unlink, rmdir, rename over an entry) forgets the
 //     figure, so the next check walks again and sees the room it freed.
 //
-// Two requests writing back at the same moment can both pass the first
-// check; the second one catches them, and each undoes its own write-back
-// (both may, so near the limit concurrent writers can all be refused). So
+// Two requests writing back at the same moment both see the other's data in
+// their walk, and each undoes its own write-back (both may, so near the
+// limit concurrent writers can all be refused). So
 // the volume is over its quota only transiently, between a files/write and
 // its undo: by at most (k-1) write-backs (each at most min(quota,
 // MaxFileSize) bytes and one file) for k requests writing back at once. It
@@ -146,23 +144,18 @@ func (m *mfsFS) writeBack(abs string, size int64, write func() esys.Errno) esys.
 	if !growBytes && !growFiles {
 		return write()
 	}
-	over := func(u mfsUsage, extraBytes, extraFiles int64) bool {
-		return growBytes && u.bytes+extraBytes > m.quotaBytes || growFiles && u.files+extraFiles > m.quotaFiles
+	// No walk before the write: the writes into the buffer were checked
+	// against this request's figure already, and the walk after the write
+	// catches what other requests added meanwhile (a walk of 1,000
+	// entries is tens of milliseconds).
+	if errno := write(); errno != 0 {
+		return errno
 	}
 	u, errno := m.walk()
 	if errno != 0 {
 		return errno
 	}
-	if over(u, size-old.Size, boolInt(newFile)) {
-		return quota.Exceeded()
-	}
-	if errno := write(); errno != 0 {
-		return errno
-	}
-	if u, errno = m.walk(); errno != 0 {
-		return errno
-	}
-	if over(u, 0, 0) {
+	if growBytes && u.bytes > m.quotaBytes || growFiles && u.files > m.quotaFiles {
 		m.undo(abs, old.Hash, newFile)
 		return quota.Exceeded()
 	}
@@ -180,11 +173,4 @@ func (m *mfsFS) undo(abs, hash string, newFile bool) {
 		return
 	}
 	_ = m.do(m.api.Request("files/cp", "/ipfs/"+hash, abs), nil, abs)
-}
-
-func boolInt(b bool) int64 {
-	if b {
-		return 1
-	}
-	return 0
 }

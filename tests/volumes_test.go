@@ -230,8 +230,8 @@ module = "{{mods}}/hello.wasm"
 	t.Run("concurrent MFS writers leave the volume within its quota", func(t *testing.T) {
 		// The /mfs module's volume, emptied first. Each writer tries 3 MiB
 		// (9 MiB in all); each can buffer at most the 1 MiB quota, and a
-		// write-back is checked against fresh walks of the volume before
-		// and after it, undone if the volume is then over its quota.
+		// write-back that grows the volume is checked against a fresh walk
+		// of it, and undone if the volume is then over its quota.
 		k.Run(t, "files", "mkdir", "-p", "/wagi/quota")
 		k.Run(t, "files", "rm", "-r", "/wagi/quota")
 		const writers = 3
