@@ -20,15 +20,19 @@ package ipfs
 //   - Removing anything (unlink, rmdir, rename over an entry) forgets the
 //     figure, so the next check walks again and sees the room it freed.
 //
-// Two requests writing back at the same moment both see the other's data in
-// their walk, and each undoes its own write-back (both may, so near the
-// limit concurrent writers can all be refused). So
-// the volume is over its quota only transiently, between a files/write and
-// its undo: by at most (k-1) write-backs (each at most min(quota,
-// MaxFileSize) bytes and one file) for k requests writing back at once. It
-// stays over only if a request is killed (or the node fails) between its
-// files/write and its undo: by that one write-back, until files are
-// removed.
+// Of two requests writing back at the same moment, one whose walk comes
+// after both files/writes sees both and undoes its own (both may, so near
+// the limit concurrent writers can all be refused). So the volume is over
+// its quota only transiently, between a files/write and its undo: by at
+// most (k-1) write-backs (each at most min(quota, MaxFileSize) bytes and
+// one file) for k requests writing back at once. It stays over only if a
+// request is killed (or the node fails) between its files/write and its
+// undo: by that one write-back, until files are removed.
+//
+// An undo puts back the version this request saw when it wrote back; if
+// another request wrote the same file in between, that write is lost too
+// (as with two concurrent writers of one file anyway: the last one wins).
+// Between the files/rm and the files/cp of an undo, readers see no file.
 
 import (
 	"path"
