@@ -29,6 +29,10 @@ package ipfs
 // request is killed (or the node fails) between its files/write and its
 // undo: by that one write-back, until files are removed.
 //
+// mkdir is checked against the request's figure only (no walk after it):
+// k requests making directories at once can leave the volume k-1 entries
+// over volume_files.
+//
 // An undo puts back the version this request saw when it wrote back; if
 // another request wrote the same file in between, that write is lost too
 // (as with two concurrent writers of one file anyway: the last one wins).
