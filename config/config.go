@@ -85,6 +85,12 @@ type Limits struct {
 	// MaxConcurrency is how many children one module may hold at once;
 	// 0 = the pool size.
 	MaxConcurrency int
+	// VolumeBytes bounds the bytes of the regular files in each writable
+	// volume of a module (→ ENOSPC for the guest); 0 = no bound.
+	VolumeBytes int64
+	// VolumeFiles bounds the number of entries (files and directories)
+	// in each writable volume of a module (→ ENOSPC); 0 = no bound.
+	VolumeFiles int64
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -185,6 +191,8 @@ func Default() *Config {
 			MaxBody:        16 << 20,
 			MaxOutput:      64 << 20,
 			MaxConcurrency: 0,
+			VolumeBytes:    64 << 20,
+			VolumeFiles:    1000,
 		},
 		IPFS: IPFS{
 			API:             "/ip4/127.0.0.1/tcp/5001",

@@ -87,8 +87,10 @@ func TestAWAGIModulesTomlLoads(t *testing.T) {
 		{Route: "/bar/...", Module: filepath.Join(dir, "examples/bar.wasm"), Entrypoint: "_start", Limits: def, Line: 12,
 			Ref: ModuleRef{Kind: RefFile, Path: filepath.Join(dir, "examples/bar.wasm"), Raw: "examples/bar.wasm"},
 			Volumes: []Volume{
-				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config")},
-				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host"},
+				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config"),
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
+				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host",
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
 			}},
 		{Route: "/entrypoint/hello", Module: "/path/to/bar.wasm", Entrypoint: "hello", Limits: def, Line: 20,
 			Ref: ModuleRef{Kind: RefFile, Path: "/path/to/bar.wasm", Raw: "/path/to/bar.wasm"}},
@@ -180,8 +182,10 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		Volumes: []Volume{
 			{Guest: "/assets", Source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", Kind: VolumeIPFS,
 				Path: "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", ReadOnly: true},
-			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook"},
-			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static"},
+			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
+			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
@@ -220,6 +224,8 @@ memory = 100000
 max_body = 0
 max_output = "1GiB"
 max_concurrency = 3
+volume_bytes = "1MiB"
+volume_files = 0
 
 [ipfs]
 api = "http://127.0.0.1:5001"
@@ -252,6 +258,7 @@ store_size = "1GiB"
 			DayStart: DayStart{Minute: 6*60 + 30, Offset: 2 * 3600},
 			Memory:   2 * WasmPageSize, // 100000 bytes rounded up to whole pages
 			MaxBody:  0, MaxOutput: 1 << 30, MaxConcurrency: 3,
+			VolumeBytes: 1 << 20, VolumeFiles: 0,
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",

@@ -448,7 +448,8 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 
 // limitKeys are the keys of [limits], also allowed in a [[module]] table.
 func limitKeys() []string {
-	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency"}
+	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency",
+		"volume_bytes", "volume_files"}
 }
 
 func (d *decoder) limitsTable(p keyPath, m map[string]any, l *Limits) {
@@ -503,6 +504,14 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 	case "max_concurrency":
 		if n, ok := d.integer(p, v, 0); ok {
 			l.MaxConcurrency = n
+		}
+	case "volume_bytes":
+		if n, ok := d.size(p, v, 0); ok {
+			l.VolumeBytes = n
+		}
+	case "volume_files":
+		if n, ok := d.integer(p, v, 0); ok {
+			l.VolumeFiles = int64(n)
 		}
 	default:
 		return false
@@ -699,6 +708,12 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			d.add(mod.Line, "%s: missing required key %q", display(p), req)
 		}
 	}
+	for i := range mod.Volumes {
+		if v := &mod.Volumes[i]; !v.ReadOnly {
+			v.QuotaBytes, v.QuotaFiles = mod.Limits.VolumeBytes, mod.Limits.VolumeFiles
+		}
+	}
+	d.checkNestedReadOnly(p.child("volumes"), mod.Volumes)
 	return mod
 }
 

@@ -366,7 +366,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 	for _, v := range vols {
 		switch v.Kind {
 		case config.VolumeLocal:
-			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly})
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		case config.VolumeIPFS:
 			dir, err := m.ipfsDir(ctx, v.Path)
 			if err != nil {
@@ -377,7 +378,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 			if m.ipfs == nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)
 			}
-			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path})
+			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		}
 	}
 	return out, nil
