@@ -315,7 +315,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 // one client per node, kept for the child's life).
 func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
 	if mt.Kind != ipc.MountMFS {
-		return NewVolumeFS(mt.Host, mt.ReadOnly)
+		return NewVolumeFSWithQuota(mt.Host, mt.ReadOnly, Quota{Bytes: clampQuota(mt.QuotaBytes), Files: clampQuota(mt.QuotaFiles)})
 	}
 	c, ok := e.ipfs[mt.Host]
 	if !ok {
@@ -325,7 +325,7 @@ func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
 		}
 		e.ipfs[mt.Host] = c
 	}
-	return ipfs.NewMFS(c, mt.MFSPath)
+	return ipfs.NewMFS(c, mt.MFSPath, ipfs.MFSOptions{QuotaBytes: clampQuota(mt.QuotaBytes), QuotaFiles: clampQuota(mt.QuotaFiles)})
 }
 
 // call instantiates cm and runs its entrypoint. "_start" is the WASI command

@@ -124,6 +124,12 @@ type Limits struct {
 	// MaxConcurrency is how many children one module may hold at once;
 	// 0 = the pool size.
 	MaxConcurrency int
+	// VolumeBytes bounds the bytes of the regular files in each writable
+	// volume of a module (→ ENOSPC for the guest); 0 = no bound.
+	VolumeBytes int64
+	// VolumeFiles bounds the number of entries (files and directories)
+	// in each writable volume of a module (→ ENOSPC); 0 = no bound.
+	VolumeFiles int64
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -155,6 +161,20 @@ type IPFS struct {
 	Allow []string
 	// MaxModuleSize is the largest module fetched, in bytes.
 	MaxModuleSize int64
+	// GatewayDailyCPU is the CPU time all gateway CIDs together may use
+	// per day (→ 503), on top of each CID's own daily_cpu; 0 = no
+	// gateway-wide budget. Without it, publishing new CIDs would buy
+	// fresh budgets without end.
+	GatewayDailyCPU time.Duration
+	// MaxDirSize and MaxDirFiles bound one read-only IPFS directory
+	// volume: its file bytes, and its entries (files, directories and
+	// skipped symlinks), so a CID naming a huge tree cannot fill state_dir.
+	MaxDirSize  int64
+	MaxDirFiles int
+	// StoreSize bounds what state_dir holds of fetched content (modules,
+	// their compiled code, IPFS directories); least recently used entries
+	// that the config does not name are evicted past it. 0: no bound.
+	StoreSize int64
 }
 
 // Module is one [[module]] entry.
@@ -210,13 +230,19 @@ func Default() *Config {
 			MaxBody:        16 << 20,
 			MaxOutput:      64 << 20,
 			MaxConcurrency: 0,
+			VolumeBytes:    64 << 20,
+			VolumeFiles:    1000,
 		},
 		IPFS: IPFS{
-			API:           "/ip4/127.0.0.1/tcp/5001",
-			FetchTimeout:  30 * time.Second,
-			Gateway:       "",
-			Allow:         []string{},
-			MaxModuleSize: 64 << 20,
+			API:             "/ip4/127.0.0.1/tcp/5001",
+			FetchTimeout:    30 * time.Second,
+			Gateway:         "",
+			Allow:           []string{},
+			MaxModuleSize:   64 << 20,
+			GatewayDailyCPU: time.Hour,
+			MaxDirSize:      256 << 20,
+			MaxDirFiles:     10000,
+			StoreSize:       2 << 30,
 		},
 	}
 }

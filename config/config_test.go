@@ -45,6 +45,9 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"the gateway is off", c.IPFS.Gateway, ""},
 		{"allow is empty", len(c.IPFS.Allow), 0},
 		{"max_module_size is 64MiB", c.IPFS.MaxModuleSize, int64(64 << 20)},
+		{"max_dir_size is 256MiB", c.IPFS.MaxDirSize, int64(256 << 20)},
+		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
+		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -84,8 +87,10 @@ func TestAWAGIModulesTomlLoads(t *testing.T) {
 		{Route: "/bar/...", Module: filepath.Join(dir, "examples/bar.wasm"), Entrypoint: "_start", Limits: def, Line: 12,
 			Ref: ModuleRef{Kind: RefFile, Path: filepath.Join(dir, "examples/bar.wasm"), Raw: "examples/bar.wasm"},
 			Volumes: []Volume{
-				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config")},
-				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host"},
+				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config"),
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
+				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host",
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
 			}},
 		{Route: "/entrypoint/hello", Module: "/path/to/bar.wasm", Entrypoint: "hello", Limits: def, Line: 20,
 			Ref: ModuleRef{Kind: RefFile, Path: "/path/to/bar.wasm", Raw: "/path/to/bar.wasm"}},
@@ -177,8 +182,10 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		Volumes: []Volume{
 			{Guest: "/assets", Source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", Kind: VolumeIPFS,
 				Path: "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", ReadOnly: true},
-			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook"},
-			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static"},
+			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
+			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
@@ -217,6 +224,8 @@ memory = 100000
 max_body = 0
 max_output = "1GiB"
 max_concurrency = 3
+volume_bytes = "1MiB"
+volume_files = 0
 
 [ipfs]
 api = "http://127.0.0.1:5001"
@@ -224,6 +233,10 @@ fetch_timeout = "1m"
 gateway = "/ipfs/"
 allow = ["*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"]
 max_module_size = "10MB"
+gateway_daily_cpu = "90m"
+max_dir_size = "1MiB"
+max_dir_files = 500
+store_size = "1GiB"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -245,11 +258,16 @@ max_module_size = "10MB"
 			DayStart: DayStart{Minute: 6*60 + 30, Offset: 2 * 3600},
 			Memory:   2 * WasmPageSize, // 100000 bytes rounded up to whole pages
 			MaxBody:  0, MaxOutput: 1 << 30, MaxConcurrency: 3,
+			VolumeBytes: 1 << 20, VolumeFiles: 0,
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",
-			Allow:         []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
-			MaxModuleSize: 10_000_000,
+			Allow:           []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
+			MaxModuleSize:   10_000_000,
+			GatewayDailyCPU: 90 * time.Minute,
+			MaxDirSize:      1 << 20,
+			MaxDirFiles:     500,
+			StoreSize:       1 << 30,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -550,6 +568,16 @@ func TestErrors(t *testing.T) {
 			name: "a zero max_output is rejected",
 			src:  "[limits]\nmax_output = 0\n",
 			want: `modules.toml:2: [limits] max_output: must be at least 1B, got 0B`,
+		},
+		{
+			name: "a store_size smaller than max_module_size is rejected",
+			src:  "[ipfs]\nstore_size = \"1MiB\"\n",
+			want: `modules.toml:2: [ipfs] store_size: must be 0 (no bound) or at least max_module_size (64MiB) and max_dir_size (256MiB), got 1MiB`,
+		},
+		{
+			name: "a zero max_dir_files is rejected",
+			src:  "[ipfs]\nmax_dir_files = 0\n",
+			want: `modules.toml:2: [ipfs] max_dir_files: must be at least 1, got 0`,
 		},
 		{
 			name: "a zero max_module_size is rejected",

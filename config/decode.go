@@ -452,7 +452,8 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 
 // limitKeys are the keys of [limits], also allowed in a [[module]] table.
 func limitKeys() []string {
-	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency"}
+	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency",
+		"volume_bytes", "volume_files"}
 }
 
 func (d *decoder) limitsTable(p keyPath, m map[string]any, l *Limits) {
@@ -508,6 +509,14 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 		if n, ok := d.integer(p, v, 0); ok {
 			l.MaxConcurrency = n
 		}
+	case "volume_bytes":
+		if n, ok := d.size(p, v, 0); ok {
+			l.VolumeBytes = n
+		}
+	case "volume_files":
+		if n, ok := d.integer(p, v, 0); ok {
+			l.VolumeFiles = int64(n)
+		}
 	default:
 		return false
 	}
@@ -515,7 +524,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -560,9 +569,31 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 			if n, ok := d.size(kp, v, 1); ok {
 				c.MaxModuleSize = n
 			}
+		case "gateway_daily_cpu":
+			if dur, ok := d.duration(kp, v); ok {
+				c.GatewayDailyCPU = dur
+			}
+		case "max_dir_size":
+			if n, ok := d.size(kp, v, 1); ok {
+				c.MaxDirSize = n
+			}
+		case "max_dir_files":
+			if n, ok := d.integer(kp, v, 1); ok {
+				c.MaxDirFiles = n
+			}
+		case "store_size":
+			if n, ok := d.size(kp, v, 0); ok {
+				c.StoreSize = n
+			}
 		default:
 			d.unknown(kp, known, "")
 		}
+	}
+	// The store must hold the largest item it lets in, or that item would
+	// be evicted as soon as it is added.
+	if c.StoreSize > 0 && c.StoreSize < max(c.MaxModuleSize, c.MaxDirSize) {
+		d.bad(p.child("store_size"), "must be 0 (no bound) or at least max_module_size (%s) and max_dir_size (%s), got %s",
+			FormatSize(c.MaxModuleSize), FormatSize(c.MaxDirSize), FormatSize(c.StoreSize))
 	}
 }
 
@@ -681,6 +712,12 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			d.add(mod.Line, "%s: missing required key %q", display(p), req)
 		}
 	}
+	for i := range mod.Volumes {
+		if v := &mod.Volumes[i]; !v.ReadOnly {
+			v.QuotaBytes, v.QuotaFiles = mod.Limits.VolumeBytes, mod.Limits.VolumeFiles
+		}
+	}
+	d.checkNestedReadOnly(p.child("volumes"), mod.Volumes)
 	return mod
 }
 

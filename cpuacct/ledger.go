@@ -64,6 +64,14 @@ type LedgerOptions struct {
 	// Logger receives skipped records and background errors; nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// Retain, when more than 0, is how long after the start of its budget
+	// day a module's entry is kept. Older entries are dropped from memory
+	// (checked at open and every minute) and from the journal at the next
+	// compaction, so the ledger does not grow with every module it has
+	// ever seen. A day is over long before: 48h is a safe value.
+	Retain time.Duration
+	// Now is the clock for Retain; nil means time.Now.
+	Now func() time.Time
 }
 
 // Spend is one module's spend in its current budget day.
@@ -87,6 +95,8 @@ type Spend struct {
 // Ledger is open: a second Ledger on the same path fails to open.
 type Ledger struct {
 	path        string
+	retain      time.Duration
+	now         func() time.Time
 	syncEvery   time.Duration
 	compactSize int64
 	log         *slog.Logger
@@ -122,6 +132,8 @@ func OpenLedger(path string, opts LedgerOptions) (*Ledger, error) {
 	}
 	l := &Ledger{
 		path:        path,
+		retain:      opts.Retain,
+		now:         opts.Now,
 		syncEvery:   opts.SyncInterval,
 		compactSize: opts.CompactSize,
 		log:         opts.Logger,
@@ -138,6 +150,9 @@ func OpenLedger(path string, opts LedgerOptions) (*Ledger, error) {
 	}
 	if l.log == nil {
 		l.log = slog.Default()
+	}
+	if l.now == nil {
+		l.now = time.Now
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, l.errorf(err)
@@ -158,6 +173,7 @@ func OpenLedger(path string, opts LedgerOptions) (*Ledger, error) {
 		lock.Close()
 		return nil, l.errorf(err)
 	}
+	l.prune()
 	f, size, err := l.rewrite(l.state)
 	if err == nil {
 		err = l.install(f)
@@ -298,12 +314,19 @@ func (l *Ledger) run() {
 	defer l.wg.Done()
 	t := time.NewTicker(l.syncEvery)
 	defer t.Stop()
+	lastPrune := time.Now()
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-t.C:
 			l.sync()
+			if l.retain > 0 && time.Since(lastPrune) >= pruneEvery {
+				lastPrune = time.Now()
+				if l.prune() > 0 {
+					l.compact()
+				}
+			}
 		case <-l.compactCh:
 			l.mu.Lock()
 			due := l.size > l.compactAt
@@ -313,6 +336,35 @@ func (l *Ledger) run() {
 			}
 		}
 	}
+}
+
+// pruneEvery is how often entries older than Retain are looked for.
+const pruneEvery = time.Minute
+
+// prune drops the entries whose budget day started more than Retain ago,
+// and returns how many it dropped.
+func (l *Ledger) prune() int {
+	if l.retain <= 0 {
+		return 0
+	}
+	cutoff := l.now().Add(-l.retain).Unix()
+	n := 0
+	l.mu.Lock()
+	for m, e := range l.state {
+		if e.day < cutoff {
+			delete(l.state, m)
+			n++
+		}
+	}
+	l.mu.Unlock()
+	return n
+}
+
+// Len is the number of modules the ledger holds an entry for.
+func (l *Ledger) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.state)
 }
 
 // sync fsyncs the journal if it was written since the last fsync. Only the

@@ -730,3 +730,28 @@ func BenchmarkLedgerChargeParallel(b *testing.B) {
 		}
 	})
 }
+
+func TestEntriesOlderThanRetainAreForgottenAtReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger")
+	l := open(t, path, cpuacct.LedgerOptions{})
+	for i := 0; i < 100; i++ {
+		mustCharge(t, l, fmt.Sprintf("old%03d", i), day0, time.Second)
+	}
+	mustCharge(t, l, "recent", day2, time.Second)
+	mustClose(t, l)
+
+	now := func() time.Time { return day2.Add(time.Hour) }
+	l = open(t, path, cpuacct.LedgerOptions{Retain: 48 * time.Hour, Now: now})
+	if n := l.Len(); n != 1 {
+		t.Fatalf("%d entries after reopening with Retain 48h two days later, want 1", n)
+	}
+	if got := l.Spent("recent", day2); got != time.Second {
+		t.Fatalf("the recent entry: %v", got)
+	}
+	mustClose(t, l)
+	// The compaction at open wrote only what was kept.
+	l = open(t, path, cpuacct.LedgerOptions{})
+	if n := l.Len(); n != 1 {
+		t.Fatalf("the journal still holds %d entries", n)
+	}
+}

@@ -21,6 +21,12 @@ import (
 const (
 	// stderrCap bounds the guest stderr logged per request.
 	stderrCap = 64 << 10
+	// stderrSlack is what a child may send past StderrCap: its note that
+	// the rest was dropped.
+	stderrSlack = 256
+	// maxStderrLine bounds one logged line of guest stderr: a longer one
+	// is logged in pieces, so an endless line costs the manager no more.
+	maxStderrLine = 4 << 10
 	// cpuPoll is how often a running child's CPU clock is read. The
 	// per-request CPU limit is overshot by at most about this much.
 	cpuPoll = 5 * time.Millisecond
@@ -43,6 +49,7 @@ const (
 	killInvalid = "invalid output"
 	killAbort   = "client abort"
 	killIPC     = "ipc error"
+	killBudget  = "daily_cpu" // a daily budget ran out during the request
 )
 
 // ServeFCGI answers one FastCGI request.
@@ -135,22 +142,15 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 
-	// The daily budget: spent means 503 until the reset; otherwise this
-	// request may use at most what is left of it.
+	// The daily budgets: spent means 503 until the reset. What running
+	// requests of the module use counts too (see budgets).
 	lim := t.limits
 	now := m.opts.Now()
-	owner := chargeTo{module: mod.key, day: lim.DayStart.Start(now)}
-	budgetCapped := false
-	if m.ledger != nil && lim.DailyCPU > 0 {
-		spent := m.ledger.Spent(owner.module, owner.day)
-		if spent >= lim.DailyCPU {
-			status = 503
-			errorResponse(w, id, status, "this module has used its CPU time for today", retryAfter(now, lim.DayStart.Next(now)))
-			return
-		}
-		if left := lim.DailyCPU - spent; left < lim.CPU {
-			lim.CPU, budgetCapped = left, true
-		}
+	owner := m.chargeTo(mod.key, lim, gw, now)
+	if a, spent := m.budgets.exhausted(owner); spent {
+		status = 503
+		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+		return
 	}
 
 	body, err := readBody(r.Body, lim.MaxBody)
@@ -215,19 +215,27 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 
-	resp := &cgiResponse{w: w}
-	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner)
+	// Budgets again: others may have spent them while this one queued.
+	if a, spent := m.budgets.exhausted(owner); spent {
+		m.pool.release(p)
+		status = 503
+		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+		return
+	}
+	claim := m.budgets.open(owner)
+	resp := &cgiResponse{w: w, log: log}
+	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
 	if res.reusable {
 		m.pool.release(p)
 	}
 	cpu, killed = res.cpu, res.killed
 	m.charge(log, owner, res.cpu)
+	claim.close() // after the charge: the spend is never seen short
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)
-	if res.killed == killCPU && budgetCapped {
-		// What stopped it was the day's budget, not the request's limit.
-		res.status, res.public = 503, "this module has used its CPU time for today"
-		res.retryAfter = retryAfter(now, lim.DayStart.Next(now))
+	if res.killed == killBudget {
+		res.status, res.public = 503, budgetMessage(res.budget)
+		res.retryAfter = retryAfter(now, res.budget.next)
 	}
 	bytesOut = resp.sent
 	switch {
@@ -259,16 +267,31 @@ var errBodyTooLarge = errors.New("request body too large")
 
 // charge records CPU used for a module in the ledger (and the totals).
 func (m *Manager) charge(log *slog.Logger, to chargeTo, d time.Duration) {
-	if to.module == "" || d <= 0 {
+	if to.empty() || d <= 0 {
 		return
 	}
 	m.charged.Add(int64(d))
-	if m.ledger == nil {
-		return
+	m.budgets.charge(log, to, d)
+}
+
+// chargeTo names the budgets a request of module key pays from: the
+// module's own, and for a gateway CID also the gateway's.
+func (m *Manager) chargeTo(key string, lim config.Limits, gateway bool, now time.Time) chargeTo {
+	to := chargeTo{accts: make([]account, 1, 2)}
+	to.accts[0] = account{key: key, day: lim.DayStart.Start(now), limit: lim.DailyCPU, next: lim.DayStart.Next(now)}
+	if gateway {
+		ds := m.cfg.Limits.DayStart
+		to.accts = append(to.accts, account{key: gatewayAccount, day: ds.Start(now), limit: m.cfg.IPFS.GatewayDailyCPU, next: ds.Next(now)})
 	}
-	if err := m.ledger.Charge(to.module, to.day, d); err != nil {
-		log.Error("CPU ledger", "module", to.module, "err", err)
+	return to
+}
+
+// budgetMessage is the public text of a 503 for a spent budget.
+func budgetMessage(a account) string {
+	if a.key == gatewayAccount {
+		return "the modules of this gateway have used their CPU time for today"
 	}
+	return "this module has used its CPU time for today"
 }
 
 // retryAfter is the number of seconds from now until next, rounded up.
@@ -335,6 +358,8 @@ type execResult struct {
 	// aborted: the client left, but the request ended within abortGrace.
 	aborted  bool
 	exitCode uint32 // the guest's exit code, for wagi-fcgi run
+	// budget is the account that ran out, when killed is killBudget.
+	budget account
 }
 
 // output receives a module's stdout.
@@ -346,12 +371,18 @@ type output interface {
 // output limits from outside: the child cannot pre-empt a spinning guest, so
 // the manager kills it. A killed child is replaced by its pool slot; a
 // reusable one is the caller's to give back.
-func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, owner chargeTo) execResult {
+//
+// claim, when not nil, is the request's draw on its daily budgets: at every
+// CPU poll the child's CPU so far is reported to it, and the child is killed
+// once a budget is spent (by this request and the others running for the
+// same module together).
+func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, owner chargeTo, claim *claim) execResult {
 	startCPU := p.cpu()
 	idle, idleOwner := time.Duration(0), p.owner
-	if idleOwner.module != "" {
+	if !idleOwner.empty() {
 		idle = startCPU - p.endCPU
 	}
+	p.setRunning(owner)
 	if err := p.send(run); err != nil {
 		p.kill(killIPC)
 		<-p.exited
@@ -370,11 +401,12 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	defer stopWake()
 	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
-	var stdoutBytes int64
+	var stdoutBytes, stderrBytes int64
 	var stderrLine []byte
 	demoted, aborted := false, false
 	var graceAt time.Time
 	var outErr error
+	var budgetOut account
 	kill := func(reason string) {
 		p.kill(reason)
 		watching = false
@@ -413,6 +445,9 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				used := p.cpu() - startCPU
 				if lim.CPU > 0 && used > lim.CPU {
 					kill(killCPU)
+				} else if a, spent := claimReport(claim, used); spent {
+					budgetOut = a
+					kill(killBudget)
 				} else if !demoted && used > demoteAfter {
 					demoted = true
 					if err := p.setNice(demoteNice); err != nil {
@@ -422,13 +457,19 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			}
 			continue
 		}
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && watching {
+			// A frame the protocol does not allow (too large): the
+			// child is not to be trusted with anything more.
+			kill(killIPC)
+			outErr = fmt.Errorf("child %d broke the protocol: %w", p.pid, err)
+		}
 		if err != nil {
 			// The child is gone: killed by us, or crashed.
 			<-p.exited
 			cpu := p.cpu() - startCPU
 			logStderr(log, &stderrLine, nil, true)
 			res := deadChildResult(p, cpu, outErr)
-			res.idle, res.idleOwner = idle, idleOwner
+			res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
 			return res
 		}
 		switch t {
@@ -456,6 +497,14 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				}
 			}
 		case ipc.TypeStderr:
+			// The child was told to forward at most StderrCap bytes
+			// (and a note that it dropped the rest); more is a child
+			// that no longer follows the protocol, flooding the log.
+			if stderrBytes += int64(len(payload)); stderrBytes > int64(run.StderrCap)+stderrSlack {
+				outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", p.pid, stderrBytes, run.StderrCap)
+				kill(killIPC)
+				continue
+			}
 			logStderr(log, &stderrLine, payload, false)
 		case ipc.TypeDone:
 			var d ipc.Done
@@ -469,9 +518,10 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				// Done crossed our kill on the way: the kill decides.
 				<-p.exited
 				res := deadChildResult(p, p.cpu()-startCPU, outErr)
-				res.idle, res.idleOwner = idle, idleOwner
+				res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
 				return res
 			}
+			p.setRunning(chargeTo{})
 			p.owner, p.endCPU = owner, startCPU+cpu
 			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
 			if aborted {
@@ -498,6 +548,14 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	}
 }
 
+// claimReport reports CPU to a claim, if there is one.
+func claimReport(c *claim, used time.Duration) (account, bool) {
+	if c == nil {
+		return account{}, false
+	}
+	return c.report(used)
+}
+
 // deadChildResult describes a request whose child died before Done.
 func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
 	why := p.killReason()
@@ -513,6 +571,9 @@ func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
 		res.status, res.public = 502, "the module's output is too large"
 	case killInvalid:
 		res.status, res.public = 502, "the module's output is not a valid CGI response"
+	case killBudget:
+		res.status, res.public = 503, "this module has used its CPU time for today"
+		res.err = fmt.Errorf("daily CPU budget spent (%s used by this request); child %d killed", cpu.Round(time.Millisecond), p.pid)
 	case killAbort:
 		res.status = 499
 		if res.err == nil {
@@ -536,6 +597,10 @@ func logStderr(log *slog.Logger, carry *[]byte, p []byte, end bool) {
 		}
 		log.Warn("module stderr", "line", string(bytes.TrimRight((*carry)[:i], "\r")))
 		*carry = (*carry)[i+1:]
+	}
+	for len(*carry) >= maxStderrLine {
+		log.Warn("module stderr", "line", string((*carry)[:maxStderrLine]), "cut", true)
+		*carry = (*carry)[maxStderrLine:]
 	}
 	if end && len(*carry) > 0 {
 		log.Warn("module stderr", "line", string(*carry))

@@ -14,20 +14,23 @@ import (
 const maxGatewayModules = 4096
 
 // gateway serves any allowed CID at <prefix><cid>/... ("open edge" mode):
-// the CID runs as a /... route with the default limits, and its daily
-// budget is its own, like any module's.
+// the CID runs as a /... route with the default limits (every [limits] key,
+// max_concurrency included), and its daily budget is its own, like any
+// module's, inside the gateway's budget that all its CIDs share
+// ([ipfs] gateway_daily_cpu).
 type gateway struct {
 	prefix   string
 	allowAll bool
 	allow    map[string]bool
 	limits   config.Limits
+	children int // pool size: max_concurrency at or above it is no limit
 
 	mu      sync.Mutex
 	targets map[string]*target
 }
 
 func newGateway(cfg *config.Config) *gateway {
-	g := &gateway{prefix: cfg.IPFS.Gateway, allow: map[string]bool{}, limits: cfg.Limits, targets: map[string]*target{}}
+	g := &gateway{prefix: cfg.IPFS.Gateway, allow: map[string]bool{}, limits: cfg.Limits, children: cfg.Pool.Children, targets: map[string]*target{}}
 	for _, c := range cfg.IPFS.Allow {
 		if c == "*" {
 			g.allowAll = true
@@ -60,8 +63,13 @@ func (g *gateway) lookup(rawPath string) (*target, int, string) {
 		return nil, 404, "no CID in this gateway path"
 	}
 	mc := &config.Module{Route: route.Pattern, Module: ref.Raw, Ref: ref, Entrypoint: "_start", Limits: g.limits}
-	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start"}
+	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start", gateway: true}
 	t := newTarget(route, src, mc, "_start")
+	if n := g.limits.MaxConcurrency; n > 0 && n < g.children {
+		// Every [limits] key holds for gateway CIDs as for configured
+		// routes; max_concurrency is the one that needs state.
+		t.slots = make(chan struct{}, n)
+	}
 	if len(g.targets) >= maxGatewayModules {
 		for k := range g.targets {
 			delete(g.targets, k)

@@ -37,6 +37,11 @@ import (
 
 const defaultReadyTimeout = 10 * time.Second
 
+// LedgerRetain is how long the CPU ledger keeps a module's entry after the
+// start of its budget day: a day is over well before, and without a bound
+// the ledger would grow with every gateway CID ever served.
+const LedgerRetain = 48 * time.Hour
+
 // Options are the parts of a Manager that do not come from the config file.
 type Options struct {
 	// Logger receives one line per request and per child event. nil means
@@ -74,6 +79,7 @@ type Manager struct {
 	store     *store
 	pool      *pool
 	ledger    *cpuacct.Ledger // nil with Options.NoLedger
+	budgets   *budgets        // daily budgets, over the ledger
 	ownLedger bool            // opened here, so closed here
 	procfs    procfs.FS
 	routes    atomic.Pointer[wagi.Table[*target]]
@@ -96,6 +102,7 @@ type Manager struct {
 	fetches  atomic.Int64 // modules fetched from IPFS
 	dirMu    sync.Mutex
 	dirFetch map[string]*loadCall // IPFS directories being fetched
+	disk     *diskStore           // bounds fetched content in state_dir; nil: no bound
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
@@ -205,7 +212,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	ledger, ownLedger := opts.Ledger, false
 	if ledger == nil && !opts.NoLedger {
 		ownLedger = true
-		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger})
+		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger, Retain: LedgerRetain, Now: opts.Now})
 		if err != nil {
 			st.close(context.Background())
 			return nil, err
@@ -219,12 +226,14 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		log:       opts.Logger,
 		store:     st,
 		ledger:    ledger,
+		budgets:   newBudgets(ledger),
 		ownLedger: ownLedger,
 		procfs:    pfs,
 		software:  "wagi-fcgi/" + opts.Version,
 		idPrefix:  hex.EncodeToString(rnd[:]),
 		slots:     map[string]chan struct{}{},
 		dirFetch:  map[string]*loadCall{},
+		disk:      openDiskStore(cfg, opts.Logger),
 		status:    newStatusBook(),
 	}
 	if usesIPFS(cfg) {
@@ -279,6 +288,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
 	m.pool.preload = m.preloadList
+	m.pool.charge = func(to chargeTo, d time.Duration) { m.charge(m.log, to, d) }
 	if err := m.pool.start(ctx); err != nil {
 		m.pool.close()
 		return fmt.Errorf("start children: %w", err)
@@ -450,8 +460,16 @@ func (m *Manager) assignSlotsLocked(table *wagi.Table[*target]) {
 }
 
 // moduleRoutes runs a module's _routes export in a child and checks what it
-// printed.
-func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, lim config.Limits, route string) ([]wagi.SubRoute, error) {
+// printed. Its CPU is the module's, like a request's: charged to its daily
+// budgets (and refused once they are spent), or a module could spin in
+// _routes on every load attempt for free.
+func (m *Manager) moduleRoutes(ctx context.Context, mod *module, src *source) ([]wagi.SubRoute, error) {
+	pages, lim, route := src.pages, src.limits, src.route
+	now := m.opts.Now()
+	owner := m.chargeTo(mod.key, lim, src.gateway, now)
+	if a, spent := m.budgets.exhausted(owner); spent {
+		return nil, &budgetError{a: a, now: now}
+	}
 	p, err := m.pool.acquire(ctx, m.opts.ReadyTimeout)
 	if err != nil {
 		return nil, err
@@ -465,9 +483,17 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, pages uint32, l
 		StderrCap:   stderrCap,
 	}
 	out := &captureWriter{limit: 1 << 20}
-	res := execute(ctx, m.log.With("module", mod.ref), p, run, lim, out, chargeTo{})
+	log := m.log.With("module", mod.ref)
+	claim := m.budgets.open(owner)
+	res := execute(ctx, log, p, run, lim, out, owner, claim)
 	if res.reusable {
 		m.pool.release(p)
+	}
+	m.charge(log, owner, res.cpu)
+	claim.close()
+	m.charge(log, res.idleOwner, res.idle)
+	if res.killed == killBudget {
+		return nil, &budgetError{a: res.budget, now: now}
 	}
 	if res.err != nil {
 		return nil, fmt.Errorf("_routes: %w", res.err)

@@ -27,6 +27,10 @@ type pool struct {
 	// preload lists the modules a fresh child compiles before it takes a
 	// request; nil means none.
 	preload func() []ipc.Module
+	// charge, when set, is told the CPU of starting a child that replaced
+	// one that died during a request: the module that caused the death
+	// pays for the replacement (its start and its preload).
+	charge  func(to chargeTo, d time.Duration)
 	waiting atomic.Int64
 
 	ctx    context.Context
@@ -101,6 +105,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 	defer pl.wg.Done()
 	failures := 0
 	reported := false
+	var owed chargeTo // who pays for the next child's start
 	for pl.ctx.Err() == nil {
 		p, err := startProc(pl.ctx, pl.sp, pl.cfg, id)
 		if err != nil && !reported {
@@ -122,6 +127,14 @@ func (pl *pool) slot(id int, first chan<- error) {
 		}
 		pl.stats.spawned.Add(1)
 		pl.warm(p)
+		if !owed.empty() && pl.charge != nil {
+			// Its CPU from here on (the runtime settling after its
+			// start) is idle time, owed by the same module.
+			c := p.cpu()
+			pl.charge(owed, c+p.spawnCPU)
+			p.owner, p.endCPU = owed, c
+		}
+		owed = chargeTo{}
 		pl.mu.Lock()
 		pl.procs[id] = p
 		pl.mu.Unlock()
@@ -141,6 +154,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 			return
 		}
 		reason := p.killReason()
+		owed = p.runningFor()
 		switch {
 		case reason == "recycle":
 			pl.stats.recycled.Add(1)

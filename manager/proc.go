@@ -43,6 +43,7 @@ type proc struct {
 
 	mu       sync.Mutex
 	killedBy string       // why the manager killed it; "" if it did not
+	running  chargeTo     // who pays for the request it runs; empty between requests
 	requests atomic.Int64 // requests served; read by Children
 	runBuf   []byte       // reused encoding buffer for Run frames
 
@@ -52,12 +53,9 @@ type proc struct {
 	// Touched only by the holder.
 	owner  chargeTo
 	endCPU time.Duration
-}
-
-// chargeTo is a module's budget day: the ledger key of a charge.
-type chargeTo struct {
-	module string
-	day    time.Time
+	// spawnCPU is what starting the child cost the manager's spawning
+	// thread.
+	spawnCPU time.Duration
 }
 
 // kill sends SIGKILL and records why. Only the first reason is kept.
@@ -72,6 +70,21 @@ func (p *proc) kill(reason string) {
 		// say so loudly if it does.
 		slogDefaultError("SIGKILL of a child failed", p.pid, err)
 	}
+}
+
+// setRunning records who pays for the request the child runs now; the
+// slot charges them for a replacement if the child dies during it.
+func (p *proc) setRunning(to chargeTo) {
+	p.mu.Lock()
+	p.running = to
+	p.mu.Unlock()
+}
+
+// runningFor is who paid for the request the child was running.
+func (p *proc) runningFor() chargeTo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.running
 }
 
 func (p *proc) killReason() string {
@@ -188,7 +201,15 @@ type spawner struct {
 
 type spawnReq struct {
 	cmd   *exec.Cmd
-	reply chan error
+	reply chan spawnReply
+}
+
+// spawnReply is how a start went, and the spawning thread's CPU for it
+// (fork and exec cost the parent too, and a respawn is charged to whoever
+// caused it).
+type spawnReply struct {
+	err error
+	cpu time.Duration
 }
 
 func newSpawner() *spawner {
@@ -205,24 +226,36 @@ func newSpawner() *spawner {
 		nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
 		for r := range s.reqs {
 			if nnpErr != nil {
-				r.reply <- fmt.Errorf("no_new_privs: %w", nnpErr)
+				r.reply <- spawnReply{err: fmt.Errorf("no_new_privs: %w", nnpErr)}
 				continue
 			}
-			r.reply <- r.cmd.Start()
+			before := threadCPU()
+			err := r.cmd.Start()
+			r.reply <- spawnReply{err: err, cpu: threadCPU() - before}
 		}
 		close(s.done)
 	}()
 	return s
 }
 
-func (s *spawner) start(ctx context.Context, cmd *exec.Cmd) error {
-	reply := make(chan error, 1)
+func (s *spawner) start(ctx context.Context, cmd *exec.Cmd) (time.Duration, error) {
+	reply := make(chan spawnReply, 1)
 	select {
 	case s.reqs <- spawnReq{cmd: cmd, reply: reply}:
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, ctx.Err()
 	}
-	return <-reply
+	r := <-reply
+	return r.cpu, r.err
+}
+
+// threadCPU is the CPU time of the calling OS thread.
+func threadCPU() time.Duration {
+	var ru unix.Rusage
+	if unix.Getrusage(unix.RUSAGE_THREAD, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func (s *spawner) close() {
@@ -311,7 +344,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		Setpgid:    true, // a terminal's ^C reaches the manager, which decides
 		Credential: cfg.cred,
 	}
-	err = sp.start(ctx, cmd)
+	spawnCPU, err := sp.start(ctx, cmd)
 	if errW != nil {
 		errW.Close()
 	}
@@ -324,14 +357,16 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	}
 
 	p := &proc{
-		id:     id,
-		pid:    cmd.Process.Pid,
-		cmd:    cmd,
-		conn:   conn,
-		w:      ipc.NewWriter(conn, 64<<10),
-		r:      ipc.NewReader(conn, 64<<10),
-		exited: make(chan struct{}),
+		id:       id,
+		pid:      cmd.Process.Pid,
+		cmd:      cmd,
+		conn:     conn,
+		w:        ipc.NewWriter(conn, 64<<10),
+		r:        ipc.NewReader(conn, 64<<10),
+		exited:   make(chan struct{}),
+		spawnCPU: spawnCPU,
 	}
+	p.r.SetMaxPayload(ipc.MaxChildPayload)
 	log := cfg.logger.With("child", id, "pid", p.pid)
 	// The child's own stderr (Go runtime panics, not guest output) goes to
 	// the log line by line.

@@ -47,7 +47,7 @@ func BenchmarkChildRoundTrip(b *testing.B) {
 	}
 	log := slog.New(slog.DiscardHandler)
 	once := func() {
-		res := execute(ctx, log, p, run, lim, discardOutput{}, chargeTo{})
+		res := execute(ctx, log, p, run, lim, discardOutput{}, chargeTo{}, nil)
 		if res.err != nil || !res.reusable {
 			b.Fatalf("run on the child: %v (status %d)", res.err, res.status)
 		}

@@ -102,7 +102,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 			dir := ipfsDirPath(spec.StateDir, d.Path)
 			if checkDir(dir) != nil {
 				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
-				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, 0)
+				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, ipfs.DirLimits{MaxBytes: spec.IPFS.MaxDirSize, MaxFiles: spec.IPFS.MaxDirFiles})
 				cancel()
 				if err != nil {
 					return 0, fmt.Errorf("--dir %s=%s: %w", d.Guest, d.Source, err)
@@ -136,7 +136,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		p.conn.Close() // the child exits when its socket closes
 		<-p.exited
 	}()
-	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{})
+	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{}, nil)
 	switch {
 	case res.err == nil:
 		return 0, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +31,8 @@ type source struct {
 	limits config.Limits
 	entry  string
 	mounts []config.Volume
+	// gateway: a gateway CID, which also pays from the gateway's budget.
+	gateway bool
 
 	mu       sync.Mutex
 	mod      *module
@@ -111,6 +114,7 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 			continue
 		}
 		src.mod, src.resolved = mod, time.Now()
+		m.disk.useModule(mod, true)
 	}
 	return errors.Join(errs...)
 }
@@ -136,7 +140,7 @@ func (m *Manager) resolveSubRoutes(ctx context.Context) error {
 		if src.mod == nil || !src.mod.exports["_routes"] {
 			continue
 		}
-		subs, err := m.moduleRoutes(ctx, src.mod, src.pages, src.limits, src.route)
+		subs, err := m.moduleRoutes(ctx, src.mod, src)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s:%d: load %s: %w", m.cfg.Path, mc.Line, mc.Module, err))
 			continue
@@ -179,14 +183,29 @@ func ipfsPathOf(ref config.ModuleRef) string {
 	return "/ipfs/" + ref.Path
 }
 
-// module returns src's module, loading it if needed. Concurrent callers
-// share one load; a failed load is not remembered, so the next request
-// tries again (the node may be back).
+// module returns src's module, loading it if needed, and records its use
+// in the bounded module store (which pins the modules the config names).
 func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
+	mod, err := m.loadModule(ctx, src)
+	if err == nil && src.ref.Kind != config.RefFile {
+		m.disk.useModule(mod, slices.Contains(m.sources, src))
+	}
+	return mod, err
+}
+
+// loadModule returns src's module, loading it if needed (again, when the
+// module store evicted it). Concurrent callers share one load; a failed
+// load is not remembered, so the next request tries again (the node may
+// be back).
+func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) {
 	for {
 		src.mu.Lock()
 		stale := src.ref.Kind == config.RefIPNS && time.Since(src.resolved) > ipnsTTL
-		if src.mod != nil && !stale {
+		evicted := src.mod != nil && src.ref.Kind != config.RefFile && !m.disk.has(src.mod.key)
+		if evicted && src.loading == nil {
+			src.mod = nil // fetched again below; nothing stale to fall back on
+		}
+		if src.mod != nil && !stale && !evicted {
 			mod := src.mod
 			src.mu.Unlock()
 			return mod, nil
@@ -234,6 +253,9 @@ func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
 			return nil, err
 		}
 		if old == nil || old.key != mod.key {
+			if old != nil && slices.Contains(m.sources, src) {
+				m.disk.unpin(old.key) // the configured IPNS name moved on
+			}
 			m.rebuildRoutes()
 		}
 		return mod, nil
@@ -272,6 +294,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
 		if err != nil {
+			m.disk.useRejected(bin) // its bytes may be on disk all the same
 			return nil, nil, err
 		}
 		m.fetches.Add(1)
@@ -296,7 +319,11 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 	var subs []wagi.SubRoute
 	if mod.exports["_routes"] {
 		var err error
-		subs, err = m.moduleRoutes(ctx, mod, src.pages, src.limits, src.route)
+		subs, err = m.moduleRoutes(ctx, mod, src)
+		var be *budgetError
+		if errors.As(err, &be) {
+			return nil, nil, err
+		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("load %s: %w: %v", src.ref.Raw, errInvalidModule, err)
 		}
@@ -306,11 +333,16 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 
 // loadFailure is the answer to a request whose module could not be loaded.
 func loadFailure(err error, gateway bool) (status int, msg, retry string) {
+	var be *budgetError
 	switch {
+	case errors.As(err, &be):
+		return 503, budgetMessage(be.a), retryAfter(be.now, be.a.next)
 	case errors.Is(err, ipfs.ErrUnavailable):
 		return 503, "the module is not cached and the IPFS node is unreachable", "30"
 	case errors.Is(err, ipfs.ErrTimeout):
 		return 504, "fetching the module from IPFS timed out", ""
+	case errors.Is(err, ipfs.ErrDirTooLarge):
+		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", ""
 	case errors.Is(err, ipfs.ErrTooLarge):
 		return 502, "the module is larger than max_module_size", ""
 	case errors.Is(err, ipfs.ErrNotFound) && gateway:
@@ -334,7 +366,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 	for _, v := range vols {
 		switch v.Kind {
 		case config.VolumeLocal:
-			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly})
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		case config.VolumeIPFS:
 			dir, err := m.ipfsDir(ctx, v.Path)
 			if err != nil {
@@ -345,7 +378,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 			if m.ipfs == nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)
 			}
-			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path})
+			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		}
 	}
 	return out, nil
@@ -362,6 +396,7 @@ func ipfsDirPath(stateDir, cidPath string) string {
 func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 	dir := ipfsDirPath(m.cfg.StateDir, cidPath)
 	if checkDir(dir) == nil {
+		m.disk.useDir(dir)
 		return dir, nil
 	}
 	if m.ipfs == nil {
@@ -375,7 +410,12 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		go func() {
 			lctx, cancel := context.WithTimeout(context.Background(), m.cfg.IPFS.FetchTimeout)
 			defer cancel()
-			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, 0)
+			lim := ipfs.DirLimits{MaxBytes: m.cfg.IPFS.MaxDirSize, MaxFiles: m.cfg.IPFS.MaxDirFiles}
+			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, lim)
+			if errors.Is(c.err, ipfs.ErrDirTooLarge) {
+				m.log.Warn("IPFS directory refused: over its cap; nothing of it was kept", "cid", cidPath,
+					"max_dir_size", lim.MaxBytes, "max_dir_files", lim.MaxFiles, "err", c.err)
+			}
 			m.dirMu.Lock()
 			delete(m.dirFetch, dir)
 			m.dirMu.Unlock()
@@ -388,6 +428,7 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		if c.err != nil {
 			return "", c.err
 		}
+		m.disk.useDir(dir)
 		return dir, nil
 	case <-ctx.Done():
 		return "", ctx.Err()

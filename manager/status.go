@@ -20,6 +20,12 @@ import (
 // status page keeps for its p50/p99.
 const durationSamples = 1024
 
+// maxStatusModules bounds the modules the status page keeps counters for
+// (each holds its duration samples, ~10 KB): an open gateway would
+// otherwise add one per CID ever served. Past it, the module seen least
+// recently is forgotten.
+const maxStatusModules = 1024
+
 // moduleStats are the counters of one module (by content hash).
 type moduleStats struct {
 	ref      string
@@ -29,7 +35,8 @@ type moduleStats struct {
 	timeouts int64    // killed for wall clock or CPU
 	seconds  prometheus.Histogram
 	ring     [durationSamples]time.Duration
-	n        int // samples written into ring, total
+	n        int       // samples written into ring, total
+	last     time.Time // when it was last observed
 }
 
 // statusBook collects what the status page shows.
@@ -57,6 +64,9 @@ func (b *statusBook) observe(key, ref, route string, budget time.Duration, statu
 	}
 	s, ok := b.modules[key]
 	if !ok {
+		if len(b.modules) >= maxStatusModules {
+			b.forgetOldestLocked()
+		}
 		s = &moduleStats{ref: ref, route: route, budget: budget, seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "wagi_module_request_duration_seconds", Help: "Wall-clock time of requests run by the module.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
@@ -69,9 +79,22 @@ func (b *statusBook) observe(key, ref, route string, budget time.Duration, statu
 	if killed == killTimeout || killed == killCPU {
 		s.timeouts++
 	}
+	s.last = time.Now()
 	s.seconds.Observe(wall.Seconds())
 	s.ring[s.n%durationSamples] = wall
 	s.n++
+}
+
+// forgetOldestLocked drops the module observed least recently.
+func (b *statusBook) forgetOldestLocked() {
+	var oldest string
+	var at time.Time
+	for k, s := range b.modules {
+		if oldest == "" || s.last.Before(at) {
+			oldest, at = k, s.last
+		}
+	}
+	delete(b.modules, oldest)
 }
 
 // quantiles returns p50 and p99 of the recent durations.
@@ -93,6 +116,14 @@ type Status struct {
 	Modules    []ModuleStatus `json:"modules"`
 	Children   []ChildStatus  `json:"children,omitempty"`
 	IPFSFetchs int64          `json:"ipfs_fetches"`
+	// Gateway is the budget all gateway CIDs share; nil without a gateway.
+	Gateway *GatewayStatus `json:"gateway,omitempty"`
+}
+
+// GatewayStatus describes the gateway-wide daily budget.
+type GatewayStatus struct {
+	CPUToday float64 `json:"cpu_today_seconds"`
+	DailyCPU float64 `json:"daily_cpu_seconds"`
 }
 
 // PoolStatus describes the child pool.
@@ -160,14 +191,8 @@ func (m *Manager) Status(full bool) Status {
 	b.mu.Unlock()
 	// Spend comes from the ledger, which knows each module's day.
 	if m.ledger != nil {
-		for _, sp := range m.ledger.Snapshot() {
-			for i := range mods {
-				if mods[i].Module == sp.Module {
-					if day := m.dayOf(sp.Module, now); day.Equal(sp.Day) {
-						mods[i].CPUToday = sp.CPU.Seconds()
-					}
-				}
-			}
+		for i := range mods {
+			mods[i].CPUToday = m.ledger.Spent(mods[i].Module, m.dayOf(mods[i].Module, now)).Seconds()
 		}
 	}
 	sort.Slice(mods, func(i, j int) bool {
@@ -187,6 +212,13 @@ func (m *Manager) Status(full bool) Status {
 	}
 	if out.Pool.Busy < 0 {
 		out.Pool.Busy = 0
+	}
+	if m.gateway != nil {
+		g := &GatewayStatus{DailyCPU: m.cfg.IPFS.GatewayDailyCPU.Seconds()}
+		if m.ledger != nil {
+			g.CPUToday = m.ledger.Spent(gatewayAccount, m.cfg.Limits.DayStart.Start(now)).Seconds()
+		}
+		out.Gateway = g
 	}
 	if full {
 		for _, c := range m.Children() {
@@ -272,6 +304,9 @@ func writeStatusText(w io.Writer, st Status) {
 	fmt.Fprintf(w, "requests:             %d\n", p.Requests)
 	fmt.Fprintf(w, "charged cpu seconds:  %.3f\n", p.ChargedCPUs)
 	fmt.Fprintf(w, "ipfs fetches:         %d\n", st.IPFSFetchs)
+	if g := st.Gateway; g != nil {
+		fmt.Fprintf(w, "gateway cpu today:    %.3f of %.0f\n", g.CPUToday, g.DailyCPU)
+	}
 	for _, ms := range st.Modules {
 		fmt.Fprintf(w, "\nmodule:               %s\n", ms.Module)
 		fmt.Fprintf(w, "ref:                  %s\n", ms.Ref)
@@ -315,7 +350,11 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 	counter("wagi_cpu_charged_seconds_total", "CPU time charged to modules.", p.ChargedCPUs)
 	counter("wagi_ipfs_fetches_total", "Modules fetched from IPFS.", float64(st.IPFSFetchs))
 	killed := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wagi_children_killed_total", Help: "Children killed by the manager, by reason."}, []string{"reason"})
-	for _, r := range []string{killTimeout, killCPU, killOutput, killInvalid, killAbort, killIPC} {
+	if g := st.Gateway; g != nil {
+		gauge("wagi_gateway_cpu_today_seconds", "CPU used by all gateway CIDs in the current budget day.", g.CPUToday)
+		gauge("wagi_gateway_cpu_daily_budget_seconds", "The daily CPU budget all gateway CIDs share.", g.DailyCPU)
+	}
+	for _, r := range []string{killTimeout, killCPU, killOutput, killInvalid, killAbort, killIPC, killBudget} {
 		killed.WithLabelValues(r).Add(float64(p.Killed[r]))
 	}
 	reg.MustRegister(killed)

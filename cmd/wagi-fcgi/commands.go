@@ -61,7 +61,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	log := logfile.NewLogger(logOut, cfg.LogFormat)
 	// The ledger belongs to the process, not to a config generation: a
 	// reload must not hand out a fresh budget day.
-	ledger, err := cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: log})
+	ledger, err := cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: log, Retain: manager.LedgerRetain})
 	if err != nil {
 		return err
 	}

@@ -22,6 +22,10 @@ type Mount struct {
 	Host     string // MountDir: absolute host directory; MountMFS: the node's RPC URL
 	MFSPath  string // MountMFS: the directory in MFS
 	ReadOnly bool
+	// QuotaBytes and QuotaFiles bound a writable volume: the bytes of its
+	// regular files and the number of its entries (files and
+	// directories). 0 = no bound.
+	QuotaBytes, QuotaFiles uint64
 }
 
 // Run asks a child to run a module once.
@@ -96,6 +100,8 @@ func AppendRun(b []byte, m *Run) []byte {
 		b = appendString(b, mt.Host)
 		b = appendString(b, mt.MFSPath)
 		b = appendBool(b, mt.ReadOnly)
+		b = binary.BigEndian.AppendUint64(b, mt.QuotaBytes)
+		b = binary.BigEndian.AppendUint64(b, mt.QuotaFiles)
 	}
 	b = appendBytes(b, m.Stdin)
 	b = appendBool(b, m.InheritStdio)
@@ -114,10 +120,11 @@ func DecodeRun(p []byte, m *Run) error {
 	m.Entrypoint = d.string()
 	m.Args = d.strings()
 	m.Env = d.strings()
-	n := d.count(14)
+	n := d.count(30)
 	m.Mounts = nil
 	for i := 0; i < n && d.err == nil; i++ {
-		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Kind: MountKind(d.u8()), Host: d.string(), MFSPath: d.string(), ReadOnly: d.bool()})
+		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Kind: MountKind(d.u8()), Host: d.string(), MFSPath: d.string(), ReadOnly: d.bool(),
+			QuotaBytes: d.u64(), QuotaFiles: d.u64()})
 	}
 	m.Stdin = d.bytes()
 	m.InheritStdio = d.bool()
@@ -200,6 +207,14 @@ func (d *decoder) u32() uint32 {
 		return 0
 	}
 	return binary.BigEndian.Uint32(v)
+}
+
+func (d *decoder) u64() uint64 {
+	v := d.take(8)
+	if v == nil {
+		return 0
+	}
+	return binary.BigEndian.Uint64(v)
 }
 
 func (d *decoder) bool() bool { return d.u8() != 0 }

@@ -13,7 +13,7 @@ import (
 func wasmModules() []string {
 	return []string{
 		// C
-		"hello", "env", "echo", "raw", "exit", "stderr", "sleep", "files", "flood", "burn", "stderrflood", "guestbook", "static",
+		"hello", "env", "echo", "raw", "exit", "stderr", "sleep", "files", "flood", "burn", "stderrflood", "guestbook", "static", "alloc",
 		// WAT
 		"loop", "trap", "routes", "badroutes", "noheaders", "badimport", "grow", "recurse",
 		// Go

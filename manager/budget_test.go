@@ -1,0 +1,63 @@
+package manager
+
+import (
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
+)
+
+func TestBudgetsCountRunningRequestsWithFinishedOnes(t *testing.T) {
+	l, err := cpuacct.OpenLedger(filepath.Join(t.TempDir(), "ledger"), cpuacct.LedgerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	day := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	mod := account{key: "aaaa", day: day, limit: time.Second}
+	gw := account{key: gatewayAccount, day: day, limit: 1500 * time.Millisecond}
+	b := newBudgets(l)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	type step struct {
+		name  string
+		do    func() (account, bool)
+		spent bool
+		who   string
+	}
+	one := chargeTo{accts: []account{mod, gw}}
+	other := chargeTo{accts: []account{{key: "bbbb", day: day, limit: time.Hour}, gw}}
+	c1, c2 := b.open(one), b.open(one)
+	c3 := b.open(other)
+	for _, s := range []step{
+		{name: "a fresh module has room", do: func() (account, bool) { return b.exhausted(one) }},
+		{name: "one running request below the budget leaves room", do: func() (account, bool) { return c1.report(400 * time.Millisecond) }},
+		{name: "two running requests that reach it together spend it", do: func() (account, bool) { return c2.report(600 * time.Millisecond) }, spent: true, who: "aaaa"},
+		{name: "a new request of the module is refused", do: func() (account, bool) { return b.exhausted(one) }, spent: true, who: "aaaa"},
+		{name: "another module has its own budget but shares the gateway's", do: func() (account, bool) { return c3.report(400 * time.Millisecond) }},
+		{name: "the gateway budget is spent by the sum of both modules", do: func() (account, bool) { return c3.report(500 * time.Millisecond) }, spent: true, who: gatewayAccount},
+		{name: "charged and closed requests still count", do: func() (account, bool) {
+			b.charge(log, one, 400*time.Millisecond)
+			c1.close()
+			b.charge(log, one, 600*time.Millisecond)
+			c2.close()
+			b.charge(log, other, 500*time.Millisecond)
+			c3.close()
+			return b.exhausted(other)
+		}, spent: true, who: gatewayAccount},
+	} {
+		a, spent := s.do()
+		if spent != s.spent || (spent && a.key != s.who) {
+			t.Fatalf("%s: spent=%v (%q), want %v (%q)", s.name, spent, a.key, s.spent, s.who)
+		}
+	}
+	if len(b.running) != 0 {
+		t.Fatalf("%d running entries left after every claim closed", len(b.running))
+	}
+	if got := l.Spent(gatewayAccount, day); got != 1500*time.Millisecond {
+		t.Fatalf("gateway charged %v, want 1.5s", got)
+	}
+}
