@@ -99,6 +99,12 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 				m.log.Info("module will be fetched on its first request", "module", mc.Module)
 				continue
 			}
+			if bad := (*badModuleError)(nil); errors.As(err, &bad) {
+				// As when it was first fetched: its route answers 502,
+				// the others serve (`check` still reports it).
+				m.log.Warn("module is remembered as bad; its route answers 502", "module", mc.Module, "err", err)
+				continue
+			}
 		}
 		if err == nil {
 			err = checkModule(mod, src)

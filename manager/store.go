@@ -308,6 +308,12 @@ func (s *store) compileOnce(key, path string, pages uint32, lim config.Limits, c
 			reason = "the compile result is for other bytes"
 		case res.Status == compiler.Invalid:
 			reason = res.Reason
+			if strings.Contains(reason, "cannot allocate memory") {
+				// wazero maps its code buffers itself: RLIMIT_AS
+				// shows as a failed mmap, not as a crash.
+				reason = fmt.Sprintf("compiling needed more than compile_memory (%s): %s", config.FormatSize(lim.CompileMemory), reason)
+				limit = "compile_memory"
+			}
 		}
 	}
 	if reason != "" {

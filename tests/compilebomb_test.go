@@ -191,6 +191,11 @@ func TestCompileBombsCostTheirOwnCompileProcessNotTheManager(t *testing.T) {
 		bombs = append(bombs, bm)
 		fmt.Fprintf(&routes, "\n[[module]]\nroute = %q\nmodule = \"ipfs://%s\"\ncompile_cpu = \"1s\"\n", bm.route, bm.cid)
 	}
+	// A bomb that swells rather than spins: 100,000 nested blocks pass
+	// 128 MiB of address space within a fraction of a second of CPU.
+	swell := wasmCommand(compileBombs[1].body, "memory")
+	swellCID, swellKey := k.AddBytes(t, swell), contentKey(swell)
+	fmt.Fprintf(&routes, "\n[[module]]\nroute = \"/bomb/memory\"\nmodule = \"ipfs://%s\"\ncompile_cpu = \"30s\"\ncompile_memory = \"128MiB\"\n", swellCID)
 	config := fmt.Sprintf(`
 listen = "unix:{{dir}}/wagi.sock"
 state_dir = "{{dir}}/state"
@@ -269,6 +274,25 @@ module = "{{mods}}/hello.wasm"
 		})
 	}
 
+	t.Run("a bomb over compile_memory answers 502 and is remembered", func(t *testing.T) {
+		if r := c.get("/bomb/memory"); r.status != 502 {
+			t.Fatalf("got %d %q, want 502", r.status, r.body)
+		}
+		line := w.log.waitFor(t, 5*time.Second, "module remembered as bad", "key="+swellKey[:12])
+		if !strings.Contains(line, "compile_memory (128MiB)") {
+			t.Errorf("not stopped by compile_memory: %s", line)
+		}
+		if m := compileLine.FindStringSubmatch(line); m != nil {
+			t.Logf("memory: compile process cpu=%s wall=%s peak_rss=%s bytes", m[1], m[2], m[3])
+		}
+		if r := c.get("/bomb/memory"); r.status != 502 {
+			t.Fatalf("second request: %d, want 502", r.status)
+		}
+		if got := strings.Count(grepLines(w.log.String(), "key="+swellKey[:12]), "compiling module"); got != 1 {
+			t.Errorf("%d compiles, want 1", got)
+		}
+	})
+
 	for _, b := range bombs {
 		t.Run("a gateway "+b.name+" bomb does not hold up another CID's first request", func(t *testing.T) {
 			cpu0 := procCPU(t, mgr)
@@ -335,6 +359,42 @@ module = "{{mods}}/hello.wasm"
 			}
 			if !found {
 				t.Errorf("check does not report %s at %s with its reason:\n%s", b.name, want, all)
+			}
+		}
+	})
+
+	t.Run("a bad mark made under a smaller limit is retried once after the limit is raised", func(t *testing.T) {
+		b := bombs[0]
+		cfgPath := filepath.Join(dir, "wagi.toml")
+		raised := strings.Replace(expand(t, config, dir), "route = \""+b.route+"\"\nmodule = \"ipfs://"+b.cid+"\"\ncompile_cpu = \"1s\"",
+			"route = \""+b.route+"\"\nmodule = \"ipfs://"+b.cid+"\"\ncompile_cpu = \"2s\"", 1)
+		if raised == expand(t, config, dir) {
+			t.Fatal("the config did not change")
+		}
+		if err := os.WriteFile(cfgPath, []byte(raised), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		w.log.waitFor(t, 60*time.Second, "msg=reloaded")
+		if r := c.get(b.route); r.status != 502 {
+			t.Fatalf("got %d, want 502", r.status)
+		}
+		lines := grepLines(w.log.String(), "key="+b.key[:12])
+		if got := strings.Count(lines, "compiling module"); got != 2 {
+			t.Fatalf("%d compiles, want 2 (one retry under the raised limit):\n%s", got, lines)
+		}
+		if !strings.Contains(lines, "compile_cpu (2s)") {
+			t.Errorf("the retry was not stopped by the raised limit:\n%s", lines)
+		}
+		mark, err := os.ReadFile(filepath.Join(dir, "state", "bad", b.key))
+		if err != nil || !strings.Contains(string(mark), `"compile_cpu":"2s"`) {
+			t.Errorf("the bad mark was not renewed under 2s: %s %v", mark, err)
+		}
+		for _, other := range bombs[1:] {
+			if got := strings.Count(grepLines(w.log.String(), "key="+other.key[:12]), "compiling module"); got != 1 {
+				t.Errorf("%s: %d compiles, want 1 (its limit did not change)", other.name, got)
 			}
 		}
 	})

@@ -29,7 +29,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -101,9 +100,6 @@ func harden(memory int64, cpu time.Duration) error {
 		if err := unix.Setrlimit(unix.RLIMIT_AS, &unix.Rlimit{Cur: limit, Max: limit}); err != nil {
 			return fmt.Errorf("rlimit as: %w", err)
 		}
-		// Let the garbage collector work harder near the limit rather
-		// than have the heap run into it.
-		debug.SetMemoryLimit(memory / 2)
 	}
 	return nil
 }
