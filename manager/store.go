@@ -62,6 +62,7 @@ type store struct {
 	owner   *[2]int // uid, gid that children run as; nil: the manager's
 	flights map[string]*compileFlight
 	closed  bool
+	unhooks []func() bool // stopOn's registrations, undone by close
 }
 
 // compileFlight is one compile that every concurrent load of the same
@@ -122,12 +123,19 @@ func compileSlots() int {
 // stopOn kills every compile in flight, and refuses new ones, once ctx is
 // done: a SIGTERM must not wait for a compile.
 func (s *store) stopOn(ctx context.Context) {
-	context.AfterFunc(ctx, s.stop)
+	unhook := context.AfterFunc(ctx, s.stop)
+	s.mu.Lock()
+	s.unhooks = append(s.unhooks, unhook)
+	s.mu.Unlock()
 }
 
 func (s *store) close(context.Context) {
 	s.stop()
 	s.mu.Lock()
+	for _, unhook := range s.unhooks {
+		unhook()
+	}
+	s.unhooks = nil
 	already := s.closed
 	s.closed = true
 	s.mu.Unlock()
@@ -285,6 +293,8 @@ func (s *store) compileOnce(key, path string, pages uint32, lim config.Limits, c
 		signaled(run.cmd.ProcessState, syscall.SIGKILL) && cpu >= lim.CompileCPU:
 		// RLIMIT_CPU, the backstop to the polling above.
 		reason, limit = fmt.Sprintf("compiling used more than compile_cpu (%s) of CPU", lim.CompileCPU), "compile_cpu"
+	case run.stdout.over.Load():
+		reason = fmt.Sprintf("the compile result is larger than %d bytes", compiler.MaxResultBytes)
 	case run.cmd.ProcessState.ExitCode() != 0:
 		reason = fmt.Sprintf("the compile process failed (%s)", exitText(run.cmd.ProcessState))
 		if msg := firstLine(run.stderr.Bytes()); msg != "" {
@@ -297,8 +307,6 @@ func (s *store) compileOnce(key, path string, pages uint32, lim config.Limits, c
 	default:
 		res, err = compiler.Decode(bytes.NewReader(run.stdout.Bytes()))
 		switch {
-		case run.stdout.over:
-			reason = fmt.Sprintf("the compile result is larger than %d bytes", compiler.MaxResultBytes)
 		case err != nil:
 			reason = err.Error()
 		case res.Status == compiler.Failed:
@@ -407,7 +415,10 @@ func (r *compileRun) watch(life context.Context, lim config.Limits) string {
 			if killed != "" {
 				continue
 			}
-			if lim.CompileTimeout > 0 && time.Since(start) > lim.CompileTimeout {
+			if r.stdout.over.Load() {
+				// Past what will be read: failed already, stop its work.
+				kill("output")
+			} else if lim.CompileTimeout > 0 && time.Since(start) > lim.CompileTimeout {
 				kill("compile_timeout")
 			} else if used, err := cpuacct.ProcessCPU(pid); err == nil && lim.CompileCPU > 0 && used > lim.CompileCPU {
 				kill("compile_cpu")
@@ -417,21 +428,26 @@ func (r *compileRun) watch(life context.Context, lim config.Limits) string {
 }
 
 // capBuffer keeps the first limit bytes written to it and drops the rest,
-// so a compile process cannot make the manager hold more.
+// so a compile process cannot make the manager hold more. (It must not
+// embed bytes.Buffer: os/exec would find its ReadFrom and copy everything
+// past Write.)
 type capBuffer struct {
-	bytes.Buffer
+	buf   bytes.Buffer
 	limit int
-	over  bool
+	over  atomic.Bool // read by watch while the copy goroutine writes
 }
 
 func (b *capBuffer) Write(p []byte) (int, error) {
-	if room := b.limit - b.Len(); room < len(p) {
-		b.over = true
-		b.Buffer.Write(p[:max(room, 0)])
+	if room := b.limit - b.buf.Len(); room < len(p) {
+		b.over.Store(true)
+		b.buf.Write(p[:max(room, 0)])
 		return len(p), nil
 	}
-	return b.Buffer.Write(p)
+	return b.buf.Write(p)
 }
+
+func (b *capBuffer) Bytes() []byte  { return b.buf.Bytes() }
+func (b *capBuffer) String() string { return b.buf.String() }
 
 // firstLine is the first non-empty line of a compile process's stderr, made
 // safe for a log line and an error message.
