@@ -434,6 +434,33 @@ module = "{{mods}}/hello.wasm"
 			t.Fatalf("no pid in %s", line)
 		}
 		pid, _ := strconv.Atoi(m[1])
+		// While it works: the compile process is sandboxed like a child.
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(status), "NoNewPrivs:\t1") {
+			t.Errorf("compile process %d does not have no_new_privs", pid)
+		}
+		if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil || len(env) != 0 {
+			t.Errorf("compile process %d has an environment: %q %v", pid, env, err)
+		}
+		limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, re := range []string{`Max core file size\s+0\s+0`, `Max cpu time\s+\d+\s+\d+\s+seconds`, `Max address space\s+\d+\s+\d+\s+bytes`} {
+			if !regexp.MustCompile(re).Match(limits) {
+				t.Errorf("compile process %d: no %s in\n%s", pid, re, limits)
+			}
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:])); len(f) < 3 || f[2] != m[1] {
+			t.Errorf("compile process %d is not the leader of its own process group: %s", pid, stat)
+		}
 		start := time.Now()
 		if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
