@@ -56,8 +56,6 @@ type store struct {
 	stop  context.CancelFunc
 	wg    sync.WaitGroup // compiles in flight; close waits for them
 
-	compiles atomic.Int64 // compile processes started
-
 	mu      sync.Mutex
 	owner   *[2]int // uid, gid that children run as; nil: the manager's
 	flights map[string]*compileFlight
@@ -198,7 +196,11 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32, l
 	if err != nil {
 		var bad *badModuleError
 		if errors.As(err, &bad) {
-			bad.ref = ref
+			// Shared by every load of the flight: name this one's ref
+			// on a copy.
+			named := *bad
+			named.ref = ref
+			err = &named
 		} else {
 			err = fmt.Errorf("load %s: %w", ref, err)
 		}
@@ -267,7 +269,6 @@ func (s *store) compileOnce(key, path string, pages uint32, lim config.Limits, c
 	if err != nil {
 		return nil, err
 	}
-	s.compiles.Add(1)
 	log := s.log.With("key", key[:12], "pid", run.cmd.Process.Pid)
 	log.Info("compiling module", "compile_cpu", lim.CompileCPU, "compile_timeout", lim.CompileTimeout,
 		"compile_memory", lim.CompileMemory)
