@@ -130,6 +130,14 @@ type Limits struct {
 	// VolumeFiles bounds the number of entries (files and directories)
 	// in each writable volume of a module (→ ENOSPC); 0 = no bound.
 	VolumeFiles int64
+	// CompileCPU is the CPU time compiling the module may take (→ the
+	// compile process is killed, the module is remembered as bad, 502).
+	CompileCPU time.Duration
+	// CompileTimeout is the wall clock compiling the module may take.
+	CompileTimeout time.Duration
+	// CompileMemory is the address space (RLIMIT_AS) of the process that
+	// compiles the module, in bytes.
+	CompileMemory int64
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -137,6 +145,11 @@ const WasmPageSize = 64 << 10
 
 // maxMemory is the largest wasm32 linear memory: 65536 pages.
 const maxMemory = 4 << 30
+
+// minCompileMemory is the smallest compile_memory accepted: what the Go
+// runtime and wazero need to compile a small module, with headroom
+// (measured in manager/RATIONALE.md, "Why compiling is its own process").
+const minCompileMemory = 128 << 20
 
 // MemoryPages returns Memory in 64 KiB wasm pages, rounded up.
 func (l Limits) MemoryPages() uint32 {
@@ -232,6 +245,9 @@ func Default() *Config {
 			MaxConcurrency: 0,
 			VolumeBytes:    64 << 20,
 			VolumeFiles:    1000,
+			CompileCPU:     10 * time.Second,
+			CompileTimeout: 30 * time.Second,
+			CompileMemory:  1 << 30,
 		},
 		IPFS: IPFS{
 			API:             "/ip4/127.0.0.1/tcp/5001",

@@ -40,6 +40,9 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"max_body is 16MiB", c.Limits.MaxBody, int64(16 << 20)},
 		{"max_output is 64MiB", c.Limits.MaxOutput, int64(64 << 20)},
 		{"max_concurrency is 0", c.Limits.MaxConcurrency, 0},
+		{"compile_cpu is 10s", c.Limits.CompileCPU, 10 * time.Second},
+		{"compile_timeout is 30s", c.Limits.CompileTimeout, 30 * time.Second},
+		{"compile_memory is 1GiB", c.Limits.CompileMemory, int64(1 << 30)},
 		{"the IPFS API is the local kubo", c.IPFS.API, "/ip4/127.0.0.1/tcp/5001"},
 		{"fetch_timeout is 30s", c.IPFS.FetchTimeout, 30 * time.Second},
 		{"the gateway is off", c.IPFS.Gateway, ""},
@@ -226,6 +229,9 @@ max_output = "1GiB"
 max_concurrency = 3
 volume_bytes = "1MiB"
 volume_files = 0
+compile_cpu = "2s"
+compile_timeout = "5s"
+compile_memory = "256MiB"
 
 [ipfs]
 api = "http://127.0.0.1:5001"
@@ -259,6 +265,7 @@ store_size = "1GiB"
 			Memory:   2 * WasmPageSize, // 100000 bytes rounded up to whole pages
 			MaxBody:  0, MaxOutput: 1 << 30, MaxConcurrency: 3,
 			VolumeBytes: 1 << 20, VolumeFiles: 0,
+			CompileCPU: 2 * time.Second, CompileTimeout: 5 * time.Second, CompileMemory: 256 << 20,
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",
@@ -598,6 +605,11 @@ func TestErrors(t *testing.T) {
 			name: "children given as a string are rejected",
 			src:  "[pool]\nchildren = \"4\"\n",
 			want: `modules.toml:2: [pool] children: want an integer, got a string`,
+		},
+		{
+			name: "a compile_memory too small to compile anything is rejected",
+			src:  "[limits]\ncompile_memory = \"16MiB\"\n",
+			want: `modules.toml:2: [limits] compile_memory: must be at least 128MiB, got 16MiB`,
 		},
 		{
 			name: "a negative max_concurrency is rejected",

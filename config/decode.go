@@ -453,7 +453,7 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 // limitKeys are the keys of [limits], also allowed in a [[module]] table.
 func limitKeys() []string {
 	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency",
-		"volume_bytes", "volume_files"}
+		"volume_bytes", "volume_files", "compile_cpu", "compile_timeout", "compile_memory"}
 }
 
 func (d *decoder) limitsTable(p keyPath, m map[string]any, l *Limits) {
@@ -516,6 +516,20 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 	case "volume_files":
 		if n, ok := d.integer(p, v, 0); ok {
 			l.VolumeFiles = int64(n)
+		}
+	case "compile_cpu":
+		if dur, ok := d.duration(p, v); ok {
+			l.CompileCPU = dur
+		}
+	case "compile_timeout":
+		if dur, ok := d.duration(p, v); ok {
+			l.CompileTimeout = dur
+		}
+	case "compile_memory":
+		// Below this the Go runtime and wazero cannot compile even a
+		// tiny module, and every module would be remembered as bad.
+		if n, ok := d.size(p, v, minCompileMemory); ok {
+			l.CompileMemory = n
 		}
 	default:
 		return false

@@ -42,7 +42,7 @@ func appendULEB(b []byte, n int) []byte {
 func newTestDiskStore(t *testing.T, storeSize int64) (*store, *diskStore, string) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := newStore(dir, 1<<20)
+	st, err := newStore(dir, 1<<20, []string{os.Args[0], "compile"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // fails rather than leaving compiled code behind unseen.
 func TestTheStoreFindsTheCompiledCodeOfAModule(t *testing.T) {
 	st, d, _ := newTestDiskStore(t, 1<<30)
-	mod, err := st.add(context.Background(), "a", tinyModule("a", 100), 16)
+	mod, err := st.add(context.Background(), "a", tinyModule("a", 100), 16, config.Default().Limits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	ctx := context.Background()
 	var mods []*module
 	for _, tag := range []string{"pinned", "old", "mid", "new"} {
-		mod, err := st.add(ctx, tag, tinyModule(tag, 20000), 16)
+		mod, err := st.add(ctx, tag, tinyModule(tag, 20000), 16, config.Default().Limits, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -117,7 +117,7 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 		t.Errorf("store holds %d bytes, over its size %d", d.total, d.max)
 	}
 	// An evicted module that comes back is compiled, and counted, again.
-	again, err := st.add(ctx, "old", tinyModule("old", 20000), 16)
+	again, err := st.add(ctx, "old", tinyModule("old", 20000), 16, config.Default().Limits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	// Pinned modules stay however old: fill the store with one big
 	// module use after another and the pinned one is still there.
 	for i, tag := range []string{"x", "y", "z"} {
-		mod, err := st.add(ctx, tag, tinyModule(tag, 30000+i), 16)
+		mod, err := st.add(ctx, tag, tinyModule(tag, 30000+i), 16, config.Default().Limits, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +150,7 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	d2.mu.Lock()
 	d2.max = d2.entries[modID(pinned.key)].bytes + 1
 	d2.mu.Unlock()
-	last, err := st.add(ctx, "last", tinyModule("last", 10), 16)
+	last, err := st.add(ctx, "last", tinyModule("last", 10), 16, config.Default().Limits, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

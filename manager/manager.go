@@ -3,8 +3,9 @@
 // child, watches the child's wall clock and CPU clock, kills it with SIGKILL
 // on any limit and answers the client itself when the child cannot.
 //
-// The manager never runs guest code. It validates and compiles modules (the
-// native code lands in a wazero file cache that children share), and asks a
+// The manager never runs guest code and never compiles it: a `wagi-fcgi
+// compile` process per module does, under the module's compile limits (the
+// native code lands in a wazero file cache that children share). It asks a
 // child to run anything a module exports, including its _routes.
 //
 // RATIONALE.md beside this file explains the choices: a child process per
@@ -50,6 +51,10 @@ type Options struct {
 	// ChildCommand is the argv that starts a child; "--cache DIR" is
 	// appended. nil means this executable with the argument "child".
 	ChildCommand []string
+	// CompileCommand is the argv that starts a compile process (flags
+	// and the module's path are appended). nil means ChildCommand's
+	// program with the argument "compile".
+	CompileCommand []string
 	// ChildEnv is the children's entire environment. Nothing of the
 	// manager's environment is passed on unless it is listed here.
 	ChildEnv []string
@@ -205,7 +210,10 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if err := closeOnExecInherited(); err != nil {
 		return nil, fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
 	}
-	st, err := newStore(cfg.StateDir, cfg.IPFS.MaxModuleSize)
+	if opts.CompileCommand == nil {
+		opts.CompileCommand = []string{opts.ChildCommand[0], "compile"}
+	}
+	st, err := newStore(cfg.StateDir, cfg.IPFS.MaxModuleSize, opts.CompileCommand, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -258,6 +266,8 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 // the modules' _routes. When it returns nil, the children are running and
 // every route answers.
 func (m *Manager) Start(ctx context.Context) error {
+	// A SIGTERM (the end of ctx) kills compiles in flight at once.
+	m.store.stopOn(ctx)
 	// Compile every module that is at hand first (local files, and IPFS
 	// modules already in the cache), so children start with a warm cache.
 	if err := m.prepareSources(ctx); err != nil {

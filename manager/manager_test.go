@@ -26,6 +26,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/child"
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
@@ -39,6 +40,16 @@ func TestMain(m *testing.M) {
 	}
 	if len(os.Args) > 1 && os.Args[1] == "child" {
 		if err := child.Main(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if len(os.Args) > 2 && os.Args[1] == "hostile-compile" {
+		hostileCompile(os.Args[2])
+	}
+	if len(os.Args) > 1 && os.Args[1] == "compile" {
+		if err := compiler.Main(context.Background(), os.Args[2:], os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -95,11 +95,17 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 		var err error
 		switch src.ref.Kind {
 		case config.RefFile:
-			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages)
+			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages, src.limits, m.compileCharge(src))
 		default:
-			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages)
+			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages, src.limits, m.compileCharge(src))
 			if err == nil && mod == nil {
 				m.log.Info("module will be fetched on its first request", "module", mc.Module)
+				continue
+			}
+			if bad := (*badModuleError)(nil); errors.As(err, &bad) {
+				// As when it was first fetched: its route answers 502,
+				// the others serve (`check` still reports it).
+				m.log.Warn("module is remembered as bad; its route answers 502", "module", mc.Module, "err", err)
 				continue
 			}
 		}
@@ -274,7 +280,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err != nil {
 			// The node is down or the name does not resolve: a module
 			// loaded under this name before still serves.
-			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages); cerr == nil && mod != nil {
+			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src)); cerr == nil && mod != nil {
 				m.log.Warn("IPNS name not resolved; using the module cached for it", "module", src.ref.Raw, "err", err)
 				return m.finishLoad(ctx, src, mod)
 			}
@@ -282,7 +288,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		p = resolved
 	}
-	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages)
+	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -292,7 +298,15 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err != nil {
 			return nil, nil, fmt.Errorf("load %s: %w", src.ref.Raw, err)
 		}
-		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
+		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages, src.limits, m.compileCharge(src))
+		var bad *badModuleError
+		if errors.As(err, &bad) && bad.key != "" {
+			// Remembered as bad by content: the next request learns it
+			// from the index and the mark, without fetching again.
+			if rerr := m.store.remember(p, bad.key); rerr != nil {
+				m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", rerr)
+			}
+		}
 		if err != nil {
 			m.disk.useRejected(bin) // its bytes may be on disk all the same
 			return nil, nil, err
@@ -310,6 +324,17 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 	}
 	return m.finishLoad(ctx, src, mod)
+}
+
+// compileCharge charges the CPU of a compile of src's module to that
+// module's daily budget (it is the module's doing, whether the compile
+// succeeds or not), and lists the module on the status page even if it
+// never runs.
+func (m *Manager) compileCharge(src *source) chargeFunc {
+	return func(key string, cpu time.Duration) {
+		m.charge(m.log.With("module", src.ref.Raw), m.chargeTo(key, src.limits, src.gateway, m.opts.Now()), cpu)
+		m.status.compiled(key, src.ref.Raw, src.route, src.limits.DailyCPU)
+	}
 }
 
 func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*module, []wagi.SubRoute, error) {
@@ -351,6 +376,8 @@ func loadFailure(err error, gateway bool) (status int, msg, retry string) {
 		return 502, "the module could not be found in IPFS", ""
 	case errors.Is(err, errInvalidModule):
 		return 502, "the module is not a valid WebAssembly module for wagi-fcgi", ""
+	case errors.Is(err, errCompileStopped):
+		return 503, "the server is restarting; try again", "1"
 	}
 	return 500, "the module could not be loaded", ""
 }

@@ -77,20 +77,6 @@ func wat2wasm(t *testing.T, dir, name, wat string) string {
 	return out
 }
 
-// uleb is an unsigned LEB128, for modules written as bytes.
-func uleb(v uint32) []byte {
-	var b []byte
-	for v >= 0x80 {
-		b = append(b, byte(v)|0x80)
-		v >>= 7
-	}
-	return append(b, byte(v))
-}
-
-func wasmSection(id byte, content []byte) []byte {
-	return append(append([]byte{id}, uleb(uint32(len(content)))...), content...)
-}
-
 // boundModules are modules over wagi-fcgi's bounds, each with the words
 // that must name the problem.
 func boundModules(t *testing.T, dir string) []struct{ name, path, want string } {
@@ -99,12 +85,12 @@ func boundModules(t *testing.T, dir string) []struct{ name, path, want string } 
 	// A name section that claims 2^32-1 function names: 22 bytes that made
 	// wazero ask the Go runtime for 96 GiB (fatal, in the manager).
 	names := append(append([]byte{4}, "name"...), 1, 5)
-	names = append(hdr, wasmSection(0, append(names, uleb(0xffffffff)...))...)
+	names = append(hdr, wasmSection(nil, 0, append(names, uleb(nil, 0xffffffff)...))...)
 	// One function whose body declares 2^32-1 locals in 8 bytes.
 	locals := append([]byte(nil), hdr...)
-	locals = append(locals, wasmSection(1, []byte{1, 0x60, 0, 0})...)
-	locals = append(locals, wasmSection(3, []byte{1, 0})...)
-	locals = append(locals, wasmSection(10, append([]byte{1, 8, 1}, append(uleb(0xffffffff), 0x7f, 0x0b)...))...)
+	locals = append(locals, wasmSection(nil, 1, []byte{1, 0x60, 0, 0})...)
+	locals = append(locals, wasmSection(nil, 3, []byte{1, 0})...)
+	locals = append(locals, wasmSection(nil, 10, append([]byte{1, 8, 1}, append(uleb(nil, 0xffffffff), 0x7f, 0x0b)...))...)
 	for name, b := range map[string][]byte{"names": names, "locals": locals} {
 		if err := os.WriteFile(filepath.Join(dir, name+".wasm"), b, 0o644); err != nil {
 			t.Fatal(err)
