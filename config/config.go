@@ -188,7 +188,7 @@ func Default() *Config {
 			MaxConnections:     1024,
 			RequestReadTimeout: 30 * time.Second,
 			IdleTimeout:        75 * time.Second,
-			ParamsMemory:       32 << 20,
+			ParamsMemory:       16 << 20,
 			BodyMemory:         64 << 20,
 			SpoolSize:          1 << 30,
 		},

@@ -30,9 +30,14 @@ const (
 	// response.
 	lingerTimeout = 2 * time.Second
 
+	// paramsAllowance is how much PARAMS buffer every request may use
+	// without drawing on Server.MaxParamsTotal: nginx sends a few KiB.
+	// With ConnLimit it bounds what the allowances can add up to.
+	paramsAllowance = 16 << 10
+
 	// maxKeptParamsBuf is the largest params buffer kept between requests
-	// (not counted against MaxParamsTotal: at most this per connection).
-	maxKeptParamsBuf = 16 << 10
+	// (within paramsAllowance).
+	maxKeptParamsBuf = paramsAllowance
 )
 
 // errStop ends the read loop of a connection that is closing on purpose.
@@ -449,17 +454,24 @@ func (c *conn) params(h header) error {
 		c.reject(rs, response431)
 		return nil
 	}
+	newCap := growCap(c.pbuf, n)
 	if total := int64(c.srv.MaxParamsTotal); total > 0 {
-		if c.srv.paramsHeld.Add(int64(n)) > total {
-			c.srv.paramsHeld.Add(-int64(n))
-			if err := c.skipContent(h); err != nil {
-				return err
+		// What the buffer will hold beyond paramsAllowance, capacity
+		// included; the decoded Params (no larger) are covered by the
+		// same reservation. Ordinary requests stay within the allowance,
+		// so peers hoarding the shared budget cannot starve them.
+		if delta := int64(newCap-paramsAllowance) - rs.paramsHeld.Load(); delta > 0 {
+			if c.srv.paramsHeld.Add(delta) > total {
+				c.srv.paramsHeld.Add(-delta)
+				if err := c.skipContent(h); err != nil {
+					return err
+				}
+				c.log.Warn("fcgi: params of all requests together exceed MaxParamsTotal, answering 503", "remote", c.remote, "id", h.id, "limit", total)
+				c.reject(rs, response503)
+				return nil
 			}
-			c.log.Warn("fcgi: params of all requests together exceed MaxParamsTotal, answering 503", "remote", c.remote, "id", h.id, "limit", total)
-			c.reject(rs, response503)
-			return nil
+			rs.paramsHeld.Add(delta)
 		}
-		rs.paramsHeld.Add(int64(n))
 	}
 	old := len(c.pbuf)
 	c.pbuf = growLen(c.pbuf, n)
@@ -478,10 +490,18 @@ func (c *conn) reject(rs *reqState, response string) {
 	c.respondDirect(rs, response)
 }
 
+// growCap is the capacity growLen(b, n) will have.
+func growCap(b []byte, n int) int {
+	if cap(b)-len(b) < n {
+		return max(2*cap(b), len(b)+n, 4096)
+	}
+	return cap(b)
+}
+
 // growLen extends b by n bytes.
 func growLen(b []byte, n int) []byte {
-	if cap(b)-len(b) < n {
-		nb := make([]byte, len(b), max(2*cap(b), len(b)+n, 4096))
+	if c := growCap(b, n); c != cap(b) {
+		nb := make([]byte, len(b), c)
 		copy(nb, b)
 		b = nb
 	}

@@ -36,13 +36,16 @@ type Server struct {
 	// the connection stays in sync and is kept if FCGI_KEEP_CONN was set.
 	MaxParamsBytes int
 
-	// MaxParamsTotal caps the PARAMS bytes held for all requests of the
-	// server together, from their first PARAMS record until the request
-	// ends (the decoded Params live that long); 0 means no cap. A request
-	// that would pass it is answered by the server itself with "Status:
-	// 503 Service Unavailable" and "Retry-After: 1", like one over
-	// MaxParamsBytes. With ConnLimit it bounds what stalled or queued
-	// requests' headers can cost, whatever the peers send.
+	// MaxParamsTotal caps the PARAMS bytes held beyond a 16 KiB allowance
+	// per request, for all requests of the server together, from their
+	// first PARAMS record until the request ends (the decoded Params live
+	// that long); 0 means no cap. A request that would pass it is
+	// answered by the server itself with "Status: 503 Service
+	// Unavailable" and "Retry-After: 1", like one over MaxParamsBytes.
+	// With ConnLimit it bounds what stalled or queued requests' headers
+	// can cost, whatever the peers send (ConnLimit × 16 KiB +
+	// MaxParamsTotal of buffers, and as much again of decoded Params),
+	// while ordinary requests, within the allowance, are never refused.
 	MaxParamsTotal int
 
 	// MaxBodyBuffer caps the request body bytes received but not yet read
