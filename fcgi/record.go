@@ -190,7 +190,9 @@ func decodeParams(b []byte) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, count)
+	// Sized for what nginx sends, not for count: a request of many tiny
+	// or repeated pairs would otherwise cost far more map than params.
+	m := make(map[string]string, min(count, 64))
 	if count == 0 {
 		return m, nil
 	}

@@ -204,7 +204,9 @@ func (b *reqBody) spool(r io.Reader, limit, hint int64) error {
 	defer copyBufs.Put(bp)
 	buf := *bp
 	for {
-		n, rerr := r.Read(buf)
+		// Whole buffers: a body sent in tiny records costs one write per
+		// 64 KiB all the same.
+		n, rerr := io.ReadFull(r, buf)
 		if n > 0 {
 			if b.size+int64(n) > limit {
 				return errBodyTooLarge
@@ -213,7 +215,7 @@ func (b *reqBody) spool(r io.Reader, limit, hint int64) error {
 				return err
 			}
 		}
-		if rerr == io.EOF {
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
 		}
 		if rerr != nil {

@@ -13,7 +13,7 @@ func TestRunRoundTripsEveryField(t *testing.T) {
 		ID: "abc-1", ModuleKey: "k", ModulePath: "/state/k.wasm", MemoryPages: 2048, Entrypoint: "_start",
 		Args: []string{"/p", "", "x=1"}, Env: []string{"A=1", "B="},
 		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "http://127.0.0.1:5001", MFSPath: "/wagi/b"}},
-		Stdin:  []byte{0, 1, 2, 255}, InheritStdio: true, StderrCap: 4096,
+		Stdin:  []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096,
 	}
 	var out Run
 	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {
