@@ -402,6 +402,22 @@ func (c *conn) waitingSince() (time.Time, bool) {
 	return c.since, true
 }
 
+// closeIfWaiting closes the connection if it is still waiting as it was
+// since then (no handler started meanwhile). srv.mu is held.
+func (c *conn) closeIfWaiting(since time.Time) bool {
+	c.mu.Lock()
+	rs := c.active
+	ok := !c.closing && c.since.Equal(since) && (rs == nil || !rs.started || rs.handlerDone)
+	if ok {
+		c.closing = true
+	}
+	c.mu.Unlock()
+	if ok {
+		c.rwc.Close()
+	}
+	return ok
+}
+
 // releaseParams gives back what rs held of MaxParamsTotal.
 func (c *conn) releaseParams(rs *reqState) {
 	if n := rs.paramsHeld.Swap(0); n != 0 {

@@ -99,14 +99,14 @@ func TestASlowUploadThatKeepsMovingIsNotCut(t *testing.T) {
 	env := startServer(t, HandlerFunc(func(w *ResponseWriter, r *Request) {
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "Status: 200 OK\r\n\r\n%d %v", len(b), err)
-	}), func(s *Server) { s.RequestReadTimeout = 150 * time.Millisecond })
+	}), func(s *Server) { s.RequestReadTimeout = time.Second })
 	c := env.dial()
 	c.send(encodeBegin(1, roleResponder, flagKeepConn))
 	c.send(encodeStream(typeParams, 1, encodePairs(nginxParams("/up")), 0xffff, padTo8))
-	// Ten parts 50 ms apart: 500 ms in all, over three times the
-	// timeout, but never 150 ms without progress.
+	// Ten parts 200 ms apart: 2 s in all, twice the timeout, but never a
+	// second without progress.
 	for range 10 {
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
 		c.send(encodeRecord(typeStdin, 1, []byte("0123456789"), padTo8))
 	}
 	c.send(encodeRecord(typeStdin, 1, nil, padTo8))
@@ -130,11 +130,11 @@ func TestAHandlerSlowerThanRequestReadTimeoutIsNotCut(t *testing.T) {
 
 func TestAHandlerThatTakesItsBodyLateDoesNotTimeTheUploadOut(t *testing.T) {
 	env := startServer(t, HandlerFunc(func(w *ResponseWriter, r *Request) {
-		time.Sleep(300 * time.Millisecond) // the reader waits in push meanwhile
+		time.Sleep(time.Second) // the reader waits in push meanwhile
 		b, err := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "Status: 200 OK\r\n\r\n%d %v", len(b), err)
 	}), func(s *Server) {
-		s.RequestReadTimeout = 100 * time.Millisecond
+		s.RequestReadTimeout = 300 * time.Millisecond
 		s.MaxBodyBuffer = 1024
 	})
 	c := env.dial()

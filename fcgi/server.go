@@ -236,23 +236,26 @@ func (s *Server) makeRoom() bool {
 // running handler. It reports whether there was one.
 func (s *Server) evictOne() bool {
 	s.mu.Lock()
-	var victim *conn
-	var since time.Time
-	for c := range s.conns {
-		if t, ok := c.waitingSince(); ok && (victim == nil || t.Before(since)) {
-			victim, since = c, t
+	defer s.mu.Unlock()
+	for range 3 { // the chosen one may start a handler meanwhile
+		var victim *conn
+		var since time.Time
+		for c := range s.conns {
+			if t, ok := c.waitingSince(); ok && (victim == nil || t.Before(since)) {
+				victim, since = c, t
+			}
+		}
+		if victim == nil {
+			return false
+		}
+		if victim.closeIfWaiting(since) {
+			victim.evicted = true
+			s.evicted++
+			s.logger().Debug("fcgi: closed a waiting connection to make room", "remote", victim.remote, "waiting", time.Since(since).Round(time.Millisecond))
+			return true
 		}
 	}
-	if victim == nil {
-		s.mu.Unlock()
-		return false
-	}
-	victim.evicted = true
-	s.evicted++
-	s.mu.Unlock()
-	s.logger().Debug("fcgi: closing a waiting connection to make room", "remote", victim.remote, "waiting", time.Since(since).Round(time.Millisecond))
-	victim.closeNow()
-	return true
+	return false
 }
 
 // ServeConn serves one connection until it is closed, then returns; by then
