@@ -198,6 +198,10 @@ func reload(ctx context.Context, sw *manager.Switch, path string, running *confi
 	if err == nil && (cfg.Listen != running.Listen || cfg.LogFile != running.LogFile || cfg.LogFormat != running.LogFormat) {
 		log.Warn("listen and log settings change only on a restart; keeping the running ones")
 	}
+	if err == nil && (cfg.Pool.MaxConnections != running.Pool.MaxConnections || cfg.Pool.RequestReadTimeout != running.Pool.RequestReadTimeout ||
+		cfg.Pool.IdleTimeout != running.Pool.IdleTimeout || cfg.Pool.ParamsMemory != running.Pool.ParamsMemory) {
+		log.Warn("max_connections, request_read_timeout, idle_timeout and params_memory change only on a restart; keeping the running ones")
+	}
 	if err == nil {
 		err = sw.Reload(ctx, cfg, opts, shutdownGrace)
 	}
