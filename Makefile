@@ -10,6 +10,8 @@ HTTP    ?= 127.0.0.1:8080
 FUZZ_SERVECONN    ?= 200000x
 FUZZ_PARAMS       ?= 300000x
 FUZZ_ROUNDTRIP    ?= 20000x
+FUZZ_CHILDFRAMES  ?= 200000x
+FUZZ_WASMBOUND    ?= 200000x
 FUZZMINIMIZETIME  ?= 10s
 
 .PHONY: all build run test unit fuzz example clean
@@ -36,11 +38,15 @@ test:
 	$(GO) test -count=1 -timeout 45m ./...
 	$(MAKE) fuzz
 
-# Bounded fuzzing of the FastCGI record and params parsers.
+# Bounded fuzzing of the FastCGI record and params parsers, of the
+# manager's reading of what a (compromised) child sends, and of the module
+# bounds checker that reads untrusted module bytes.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZ_SERVECONN) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeParams$$' -fuzztime $(FUZZ_PARAMS) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestRoundTrip$$' -fuzztime $(FUZZ_ROUNDTRIP) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzChildFrames$$' -fuzztime $(FUZZ_CHILDFRAMES) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/ipc
+	$(GO) test -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZ_WASMBOUND) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/wasmbound
 
 clean:
 	rm -rf build

@@ -32,6 +32,7 @@ import (
 	"github.com/tetratelabs/wazero/sys"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
@@ -216,6 +217,11 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 	if err != nil {
 		return nil, nil, fmt.Errorf("read module: %w", err)
 	}
+	// The same bounds as the manager's, on the same stored bytes: the same
+	// bytes are compiled, so the compilation cache hits.
+	if bin, err = wasmbound.Apply(bin, wasmbound.Default); err != nil {
+		return nil, nil, fmt.Errorf("bound module: %w", err)
+	}
 	cm, err := re.rt.CompileModule(ctx, bin)
 	if err != nil {
 		return nil, nil, fmt.Errorf("compile module: %w", err)
@@ -314,7 +320,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 // one client per node, kept for the child's life).
 func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
 	if mt.Kind != ipc.MountMFS {
-		return NewVolumeFS(mt.Host, mt.ReadOnly)
+		return NewVolumeFSWithQuota(mt.Host, mt.ReadOnly, Quota{Bytes: clampQuota(mt.QuotaBytes), Files: clampQuota(mt.QuotaFiles)})
 	}
 	c, ok := e.ipfs[mt.Host]
 	if !ok {
@@ -324,7 +330,7 @@ func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
 		}
 		e.ipfs[mt.Host] = c
 	}
-	return ipfs.NewMFS(c, mt.MFSPath)
+	return ipfs.NewMFS(c, mt.MFSPath, ipfs.MFSOptions{QuotaBytes: clampQuota(mt.QuotaBytes), QuotaFiles: clampQuota(mt.QuotaFiles)})
 }
 
 // call instantiates cm and runs its entrypoint. "_start" is the WASI command

@@ -6,6 +6,8 @@ import (
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/quota"
 )
 
 // The request's environment reaches the guest through our own environ_get
@@ -55,6 +57,10 @@ const (
 func instantiateWASI(ctx context.Context, rt wazero.Runtime) error {
 	b := rt.NewHostModuleBuilder(wasi_snapshot_preview1.ModuleName)
 	wasi_snapshot_preview1.NewFunctionExporter().ExportFunctions(b)
+	// Volume quotas answer ENOSPC, which wazero's errno set lacks.
+	if err := quota.WrapWASI(b); err != nil {
+		return err
+	}
 	i32 := api.ValueTypeI32
 	b.NewFunctionBuilder().
 		WithGoModuleFunction(api.GoModuleFunc(environSizesGet), []api.ValueType{i32, i32}, []api.ValueType{i32}).

@@ -75,7 +75,9 @@ func (m *pooledMemory) Reallocate(size uint64) []byte {
 		// up to their high-water mark, fresh ones were made zero.
 		m.buf = m.buf[:size]
 	default:
-		nb := make([]byte, size, max(size, 2*uint64(cap(m.buf))))
+		// Doubling amortises growth, but never past the maximum: a
+		// guest at its limit must not cost twice the limit.
+		nb := make([]byte, size, min(max(size, 2*uint64(cap(m.buf))), max(m.max, size)))
 		copy(nb, m.buf)
 		m.buf = nb
 		m.high = len(m.buf) // the old buffer is dropped, not pooled

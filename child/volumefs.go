@@ -95,6 +95,10 @@ type volumeFS struct {
 	// root is the volume's host directory, absolute, symlinks resolved.
 	root     string
 	readOnly bool
+	quota    Quota // see volumequota.go
+	// checkedFD: the cached figure descriptor was checked against the
+	// directory for this mount (volumequota.go).
+	checkedFD bool
 	// fdFS opens a pinned descriptor N as the wazero file of "N".
 	fdFS esys.FS
 }
@@ -110,6 +114,13 @@ type volumeFS struct {
 //
 // It needs Linux >= 5.6 (openat2) and /proc; it fails if they are missing.
 func NewVolumeFS(hostDir string, readOnly bool) (esys.FS, error) {
+	return NewVolumeFSWithQuota(hostDir, readOnly, Quota{})
+}
+
+// NewVolumeFSWithQuota is NewVolumeFS for a volume bounded by q (ignored
+// when readOnly); see volumequota.go for how usage is counted and shared
+// with other processes mounting the same directory.
+func NewVolumeFSWithQuota(hostDir string, readOnly bool, q Quota) (esys.FS, error) {
 	root, err := filepath.EvalSymlinks(hostDir)
 	if err != nil {
 		return nil, fmt.Errorf("volume %s: %w", hostDir, err)
@@ -124,7 +135,7 @@ func NewVolumeFS(hostDir string, readOnly bool) (esys.FS, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("volume %s: not a directory", hostDir)
 	}
-	v := &volumeFS{root: root, readOnly: readOnly, fdFS: sysfs.DirFS(procFDDir)}
+	v := &volumeFS{root: root, readOnly: readOnly, quota: q, fdFS: sysfs.DirFS(procFDDir)}
 	// Open the root the way wazero's preopen does, so that a kernel without
 	// openat2, a missing /proc or an unreadable directory is reported here.
 	f, errno := v.OpenFile(".", esys.O_RDONLY, 0)
@@ -151,6 +162,9 @@ func jailPath(p string) (rel string, slash bool, errno esys.Errno) {
 	rel = path.Clean(p)
 	if rel == ".." || strings.HasPrefix(rel, "../") {
 		return "", false, esys.EPERM
+	}
+	if rel == usageFile || strings.HasPrefix(rel, usageFile+"/") {
+		return "", false, esys.EPERM // the quota's figure: not the guest's
 	}
 	if rel == "." {
 		slash = false
@@ -329,7 +343,12 @@ func (v *volumeFS) OpenFile(p string, flag esys.Oflag, perm fs.FileMode) (esys.F
 	if flag&(esys.O_CREAT|esys.O_TRUNC) != 0 {
 		pinFlags = unixOflag(flag)
 	}
-	pin, errno := v.openJailed(withSlash(rel, slash), pinFlags, uint32(perm.Perm()))
+	var pin int
+	if v.accounted() && flag&(esys.O_CREAT|esys.O_TRUNC) != 0 {
+		pin, errno = v.openAccounted(rel, slash, pinFlags, uint32(perm.Perm()))
+	} else {
+		pin, errno = v.openJailed(withSlash(rel, slash), pinFlags, uint32(perm.Perm()))
+	}
 	if errno != 0 {
 		return nil, errno
 	}
@@ -338,7 +357,11 @@ func (v *volumeFS) OpenFile(p string, flag esys.Oflag, perm fs.FileMode) (esys.F
 		unix.Close(pin)
 		return nil, errno
 	}
-	return &volumeFile{File: f, pin: pin, readOnly: v.readOnly}, 0
+	vf := &volumeFile{File: f, pin: pin, readOnly: v.readOnly, root: rel == "."}
+	if v.accounted() {
+		vf.vol = v
+	}
+	return vf, 0
 }
 
 // Lstat implements esys.FS. A symlink as last component is reported, not
@@ -388,7 +411,9 @@ func (v *volumeFS) Mkdir(p string, perm fs.FileMode) esys.Errno {
 	}
 	dirFD, base, errno := v.openParent(rel)
 	if errno == 0 {
-		errno = esys.UnwrapOSError(unix.Mkdirat(dirFD, base, uint32(perm.Perm())))
+		errno = v.changeUsage(0, 1, nil, func() esys.Errno {
+			return esys.UnwrapOSError(unix.Mkdirat(dirFD, base, uint32(perm.Perm())))
+		})
 		unix.Close(dirFD)
 	}
 	if errno == esys.ENOTDIR { // as sysfs.DirFS
@@ -444,7 +469,28 @@ func (v *volumeFS) Rename(from, to string) esys.Errno {
 		return errno
 	}
 	defer unix.Close(toFD)
-	return esys.UnwrapOSError(unix.Renameat(fromFD, withSlash(fromBase, fromSlash), toFD, withSlash(toBase, toSlash)))
+	rename := func() esys.Errno {
+		return esys.UnwrapOSError(unix.Renameat(fromFD, withSlash(fromBase, fromSlash), toFD, withSlash(toBase, toSlash)))
+	}
+	if !v.accounted() {
+		return rename()
+	}
+	// Renaming over an entry frees it, unless both names are the same
+	// file (then rename does nothing).
+	l, errno := v.lockUsage()
+	if errno != 0 {
+		return errno
+	}
+	defer l.unlock()
+	_, _, fromDev, fromIno := entryUsage(fromFD, fromBase)
+	bytes, existed, dev, ino := entryUsage(toFD, toBase)
+	if errno := rename(); errno != 0 {
+		return errno
+	}
+	if existed && (dev != fromDev || ino != fromIno) {
+		l.adjust(-bytes, -1)
+	}
+	return 0
 }
 
 // refuseSymlink fails with EPERM if base in dirFD is a symlink, and with the
@@ -478,7 +524,9 @@ func (v *volumeFS) Rmdir(p string) esys.Errno {
 		return errno
 	}
 	defer unix.Close(dirFD)
-	return esys.UnwrapOSError(unix.Unlinkat(dirFD, base, unix.AT_REMOVEDIR))
+	return v.changeUsage(0, -1, nil, func() esys.Errno {
+		return esys.UnwrapOSError(unix.Unlinkat(dirFD, base, unix.AT_REMOVEDIR))
+	})
 }
 
 // Unlink implements esys.FS. A symlink is removed (not followed).
@@ -497,7 +545,12 @@ func (v *volumeFS) Unlink(p string) esys.Errno {
 	defer unix.Close(dirFD)
 	// unlinkat with a trailing slash follows nothing: it fails with
 	// EISDIR or ENOTDIR.
-	errno = esys.UnwrapOSError(unix.Unlinkat(dirFD, withSlash(base, slash), 0))
+	errno = v.changeUsage(0, 0, func() (int64, int64) {
+		bytes, _, _, _ := entryUsage(dirFD, base)
+		return -bytes, -1
+	}, func() esys.Errno {
+		return esys.UnwrapOSError(unix.Unlinkat(dirFD, withSlash(base, slash), 0))
+	})
 	if errno == esys.EPERM { // as sysfs.DirFS
 		errno = esys.EISDIR
 	}
@@ -539,7 +592,12 @@ func (v *volumeFS) Link(oldPath, newPath string) esys.Errno {
 		return errno
 	}
 	defer unix.Close(newFD)
-	return esys.UnwrapOSError(unix.Linkat(oldFD, oldBase, newFD, withSlash(newBase, newSlash), 0))
+	return v.changeUsage(0, 0, func() (int64, int64) {
+		bytes, _, _, _ := entryUsage(oldFD, oldBase)
+		return bytes, 1
+	}, func() esys.Errno {
+		return esys.UnwrapOSError(unix.Linkat(oldFD, oldBase, newFD, withSlash(newBase, newSlash), 0))
+	})
 }
 
 // Symlink implements esys.FS: creating symlinks is refused.
@@ -585,6 +643,8 @@ type volumeFile struct {
 	esys.File
 	pin      int
 	readOnly bool
+	root     bool      // the volume's root directory (its listing hides usageFile)
+	vol      *volumeFS // the volume, if it keeps a figure (volumequota.go)
 }
 
 // Close implements esys.File.
@@ -626,7 +686,15 @@ func (f *volumeFile) Write(buf []byte) (int, esys.Errno) {
 	if f.readOnly {
 		return 0, f.writeErr()
 	}
-	return f.File.Write(buf)
+	if f.vol == nil || len(buf) == 0 {
+		return f.File.Write(buf)
+	}
+	var n int
+	errno := f.grow(func(size int64) int64 { return f.offset(size) + int64(len(buf)) }, func() (errno esys.Errno) {
+		n, errno = f.File.Write(buf)
+		return errno
+	})
+	return n, errno
 }
 
 // Pwrite implements esys.File.
@@ -634,7 +702,15 @@ func (f *volumeFile) Pwrite(buf []byte, off int64) (int, esys.Errno) {
 	if f.readOnly {
 		return 0, f.writeErr()
 	}
-	return f.File.Pwrite(buf, off)
+	if f.vol == nil || len(buf) == 0 || off < 0 {
+		return f.File.Pwrite(buf, off)
+	}
+	var n int
+	errno := f.grow(func(int64) int64 { return off + int64(len(buf)) }, func() (errno esys.Errno) {
+		n, errno = f.File.Pwrite(buf, off)
+		return errno
+	})
+	return n, errno
 }
 
 // Truncate implements esys.File.
@@ -642,7 +718,35 @@ func (f *volumeFile) Truncate(size int64) esys.Errno {
 	if f.readOnly {
 		return f.writeErr()
 	}
-	return f.File.Truncate(size)
+	if f.vol == nil || size < 0 {
+		return f.File.Truncate(size)
+	}
+	return f.grow(func(int64) int64 { return size }, func() esys.Errno { return f.File.Truncate(size) })
+}
+
+// Readdir implements esys.File: the root's listing leaves out usageFile.
+// A listing cut short by the filter is topped up, since wazero takes a
+// short listing for the end of the directory.
+func (f *volumeFile) Readdir(n int) ([]esys.Dirent, esys.Errno) {
+	ents, errno := f.File.Readdir(n)
+	if !f.root || errno != 0 {
+		return ents, errno
+	}
+	full := n > 0 && len(ents) == n
+	for i, e := range ents {
+		if e.Name == usageFile {
+			ents = append(ents[:i:i], ents[i+1:]...)
+			if full {
+				more, errno := f.File.Readdir(1)
+				if errno != 0 {
+					return ents, errno
+				}
+				ents = append(ents, more...)
+			}
+			break
+		}
+	}
+	return ents, 0
 }
 
 // Sync implements esys.File.
@@ -685,3 +789,32 @@ var (
 	_ esys.FS           = (*volumeFS)(nil)
 	_ esys.PollableFile = (*volumeFile)(nil)
 )
+
+// changeUsage runs op, an operation that adds (or, negative, removes)
+// entries and bytes, keeping the figure of an accounted volume: growth is
+// reserved first (and refused past the quota), shrinking applied after op
+// succeeded.
+// measure, if not nil, gives the deltas under the lock instead.
+func (v *volumeFS) changeUsage(bytes, files int64, measure func() (int64, int64), op func() esys.Errno) esys.Errno {
+	if !v.accounted() {
+		return op()
+	}
+	l, errno := v.lockUsage()
+	if errno != 0 {
+		return errno
+	}
+	defer l.unlock()
+	if measure != nil {
+		bytes, files = measure()
+	}
+	growB, growF := max(bytes, 0), max(files, 0)
+	if errno := l.reserve(growB, growF); errno != 0 {
+		return errno
+	}
+	if errno := op(); errno != 0 {
+		l.adjust(-growB, -growF)
+		return errno
+	}
+	l.adjust(bytes-growB, files-growF)
+	return 0
+}

@@ -79,7 +79,46 @@ type Pool struct {
 	// SpoolSize bytes in all (→ 503).
 	BodyMemory int64
 	SpoolSize  int64
+	// ChildMemory is each child's address space limit (RLIMIT_AS) in
+	// bytes; 0 = computed by Config.ChildMemory from the memory limits.
+	ChildMemory int64
 }
+
+// ChildMemory returns the RLIMIT_AS every child gets: [pool] child_memory,
+// or DefaultChildMemory of the largest memory limit in the config.
+func (c *Config) ChildMemory() int64 {
+	if c.Pool.ChildMemory > 0 {
+		return c.Pool.ChildMemory
+	}
+	largest := c.Limits.Memory // the gateway's modules get the defaults
+	for _, m := range c.Modules {
+		largest = max(largest, m.Limits.Memory)
+	}
+	return DefaultChildMemory(largest)
+}
+
+// DefaultChildMemory is the address space a child needs to run modules
+// with the given linear memory limit: 2 GiB for the Go runtime and wazero,
+// and eight times the memory. Measured (see manager/RATIONALE.md): a child
+// has ~1.6 GB of address space mapped before it runs anything (Go's heap
+// index and page summaries, malloc arenas), ~1.7 GB after serving the Go
+// hello; a memory bomb that grows to its limit on every request drives a
+// child to 2.65 GB at memory = "128MiB" and 5.8 GB at "1GiB" (a growing
+// memory is copied into a buffer up to twice its size, and dead buffers of
+// earlier requests wait for the collector). 3× was too little: such
+// children died of the limit.
+func DefaultChildMemory(memory int64) int64 {
+	return childMemoryBase + 8*memory
+}
+
+// childMemoryBase is the part of DefaultChildMemory that does not depend
+// on the memory limit.
+const childMemoryBase = 2 << 30
+
+// minChildMemory is the least child_memory accepted: below the address
+// space a child has reserved when it starts, every child would die on its
+// first request.
+const minChildMemory = 1 << 30
 
 // Limits is the [limits] table; every key can also appear in a [[module]]
 // table to override it for that module.
@@ -103,6 +142,20 @@ type Limits struct {
 	// MaxConcurrency is how many children one module may hold at once;
 	// 0 = the pool size.
 	MaxConcurrency int
+	// VolumeBytes bounds the bytes of the regular files in each writable
+	// volume of a module (→ ENOSPC for the guest); 0 = no bound.
+	VolumeBytes int64
+	// VolumeFiles bounds the number of entries (files and directories)
+	// in each writable volume of a module (→ ENOSPC); 0 = no bound.
+	VolumeFiles int64
+	// CompileCPU is the CPU time compiling the module may take (→ the
+	// compile process is killed, the module is remembered as bad, 502).
+	CompileCPU time.Duration
+	// CompileTimeout is the wall clock compiling the module may take.
+	CompileTimeout time.Duration
+	// CompileMemory is the address space (RLIMIT_AS) of the process that
+	// compiles the module, in bytes.
+	CompileMemory int64
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -110,6 +163,11 @@ const WasmPageSize = 64 << 10
 
 // maxMemory is the largest wasm32 linear memory: 65536 pages.
 const maxMemory = 4 << 30
+
+// minCompileMemory is the smallest compile_memory accepted: what the Go
+// runtime and wazero need to compile a small module, with headroom
+// (measured in manager/RATIONALE.md, "Why compiling is its own process").
+const minCompileMemory = 128 << 20
 
 // MemoryPages returns Memory in 64 KiB wasm pages, rounded up.
 func (l Limits) MemoryPages() uint32 {
@@ -139,6 +197,15 @@ type IPFS struct {
 	// gateway-wide budget. Without it, publishing new CIDs would buy
 	// fresh budgets without end.
 	GatewayDailyCPU time.Duration
+	// MaxDirSize and MaxDirFiles bound one read-only IPFS directory
+	// volume: its file bytes, and its entries (files, directories and
+	// skipped symlinks), so a CID naming a huge tree cannot fill state_dir.
+	MaxDirSize  int64
+	MaxDirFiles int
+	// StoreSize bounds what state_dir holds of fetched content (modules,
+	// their compiled code, IPFS directories); least recently used entries
+	// that the config does not name are evicted past it. 0: no bound.
+	StoreSize int64
 }
 
 // Module is one [[module]] entry.
@@ -201,6 +268,11 @@ func Default() *Config {
 			MaxBody:        16 << 20,
 			MaxOutput:      64 << 20,
 			MaxConcurrency: 0,
+			VolumeBytes:    64 << 20,
+			VolumeFiles:    1000,
+			CompileCPU:     10 * time.Second,
+			CompileTimeout: 30 * time.Second,
+			CompileMemory:  1 << 30,
 		},
 		IPFS: IPFS{
 			API:             "/ip4/127.0.0.1/tcp/5001",
@@ -209,6 +281,9 @@ func Default() *Config {
 			Allow:           []string{},
 			MaxModuleSize:   64 << 20,
 			GatewayDailyCPU: time.Hour,
+			MaxDirSize:      256 << 20,
+			MaxDirFiles:     10000,
+			StoreSize:       2 << 30,
 		},
 	}
 }

@@ -40,11 +40,17 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"max_body is 16MiB", c.Limits.MaxBody, int64(16 << 20)},
 		{"max_output is 64MiB", c.Limits.MaxOutput, int64(64 << 20)},
 		{"max_concurrency is 0", c.Limits.MaxConcurrency, 0},
+		{"compile_cpu is 10s", c.Limits.CompileCPU, 10 * time.Second},
+		{"compile_timeout is 30s", c.Limits.CompileTimeout, 30 * time.Second},
+		{"compile_memory is 1GiB", c.Limits.CompileMemory, int64(1 << 30)},
 		{"the IPFS API is the local kubo", c.IPFS.API, "/ip4/127.0.0.1/tcp/5001"},
 		{"fetch_timeout is 30s", c.IPFS.FetchTimeout, 30 * time.Second},
 		{"the gateway is off", c.IPFS.Gateway, ""},
 		{"allow is empty", len(c.IPFS.Allow), 0},
 		{"max_module_size is 64MiB", c.IPFS.MaxModuleSize, int64(64 << 20)},
+		{"max_dir_size is 256MiB", c.IPFS.MaxDirSize, int64(256 << 20)},
+		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
+		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -84,8 +90,10 @@ func TestAWAGIModulesTomlLoads(t *testing.T) {
 		{Route: "/bar/...", Module: filepath.Join(dir, "examples/bar.wasm"), Entrypoint: "_start", Limits: def, Line: 12,
 			Ref: ModuleRef{Kind: RefFile, Path: filepath.Join(dir, "examples/bar.wasm"), Raw: "examples/bar.wasm"},
 			Volumes: []Volume{
-				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config")},
-				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host"},
+				{Guest: "/etc/app", Source: "config", Kind: VolumeLocal, Path: filepath.Join(dir, "config"),
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
+				{Guest: "/path/inside/wasm", Source: "/path/on/host", Kind: VolumeLocal, Path: "/path/on/host",
+					QuotaBytes: def.VolumeBytes, QuotaFiles: def.VolumeFiles},
 			}},
 		{Route: "/entrypoint/hello", Module: "/path/to/bar.wasm", Entrypoint: "hello", Limits: def, Line: 20,
 			Ref: ModuleRef{Kind: RefFile, Path: "/path/to/bar.wasm", Raw: "/path/to/bar.wasm"}},
@@ -177,8 +185,10 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		Volumes: []Volume{
 			{Guest: "/assets", Source: "ipfs://bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", Kind: VolumeIPFS,
 				Path: "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi", ReadOnly: true},
-			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook"},
-			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static"},
+			{Guest: "/data", Source: "mfs:/wagi/guestbook", Kind: VolumeMFS, Path: "/wagi/guestbook",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
+			{Guest: "/static", Source: "./static", Kind: VolumeLocal, Path: "/etc/wagi/static",
+				QuotaBytes: 64 << 20, QuotaFiles: 1000},
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
@@ -223,6 +233,11 @@ memory = 100000
 max_body = 0
 max_output = "1GiB"
 max_concurrency = 3
+volume_bytes = "1MiB"
+volume_files = 0
+compile_cpu = "2s"
+compile_timeout = "5s"
+compile_memory = "256MiB"
 
 [ipfs]
 api = "http://127.0.0.1:5001"
@@ -230,6 +245,10 @@ fetch_timeout = "1m"
 gateway = "/ipfs/"
 allow = ["*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"]
 max_module_size = "10MB"
+gateway_daily_cpu = "90m"
+max_dir_size = "1MiB"
+max_dir_files = 500
+store_size = "1GiB"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -253,11 +272,17 @@ max_module_size = "10MB"
 			DayStart: DayStart{Minute: 6*60 + 30, Offset: 2 * 3600},
 			Memory:   2 * WasmPageSize, // 100000 bytes rounded up to whole pages
 			MaxBody:  0, MaxOutput: 1 << 30, MaxConcurrency: 3,
+			VolumeBytes: 1 << 20, VolumeFiles: 0,
+			CompileCPU: 2 * time.Second, CompileTimeout: 5 * time.Second, CompileMemory: 256 << 20,
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",
-			Allow:         []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
-			MaxModuleSize: 10_000_000,
+			Allow:           []string{"*", "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"},
+			MaxModuleSize:   10_000_000,
+			GatewayDailyCPU: 90 * time.Minute,
+			MaxDirSize:      1 << 20,
+			MaxDirFiles:     500,
+			StoreSize:       1 << 30,
 		},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -560,6 +585,16 @@ func TestErrors(t *testing.T) {
 			want: `modules.toml:2: [limits] max_output: must be at least 1B, got 0B`,
 		},
 		{
+			name: "a store_size smaller than max_module_size is rejected",
+			src:  "[ipfs]\nstore_size = \"1MiB\"\n",
+			want: `modules.toml:2: [ipfs] store_size: must be 0 (no bound) or at least max_module_size (64MiB) and max_dir_size (256MiB), got 1MiB`,
+		},
+		{
+			name: "a zero max_dir_files is rejected",
+			src:  "[ipfs]\nmax_dir_files = 0\n",
+			want: `modules.toml:2: [ipfs] max_dir_files: must be at least 1, got 0`,
+		},
+		{
 			name: "a zero max_module_size is rejected",
 			src:  "[ipfs]\nmax_module_size = \"0MiB\"\n",
 			want: `modules.toml:2: [ipfs] max_module_size: must be at least 1B, got 0B`,
@@ -578,6 +613,11 @@ func TestErrors(t *testing.T) {
 			name: "children given as a string are rejected",
 			src:  "[pool]\nchildren = \"4\"\n",
 			want: `modules.toml:2: [pool] children: want an integer, got a string`,
+		},
+		{
+			name: "a compile_memory too small to compile anything is rejected",
+			src:  "[limits]\ncompile_memory = \"16MiB\"\n",
+			want: `modules.toml:2: [limits] compile_memory: must be at least 128MiB, got 16MiB`,
 		},
 		{
 			name: "a negative max_concurrency is rejected",
@@ -833,5 +873,34 @@ func TestIPFSAPIForms(t *testing.T) {
 				t.Errorf("Parse = %v, %v; want API %q", c, err, api)
 			}
 		})
+	}
+}
+
+func TestChildMemory(t *testing.T) {
+	cases := []struct {
+		name string
+		src  string
+		want int64
+	}{
+		{"by default it is 2GiB plus eight times the default memory", "", 2<<30 + 8*128<<20},
+		{"the largest memory limit of any module sets the default", "[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"1GiB\"\n" +
+			"[[module]]\nroute = \"/b\"\nmodule = \"b.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 8<<30},
+		{"the [limits] memory counts even when every module has less", "[limits]\nmemory = \"512MiB\"\n[[module]]\nroute = \"/a\"\nmodule = \"a.wasm\"\nmemory = \"4MiB\"\n", 2<<30 + 8*512<<20},
+		{"child_memory in [pool] is taken as it is", "[pool]\nchild_memory = \"3GiB\"\n[limits]\nmemory = \"2GiB\"\n", 3 << 30},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(tc.src), "wagi.toml", "/srv")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.ChildMemory(); got != tc.want {
+				t.Fatalf("ChildMemory() = %d, want %d", got, tc.want)
+			}
+		})
+	}
+	_, err := Parse([]byte("[pool]\nchild_memory = \"256MiB\"\n"), "wagi.toml", "/srv")
+	if err == nil || !strings.Contains(err.Error(), "wagi.toml:2: [pool] child_memory: must be at least 1GiB, got 256MiB") {
+		t.Fatalf("a child_memory below 1GiB: %v", err)
 	}
 }

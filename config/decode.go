@@ -416,7 +416,7 @@ func checkURLPath(s string) error {
 }
 
 func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
-	known := []string{"children", "max_requests", "queue", "queue_timeout", "user",
+	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory",
 		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
@@ -440,6 +440,10 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 		case "user":
 			if s, ok := d.str(kp, v); ok {
 				pool.User = s
+			}
+		case "child_memory":
+			if n, ok := d.size(kp, v, minChildMemory); ok {
+				pool.ChildMemory = n
 			}
 		case "max_connections":
 			if n, ok := d.integer(kp, v, 1); ok {
@@ -473,7 +477,8 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 
 // limitKeys are the keys of [limits], also allowed in a [[module]] table.
 func limitKeys() []string {
-	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency"}
+	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency",
+		"volume_bytes", "volume_files", "compile_cpu", "compile_timeout", "compile_memory"}
 }
 
 func (d *decoder) limitsTable(p keyPath, m map[string]any, l *Limits) {
@@ -529,6 +534,28 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 		if n, ok := d.integer(p, v, 0); ok {
 			l.MaxConcurrency = n
 		}
+	case "volume_bytes":
+		if n, ok := d.size(p, v, 0); ok {
+			l.VolumeBytes = n
+		}
+	case "volume_files":
+		if n, ok := d.integer(p, v, 0); ok {
+			l.VolumeFiles = int64(n)
+		}
+	case "compile_cpu":
+		if dur, ok := d.duration(p, v); ok {
+			l.CompileCPU = dur
+		}
+	case "compile_timeout":
+		if dur, ok := d.duration(p, v); ok {
+			l.CompileTimeout = dur
+		}
+	case "compile_memory":
+		// Below this the Go runtime and wazero cannot compile even a
+		// tiny module, and every module would be remembered as bad.
+		if n, ok := d.size(p, v, minCompileMemory); ok {
+			l.CompileMemory = n
+		}
 	default:
 		return false
 	}
@@ -536,7 +563,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "gateway_daily_cpu"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -585,9 +612,27 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 			if dur, ok := d.duration(kp, v); ok {
 				c.GatewayDailyCPU = dur
 			}
+		case "max_dir_size":
+			if n, ok := d.size(kp, v, 1); ok {
+				c.MaxDirSize = n
+			}
+		case "max_dir_files":
+			if n, ok := d.integer(kp, v, 1); ok {
+				c.MaxDirFiles = n
+			}
+		case "store_size":
+			if n, ok := d.size(kp, v, 0); ok {
+				c.StoreSize = n
+			}
 		default:
 			d.unknown(kp, known, "")
 		}
+	}
+	// The store must hold the largest item it lets in, or that item would
+	// be evicted as soon as it is added.
+	if c.StoreSize > 0 && c.StoreSize < max(c.MaxModuleSize, c.MaxDirSize) {
+		d.bad(p.child("store_size"), "must be 0 (no bound) or at least max_module_size (%s) and max_dir_size (%s), got %s",
+			FormatSize(c.MaxModuleSize), FormatSize(c.MaxDirSize), FormatSize(c.StoreSize))
 	}
 }
 
@@ -706,6 +751,12 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			d.add(mod.Line, "%s: missing required key %q", display(p), req)
 		}
 	}
+	for i := range mod.Volumes {
+		if v := &mod.Volumes[i]; !v.ReadOnly {
+			v.QuotaBytes, v.QuotaFiles = mod.Limits.VolumeBytes, mod.Limits.VolumeFiles
+		}
+	}
+	d.checkNestedReadOnly(p.child("volumes"), mod.Volumes)
 	return mod
 }
 

@@ -218,6 +218,10 @@ type Volume struct {
 	// ReadOnly is set by a ":ro" suffix on a local source, and always for
 	// IPFS.
 	ReadOnly bool
+	// QuotaBytes and QuotaFiles are the module's volume_bytes and
+	// volume_files for a writable volume (0 = no bound; always 0 for a
+	// read-only one). Set when the module's limits are known.
+	QuotaBytes, QuotaFiles int64
 }
 
 // ParseVolume parses one volume: a guest path and its source, as in the

@@ -201,10 +201,26 @@ func (c *Client) Resolve(ctx context.Context, p string) (string, error) {
 	return "/ipfs/" + ip.RootCid().String(), nil
 }
 
+// DirLimits bound one directory fetch: the bytes of its files and the
+// number of its entries (files, directories and skipped symlinks alike, so
+// a tree of a million empty files or directories is refused too). A zero
+// field is no bound.
+type DirLimits struct {
+	MaxBytes int64
+	MaxFiles int
+}
+
+// ErrDirTooLarge means a directory is over its DirLimits. It wraps
+// ErrTooLarge.
+var ErrDirTooLarge = fmt.Errorf("%w: directory", ErrTooLarge)
+
 // GetDir writes the UnixFS directory at p into dir (which must not exist
 // yet), through a temporary sibling and a rename, so a half-fetched tree is
-// never seen. Files past maxTotal bytes in all fail it with ErrTooLarge.
-func (c *Client) GetDir(ctx context.Context, p, dir string, maxTotal int64) error {
+// never seen. It stops with ErrDirTooLarge as soon as lim is passed (a
+// file's announced size is checked before it is read, and its bytes while
+// they stream), and then removes what it wrote: nothing of a refused
+// directory stays on disk.
+func (c *Client) GetDir(ctx context.Context, p, dir string, lim DirLimits) error {
 	pp, err := parsePath(p)
 	if err != nil {
 		return err
@@ -226,8 +242,8 @@ func (c *Client) GetDir(ctx context.Context, p, dir string, maxTotal int64) erro
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	total := int64(0)
-	if err := writeDir(ctx, d, tmp, &total, maxTotal); err != nil {
+	w := &dirWriter{ctx: ctx, lim: lim, p: p}
+	if err := w.write(d, tmp); err != nil {
 		return err
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {
@@ -242,49 +258,77 @@ func (c *Client) GetDir(ctx context.Context, p, dir string, maxTotal int64) erro
 	return nil
 }
 
-func writeDir(ctx context.Context, d files.Directory, dir string, total *int64, maxTotal int64) error {
+// dirWriter copies one directory tree, counting against its limits.
+type dirWriter struct {
+	ctx     context.Context
+	lim     DirLimits
+	p       string
+	bytes   int64
+	entries int
+}
+
+func (w *dirWriter) tooLarge(what string) error {
+	return fmt.Errorf("%w: %s has more than %s", ErrDirTooLarge, w.p, what)
+}
+
+func (w *dirWriter) write(d files.Directory, dir string) error {
 	it := d.Entries()
 	for it.Next() {
 		name := it.Name()
 		if name == "" || name == "." || name == ".." || strings.ContainsRune(name, '/') {
 			return fmt.Errorf("ipfs: bad entry name %q", name)
 		}
-		target := filepath.Join(dir, name)
-		switch n := it.Node().(type) {
-		case files.Directory:
-			if err := os.Mkdir(target, 0o755); err != nil {
-				return err
-			}
-			if err := writeDir(ctx, n, target, total, maxTotal); err != nil {
-				return err
-			}
-		case files.File:
-			f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-			if err != nil {
-				return err
-			}
-			r := io.Reader(n)
-			if maxTotal > 0 {
-				r = io.LimitReader(n, maxTotal-*total+1)
-			}
-			w, err := io.Copy(f, r)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return classify(ctx, err)
-			}
-			*total += w
-			if maxTotal > 0 && *total > maxTotal {
-				return fmt.Errorf("%w: directory over %d bytes", ErrTooLarge, maxTotal)
-			}
-		default:
-			// Symlinks and other node kinds are left out: volumes never
-			// follow symlinks anyway.
+		w.entries++
+		if w.lim.MaxFiles > 0 && w.entries > w.lim.MaxFiles {
+			return w.tooLarge(fmt.Sprintf("%d entries (max_dir_files)", w.lim.MaxFiles))
+		}
+		if err := w.entry(it.Node(), filepath.Join(dir, name)); err != nil {
+			return err
 		}
 	}
 	if err := it.Err(); err != nil {
-		return classify(ctx, err)
+		return classify(w.ctx, err)
+	}
+	return nil
+}
+
+// entry writes one node and closes it (each holds an RPC response open).
+func (w *dirWriter) entry(nd files.Node, target string) error {
+	defer nd.Close()
+	switch n := nd.(type) {
+	case files.Directory:
+		if err := os.Mkdir(target, 0o755); err != nil {
+			return err
+		}
+		return w.write(n, target)
+	case files.File:
+		if w.lim.MaxBytes > 0 {
+			if size, err := n.Size(); err == nil && w.bytes+size > w.lim.MaxBytes {
+				return w.tooLarge(fmt.Sprintf("%d bytes (max_dir_size)", w.lim.MaxBytes))
+			}
+		}
+		f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+		if err != nil {
+			return err
+		}
+		r := io.Reader(n)
+		if w.lim.MaxBytes > 0 {
+			r = io.LimitReader(n, w.lim.MaxBytes-w.bytes+1)
+		}
+		c, err := io.Copy(f, r)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return classify(w.ctx, err)
+		}
+		w.bytes += c
+		if w.lim.MaxBytes > 0 && w.bytes > w.lim.MaxBytes {
+			return w.tooLarge(fmt.Sprintf("%d bytes (max_dir_size)", w.lim.MaxBytes))
+		}
+	default:
+		// Symlinks and other node kinds are left out: volumes never
+		// follow symlinks anyway.
 	}
 	return nil
 }

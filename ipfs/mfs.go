@@ -48,10 +48,16 @@ package ipfs
 //   - O_SYNC, O_DSYNC, O_RSYNC, O_NOFOLLOW and O_NONBLOCK are ignored; Sync
 //     writes back at once.
 //   - Modes and times: Stat reports the UnixFS mode and mtime if set
-//     (defaults 0644 for files, 0755 for directories, mtime 0); Chmod and
-//     Utimens set them (files/chmod, files/touch, each changes the file's
-//     CID); perm arguments of OpenFile and Mkdir are ignored. Inode numbers
-//     are a hash of the MFS path (stable while the file is not renamed).
+//     (defaults 0644 for files, 0755 for directories, mtime 0 for an entry
+//     nobody set one on); Chmod and Utimens set them (files/chmod,
+//     files/touch, each changes the file's CID); perm arguments of OpenFile
+//     and Mkdir are ignored. files/write keeps a file's mtime (none for a
+//     new file), so every write-back is followed by a files/touch with the
+//     time of the write-back; a new file's handle reports the time it was
+//     opened until then. Utimens on a handle also updates what that
+//     handle's Stat reports. Inode numbers are a hash of the MFS path
+//     (stable while the file is not renamed).
+//   - Quotas (MFSOptions.QuotaBytes, QuotaFiles): see mfsquota.go.
 //   - Symlink and Link fail with EPERM (MFS volumes have no links); Readlink
 //     fails with EINVAL (nothing is a link) or ENOENT.
 //
@@ -116,6 +122,10 @@ type MFSOptions struct {
 	// MaxFileSize is the largest file a handle holds in memory (default
 	// 64 MiB): files opened for writing cannot grow past it (ERANGE).
 	MaxFileSize int64
+	// QuotaBytes and QuotaFiles bound the volume: the bytes of its files
+	// and its number of entries (files and directories); 0 = no bound.
+	// Past them, writes fail with ENOSPC (see mfsquota.go).
+	QuotaBytes, QuotaFiles int64
 }
 
 // NewMFS returns a filesystem for wazero serving the MFS directory root (an
@@ -151,6 +161,9 @@ func NewMFS(c *Client, root string, opts ...MFSOptions) (esys.FS, error) {
 		timeout: o.Timeout,
 		maxFile: o.MaxFileSize,
 		budget:  mfsBudgetFactor * o.MaxFileSize,
+
+		quotaBytes: max(o.QuotaBytes, 0),
+		quotaFiles: max(o.QuotaFiles, 0),
 	}
 	// mkdir -p succeeds on an existing directory and fails with "file
 	// already exists" on a file: one call for all cases.
@@ -177,6 +190,10 @@ type mfsFS struct {
 	maxFile int64
 	budget  int64
 	used    atomic.Int64 // bytes held by all open handles
+
+	quotaBytes, quotaFiles int64 // see mfsquota.go
+	qmu                    sync.Mutex
+	usage                  mfsUsage
 }
 
 // mfsStat is the JSON of files/stat.
@@ -187,6 +204,7 @@ type mfsStat struct {
 	Mode       json.RawMessage
 	Mtime      int64
 	MtimeNsecs int64
+	Hash       string
 }
 
 func (s *mfsStat) isDir() bool { return s.Type == "directory" }
@@ -387,6 +405,9 @@ func (m *mfsFS) OpenFile(name string, flag esys.Oflag, _ fs.FileMode) (esys.File
 		if errno := m.checkParent(abs, rel); errno != 0 {
 			return nil, errno
 		}
+		if errno := m.charge(0, 1); errno != 0 {
+			return nil, errno
+		}
 	case errno != 0:
 		return nil, errno
 	case creat && flag&esys.O_EXCL != 0:
@@ -412,9 +433,15 @@ func (m *mfsFS) OpenFile(name string, flag esys.Oflag, _ fs.FileMode) (esys.File
 	if exists {
 		f.st = toStat(abs, &st)
 	} else {
-		f.st = sys.Stat_t{Ino: inode(abs), Mode: 0o644, Nlink: 1}
+		// Created now (in MFS at the write-back, which stamps the same
+		// kind of time): not the epoch.
+		now := time.Now().UnixNano()
+		f.st = sys.Stat_t{Ino: inode(abs), Mode: 0o644, Nlink: 1, Atim: now, Mtim: now, Ctim: now}
 	}
 	f.size = f.st.Size
+	if exists && flag&esys.O_TRUNC != 0 && f.size > 0 && writable {
+		_ = m.charge(-f.size, 0)
+	}
 	if !exists || flag&esys.O_TRUNC != 0 {
 		// New or truncated: nothing to load; written back at Close even if
 		// never written (creation, or truncation of a non-empty file).
@@ -469,7 +496,14 @@ func (m *mfsFS) Mkdir(name string, _ fs.FileMode) esys.Errno {
 	if rel == "." {
 		return esys.EEXIST
 	}
-	return m.do(m.api.Request("files/mkdir", abs), nil, abs)
+	if errno := m.charge(0, 1); errno != 0 {
+		return errno
+	}
+	errno = m.do(m.api.Request("files/mkdir", abs), nil, abs)
+	if errno != 0 {
+		_ = m.charge(0, -1)
+	}
+	return errno
 }
 
 // Chmod implements esys.FS with files/chmod (permission bits only).
@@ -552,6 +586,7 @@ func (m *mfsFS) Rename(from, to string) esys.Errno {
 	case sst.isDir():
 		return esys.ENOTDIR
 	}
+	m.forget() // an entry may have been replaced above, or below
 	return m.do(m.api.Request("files/mv", src, dst), nil, src, dst)
 }
 
@@ -573,6 +608,7 @@ func (m *mfsFS) Rmdir(name string) esys.Errno {
 	case st.Blocks > 0:
 		return esys.ENOTEMPTY
 	}
+	m.forget()
 	return m.do(m.api.Request("files/rm", abs).Option("recursive", true), nil, abs)
 }
 
@@ -595,6 +631,7 @@ func (m *mfsFS) Unlink(name string) esys.Errno {
 		}
 		return esys.ENOTDIR
 	}
+	m.forget()
 	return m.do(m.api.Request("files/rm", abs), nil, abs)
 }
 
@@ -747,7 +784,17 @@ func (d *mfsDir) Readdir(n int) ([]esys.Dirent, esys.Errno) {
 }
 
 // Utimens implements esys.File.
-func (d *mfsDir) Utimens(_, mtim int64) esys.Errno { return d.fs.touch(d.path, mtim) }
+func (d *mfsDir) Utimens(_, mtim int64) esys.Errno {
+	if errno := d.fs.touch(d.path, mtim); errno != 0 {
+		return errno
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.st != nil && mtim != esys.UTIME_OMIT {
+		d.st.Atim, d.st.Mtim, d.st.Ctim = mtim, mtim, mtim
+	}
+	return 0
+}
 
 // Close implements esys.File.
 func (d *mfsDir) Close() esys.Errno {
@@ -971,6 +1018,9 @@ func (f *mfsFile) writeAt(p []byte, off int64) (int, esys.Errno) {
 		if errno := f.grow(end); errno != 0 {
 			return 0, errno
 		}
+		if errno := f.fs.charge(end-int64(len(f.data)), 0); errno != 0 {
+			return 0, errno
+		}
 		f.resize(end)
 	}
 	copy(f.data[off:], p)
@@ -1038,6 +1088,9 @@ func (f *mfsFile) Truncate(size int64) esys.Errno {
 	if errno := f.grow(size); errno != 0 {
 		return errno
 	}
+	if errno := f.fs.charge(size-int64(len(f.data)), 0); errno != 0 {
+		return errno
+	}
 	f.resize(size)
 	f.dirty = true
 	return 0
@@ -1051,20 +1104,36 @@ func (f *mfsFile) flush() esys.Errno {
 	// A concurrent creator of the same new file can make files/write fail
 	// with "directory already has entry by that name"; the file exists then,
 	// so retrying writes over it.
-	var errno esys.Errno
-	for range 3 {
-		body, ctype := multipartFile(f.data)
-		req := f.fs.api.Request("files/write", f.path).
-			Option("create", true).Option("truncate", true).Option("parents", true).Option("flush", true).
-			Header("Content-Type", ctype).Body(body)
-		if errno = f.fs.do(req, nil, f.path); errno != esys.EEXIST {
-			break
+	write := func() (errno esys.Errno) {
+		for range 3 {
+			body, ctype := multipartFile(f.data)
+			req := f.fs.api.Request("files/write", f.path).
+				Option("create", true).Option("truncate", true).Option("parents", true).Option("flush", true).
+				Header("Content-Type", ctype).Body(body)
+			if errno = f.fs.do(req, nil, f.path); errno != esys.EEXIST {
+				break
+			}
 		}
+		return errno
 	}
-	if errno == 0 {
-		f.dirty = false
+	if errno := f.fs.writeBack(f.path, int64(len(f.data)), write); errno != 0 {
+		return errno
 	}
-	return errno
+	f.dirty = false
+	// files/write leaves the UnixFS mtime as it was (unset for a new
+	// file: it would read as the epoch); a write changes it.
+	now := time.Now().UnixNano()
+	if errno := f.fs.touch(f.path, now); errno != 0 {
+		return errno
+	}
+	f.setTimes(now)
+	return 0
+}
+
+// setTimes records a new mtime in the handle's stat (MFS keeps one time,
+// which Stat reports as atime, mtime and ctime).
+func (f *mfsFile) setTimes(mtim int64) {
+	f.st.Atim, f.st.Mtim, f.st.Ctim = mtim, mtim, mtim
 }
 
 // multipartFile is data as the one-file multipart body files/write wants
@@ -1107,7 +1176,13 @@ func (f *mfsFile) Utimens(_, mtim int64) esys.Errno {
 	if errno := f.flush(); errno != 0 {
 		return errno
 	}
-	return f.fs.touch(f.path, mtim)
+	if errno := f.fs.touch(f.path, mtim); errno != 0 {
+		return errno
+	}
+	if mtim != esys.UTIME_OMIT {
+		f.setTimes(mtim) // so that fstat on this handle sees it
+	}
+	return 0
 }
 
 // Close implements esys.File: writes a dirty buffer back and frees it. The

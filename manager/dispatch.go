@@ -21,6 +21,12 @@ import (
 const (
 	// stderrCap bounds the guest stderr logged per request.
 	stderrCap = 64 << 10
+	// stderrSlack is what a child may send past StderrCap: its note that
+	// the rest was dropped.
+	stderrSlack = 256
+	// maxStderrLine bounds one logged line of guest stderr: a longer one
+	// is logged in pieces, so an endless line costs the manager no more.
+	maxStderrLine = 4 << 10
 	// cpuPoll is how often a running child's CPU clock is read. The
 	// per-request CPU limit is overshot by at most about this much.
 	cpuPoll = 5 * time.Millisecond
@@ -230,7 +236,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 	claim := m.budgets.open(owner)
-	resp := &cgiResponse{w: w}
+	resp := &cgiResponse{w: w, log: log}
 	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
 	if res.reusable {
 		m.pool.release(p)
@@ -402,7 +408,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	defer stopWake()
 	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
-	var stdoutBytes int64
+	var stdoutBytes, stderrBytes int64
 	var stderrLine []byte
 	demoted, aborted := false, false
 	var graceAt time.Time
@@ -458,6 +464,12 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			}
 			continue
 		}
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && watching {
+			// A frame the protocol does not allow (too large): the
+			// child is not to be trusted with anything more.
+			kill(killIPC)
+			outErr = fmt.Errorf("child %d broke the protocol: %w", p.pid, err)
+		}
 		if err != nil {
 			// The child is gone: killed by us, or crashed.
 			<-p.exited
@@ -492,6 +504,14 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				}
 			}
 		case ipc.TypeStderr:
+			// The child was told to forward at most StderrCap bytes
+			// (and a note that it dropped the rest); more is a child
+			// that no longer follows the protocol, flooding the log.
+			if stderrBytes += int64(len(payload)); stderrBytes > int64(run.StderrCap)+stderrSlack {
+				outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", p.pid, stderrBytes, run.StderrCap)
+				kill(killIPC)
+				continue
+			}
 			logStderr(log, &stderrLine, payload, false)
 		case ipc.TypeDone:
 			var d ipc.Done
@@ -584,6 +604,10 @@ func logStderr(log *slog.Logger, carry *[]byte, p []byte, end bool) {
 		}
 		log.Warn("module stderr", "line", string(bytes.TrimRight((*carry)[:i], "\r")))
 		*carry = (*carry)[i+1:]
+	}
+	for len(*carry) >= maxStderrLine {
+		log.Warn("module stderr", "line", string((*carry)[:maxStderrLine]), "cut", true)
+		*carry = (*carry)[maxStderrLine:]
 	}
 	if end && len(*carry) > 0 {
 		log.Warn("module stderr", "line", string(*carry))

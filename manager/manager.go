@@ -3,8 +3,9 @@
 // child, watches the child's wall clock and CPU clock, kills it with SIGKILL
 // on any limit and answers the client itself when the child cannot.
 //
-// The manager never runs guest code. It validates and compiles modules (the
-// native code lands in a wazero file cache that children share), and asks a
+// The manager never runs guest code and never compiles it: a `wagi-fcgi
+// compile` process per module does, under the module's compile limits (the
+// native code lands in a wazero file cache that children share). It asks a
 // child to run anything a module exports, including its _routes.
 //
 // RATIONALE.md beside this file explains the choices: a child process per
@@ -50,6 +51,10 @@ type Options struct {
 	// ChildCommand is the argv that starts a child; "--cache DIR" is
 	// appended. nil means this executable with the argument "child".
 	ChildCommand []string
+	// CompileCommand is the argv that starts a compile process (flags
+	// and the module's path are appended). nil means ChildCommand's
+	// program with the argument "compile".
+	CompileCommand []string
 	// ChildEnv is the children's entire environment. Nothing of the
 	// manager's environment is passed on unless it is listed here.
 	ChildEnv []string
@@ -102,6 +107,7 @@ type Manager struct {
 	fetches  atomic.Int64 // modules fetched from IPFS
 	dirMu    sync.Mutex
 	dirFetch map[string]*loadCall // IPFS directories being fetched
+	disk     *diskStore           // bounds fetched content in state_dir; nil: no bound
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
@@ -206,7 +212,10 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if err := closeOnExecInherited(); err != nil {
 		return nil, fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
 	}
-	st, err := newStore(cfg.StateDir, cfg.IPFS.MaxModuleSize)
+	if opts.CompileCommand == nil {
+		opts.CompileCommand = []string{opts.ChildCommand[0], "compile"}
+	}
+	st, err := newStore(cfg.StateDir, cfg.IPFS.MaxModuleSize, opts.CompileCommand, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -234,6 +243,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		idPrefix:  hex.EncodeToString(rnd[:]),
 		slots:     map[string]chan struct{}{},
 		dirFetch:  map[string]*loadCall{},
+		disk:      openDiskStore(cfg, opts.Logger),
 		status:    newStatusBook(),
 		bodies:    newBodyStore(filepath.Join(cfg.StateDir, "spool"), cfg.Pool.BodyMemory, cfg.Pool.SpoolSize),
 	}
@@ -259,6 +269,8 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 // the modules' _routes. When it returns nil, the children are running and
 // every route answers.
 func (m *Manager) Start(ctx context.Context) error {
+	// A SIGTERM (the end of ctx) kills compiles in flight at once.
+	m.store.stopOn(ctx)
 	// Compile every module that is at hand first (local files, and IPFS
 	// modules already in the cache), so children start with a warm cache.
 	if err := m.prepareSources(ctx); err != nil {
@@ -283,6 +295,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		logger:   m.log,
 		ready:    m.opts.ReadyTimeout,
 	}
+	pc.addressSpace = m.cfg.ChildMemory()
 	if pc.env == nil {
 		pc.env = []string{}
 	}

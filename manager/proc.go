@@ -290,6 +290,10 @@ type procConfig struct {
 	// inheritStdio gives the child the manager's stdin, stdout and stderr
 	// (wagi-fcgi run) instead of logging its stderr.
 	inheritStdio bool
+
+	// addressSpace is the child's RLIMIT_AS in bytes ([pool]
+	// child_memory); 0 leaves it as inherited.
+	addressSpace int64
 }
 
 var errChildNotReady = errors.New("child did not become ready")
@@ -320,6 +324,9 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	}
 
 	args := append(append([]string(nil), cfg.command[1:]...), "--cache", cfg.cacheDir)
+	if cfg.addressSpace > 0 {
+		args = append(args, "--address-space", strconv.FormatInt(cfg.addressSpace, 10))
+	}
 	cmd := exec.Command(cfg.command[0], args...)
 	cmd.Env = cfg.env
 	cmd.Dir = "/"
@@ -356,6 +363,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		exited:   make(chan struct{}),
 		spawnCPU: spawnCPU,
 	}
+	p.r.SetMaxPayload(ipc.MaxChildPayload)
 	log := cfg.logger.With("child", id, "pid", p.pid)
 	// The child's own stderr (Go runtime panics, not guest output) goes to
 	// the log line by line.

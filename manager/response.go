@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"log/slog"
 	"strconv"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
@@ -38,6 +39,7 @@ type cgiResponse struct {
 	total     int64 // stdout bytes from the module
 	sent      int64 // body bytes written to w
 	status    int
+	log       *slog.Logger // for headers dropped from the output; may be nil
 }
 
 // invalidOutputError means the module's output is not a valid CGI response.
@@ -72,6 +74,9 @@ func (r *cgiResponse) write(p []byte) error {
 		}
 		r.head = h
 		r.bodyStart = end
+		if len(h.Dropped) > 0 && r.log != nil {
+			r.log.Warn("module output: headers the web server would act on were dropped", "headers", h.Dropped)
+		}
 	}
 	if len(r.pending)-r.bodyStart >= commitSize {
 		return r.commit(true)

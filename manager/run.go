@@ -18,7 +18,7 @@ type RunSpec struct {
 	Args     []string        // arguments after argv[0]
 	Env      []string        // "K=V"; nothing else is in the guest's environment
 	Dirs     []config.Volume // directories to mount
-	Limits   config.Limits   // Timeout, CPU and Memory apply
+	Limits   config.Limits   // Timeout, CPU, Memory and the Compile* limits apply
 	StateDir string          // where modules and the compilation cache live
 	IPFS     config.IPFS     // the node for ipfs://, /ipns/ and mfs: sources
 }
@@ -47,10 +47,16 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	st, err := newStore(spec.StateDir, spec.IPFS.MaxModuleSize)
+	if opts.CompileCommand == nil {
+		opts.CompileCommand = []string{opts.ChildCommand[0], "compile"}
+	}
+	// The module is compiled in a sandboxed compile process under the
+	// compile limits of spec.Limits, as the server would.
+	st, err := newStore(spec.StateDir, spec.IPFS.MaxModuleSize, opts.CompileCommand, opts.Logger)
 	if err != nil {
 		return 0, err
 	}
+	st.stopOn(ctx)
 	defer st.close(context.Background())
 	pages := spec.Limits.MemoryPages()
 	var ic *ipfs.Client
@@ -66,14 +72,14 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	}
 	var mod *module
 	if ref.Kind == config.RefFile {
-		mod, err = st.loadFile(ctx, spec.Module, ref.Path, pages)
+		mod, err = st.loadFile(ctx, spec.Module, ref.Path, pages, spec.Limits, nil)
 	} else {
 		fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
 		var bin []byte
 		bin, err = ic.Fetch(fctx, ipfsPathOf(ref), spec.IPFS.MaxModuleSize)
 		cancel()
 		if err == nil {
-			mod, err = st.add(ctx, spec.Module, bin, pages)
+			mod, err = st.add(ctx, spec.Module, bin, pages, spec.Limits, nil)
 		} else {
 			err = fmt.Errorf("fetch %s: %w", spec.Module, err)
 		}
@@ -102,7 +108,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 			dir := ipfsDirPath(spec.StateDir, d.Path)
 			if checkDir(dir) != nil {
 				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
-				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, 0)
+				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, ipfs.DirLimits{MaxBytes: spec.IPFS.MaxDirSize, MaxFiles: spec.IPFS.MaxDirFiles})
 				cancel()
 				if err != nil {
 					return 0, fmt.Errorf("--dir %s=%s: %w", d.Guest, d.Source, err)
@@ -127,6 +133,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		logger:       opts.Logger,
 		ready:        opts.ReadyTimeout,
 		inheritStdio: true,
+		addressSpace: config.DefaultChildMemory(spec.Limits.Memory),
 	}, 0)
 	if err != nil {
 		return 0, err

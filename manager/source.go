@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -94,11 +95,17 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 		var err error
 		switch src.ref.Kind {
 		case config.RefFile:
-			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages)
+			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages, src.limits, m.compileCharge(src))
 		default:
-			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages)
+			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages, src.limits, m.compileCharge(src))
 			if err == nil && mod == nil {
 				m.log.Info("module will be fetched on its first request", "module", mc.Module)
+				continue
+			}
+			if bad := (*badModuleError)(nil); errors.As(err, &bad) {
+				// As when it was first fetched: its route answers 502,
+				// the others serve (`check` still reports it).
+				m.log.Warn("module is remembered as bad; its route answers 502", "module", mc.Module, "err", err)
 				continue
 			}
 		}
@@ -113,6 +120,7 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 			continue
 		}
 		src.mod, src.resolved = mod, time.Now()
+		m.disk.useModule(mod, true)
 	}
 	return errors.Join(errs...)
 }
@@ -181,14 +189,29 @@ func ipfsPathOf(ref config.ModuleRef) string {
 	return "/ipfs/" + ref.Path
 }
 
-// module returns src's module, loading it if needed. Concurrent callers
-// share one load; a failed load is not remembered, so the next request
-// tries again (the node may be back).
+// module returns src's module, loading it if needed, and records its use
+// in the bounded module store (which pins the modules the config names).
 func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
+	mod, err := m.loadModule(ctx, src)
+	if err == nil && src.ref.Kind != config.RefFile {
+		m.disk.useModule(mod, slices.Contains(m.sources, src))
+	}
+	return mod, err
+}
+
+// loadModule returns src's module, loading it if needed (again, when the
+// module store evicted it). Concurrent callers share one load; a failed
+// load is not remembered, so the next request tries again (the node may
+// be back).
+func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) {
 	for {
 		src.mu.Lock()
 		stale := src.ref.Kind == config.RefIPNS && time.Since(src.resolved) > ipnsTTL
-		if src.mod != nil && !stale {
+		evicted := src.mod != nil && src.ref.Kind != config.RefFile && !m.disk.has(src.mod.key)
+		if evicted && src.loading == nil {
+			src.mod = nil // fetched again below; nothing stale to fall back on
+		}
+		if src.mod != nil && !stale && !evicted {
 			mod := src.mod
 			src.mu.Unlock()
 			return mod, nil
@@ -236,6 +259,9 @@ func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
 			return nil, err
 		}
 		if old == nil || old.key != mod.key {
+			if old != nil && slices.Contains(m.sources, src) {
+				m.disk.unpin(old.key) // the configured IPNS name moved on
+			}
 			m.rebuildRoutes()
 		}
 		return mod, nil
@@ -254,7 +280,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err != nil {
 			// The node is down or the name does not resolve: a module
 			// loaded under this name before still serves.
-			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages); cerr == nil && mod != nil {
+			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src)); cerr == nil && mod != nil {
 				m.log.Warn("IPNS name not resolved; using the module cached for it", "module", src.ref.Raw, "err", err)
 				return m.finishLoad(ctx, src, mod)
 			}
@@ -262,7 +288,7 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		p = resolved
 	}
-	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages)
+	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -272,8 +298,17 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err != nil {
 			return nil, nil, fmt.Errorf("load %s: %w", src.ref.Raw, err)
 		}
-		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages)
+		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages, src.limits, m.compileCharge(src))
+		var bad *badModuleError
+		if errors.As(err, &bad) && bad.key != "" {
+			// Remembered as bad by content: the next request learns it
+			// from the index and the mark, without fetching again.
+			if rerr := m.store.remember(p, bad.key); rerr != nil {
+				m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", rerr)
+			}
+		}
 		if err != nil {
+			m.disk.useRejected(bin) // its bytes may be on disk all the same
 			return nil, nil, err
 		}
 		m.fetches.Add(1)
@@ -289,6 +324,17 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 	}
 	return m.finishLoad(ctx, src, mod)
+}
+
+// compileCharge charges the CPU of a compile of src's module to that
+// module's daily budget (it is the module's doing, whether the compile
+// succeeds or not), and lists the module on the status page even if it
+// never runs.
+func (m *Manager) compileCharge(src *source) chargeFunc {
+	return func(key string, cpu time.Duration) {
+		m.charge(m.log.With("module", src.ref.Raw), m.chargeTo(key, src.limits, src.gateway, m.opts.Now()), cpu)
+		m.status.compiled(key, src.ref.Raw, src.route, src.limits.DailyCPU)
+	}
 }
 
 func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*module, []wagi.SubRoute, error) {
@@ -320,6 +366,8 @@ func loadFailure(err error, gateway bool) (status int, msg, retry string) {
 		return 503, "the module is not cached and the IPFS node is unreachable", "30"
 	case errors.Is(err, ipfs.ErrTimeout):
 		return 504, "fetching the module from IPFS timed out", ""
+	case errors.Is(err, ipfs.ErrDirTooLarge):
+		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", ""
 	case errors.Is(err, ipfs.ErrTooLarge):
 		return 502, "the module is larger than max_module_size", ""
 	case errors.Is(err, ipfs.ErrNotFound) && gateway:
@@ -328,6 +376,8 @@ func loadFailure(err error, gateway bool) (status int, msg, retry string) {
 		return 502, "the module could not be found in IPFS", ""
 	case errors.Is(err, errInvalidModule):
 		return 502, "the module is not a valid WebAssembly module for wagi-fcgi", ""
+	case errors.Is(err, errCompileStopped):
+		return 503, "the server is restarting; try again", "1"
 	}
 	return 500, "the module could not be loaded", ""
 }
@@ -343,7 +393,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 	for _, v := range vols {
 		switch v.Kind {
 		case config.VolumeLocal:
-			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly})
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: v.Path, ReadOnly: v.ReadOnly,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		case config.VolumeIPFS:
 			dir, err := m.ipfsDir(ctx, v.Path)
 			if err != nil {
@@ -354,7 +405,8 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 			if m.ipfs == nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)
 			}
-			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path})
+			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path,
+				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		}
 	}
 	return out, nil
@@ -371,6 +423,7 @@ func ipfsDirPath(stateDir, cidPath string) string {
 func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 	dir := ipfsDirPath(m.cfg.StateDir, cidPath)
 	if checkDir(dir) == nil {
+		m.disk.useDir(dir)
 		return dir, nil
 	}
 	if m.ipfs == nil {
@@ -384,7 +437,12 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		go func() {
 			lctx, cancel := context.WithTimeout(context.Background(), m.cfg.IPFS.FetchTimeout)
 			defer cancel()
-			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, 0)
+			lim := ipfs.DirLimits{MaxBytes: m.cfg.IPFS.MaxDirSize, MaxFiles: m.cfg.IPFS.MaxDirFiles}
+			c.err = m.ipfs.GetDir(lctx, "/ipfs/"+cidPath, dir, lim)
+			if errors.Is(c.err, ipfs.ErrDirTooLarge) {
+				m.log.Warn("IPFS directory refused: over its cap; nothing of it was kept", "cid", cidPath,
+					"max_dir_size", lim.MaxBytes, "max_dir_files", lim.MaxFiles, "err", c.err)
+			}
 			m.dirMu.Lock()
 			delete(m.dirFetch, dir)
 			m.dirMu.Unlock()
@@ -397,6 +455,7 @@ func (m *Manager) ipfsDir(ctx context.Context, cidPath string) (string, error) {
 		if c.err != nil {
 			return "", c.err
 		}
+		m.disk.useDir(dir)
 		return dir, nil
 	case <-ctx.Done():
 		return "", ctx.Err()

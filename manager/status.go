@@ -62,17 +62,7 @@ func (b *statusBook) observe(key, ref, route string, budget time.Duration, statu
 	if key == "" {
 		return
 	}
-	s, ok := b.modules[key]
-	if !ok {
-		if len(b.modules) >= maxStatusModules {
-			b.forgetOldestLocked()
-		}
-		s = &moduleStats{ref: ref, route: route, budget: budget, seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "wagi_module_request_duration_seconds", Help: "Wall-clock time of requests run by the module.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		})}
-		b.modules[key] = s
-	}
+	s := b.entryLocked(key, ref, route, budget)
 	if c := status / 100; c >= 1 && c <= 5 {
 		s.classes[c]++
 	}
@@ -95,6 +85,32 @@ func (b *statusBook) forgetOldestLocked() {
 		}
 	}
 	delete(b.modules, oldest)
+}
+
+// entryLocked returns the stats of module key, made on first use (the
+// module seen least recently is forgotten past maxStatusModules). Callers
+// hold mu.
+func (b *statusBook) entryLocked(key, ref, route string, budget time.Duration) *moduleStats {
+	s, ok := b.modules[key]
+	if !ok {
+		if len(b.modules) >= maxStatusModules {
+			b.forgetOldestLocked()
+		}
+		s = &moduleStats{ref: ref, route: route, budget: budget, last: time.Now(), seconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "wagi_module_request_duration_seconds", Help: "Wall-clock time of requests run by the module.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		})}
+		b.modules[key] = s
+	}
+	return s
+}
+
+// compiled lists module key, whose compile was charged to it, even if no
+// request ever runs it (a module that fails to compile).
+func (b *statusBook) compiled(key, ref, route string, budget time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.entryLocked(key, ref, route, budget)
 }
 
 // quantiles returns p50 and p99 of the recent durations.

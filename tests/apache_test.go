@@ -281,13 +281,20 @@ type apacheProc struct {
 
 // apacheModules are the modules the tests' Apache loads, from Debian's
 // /usr/lib/apache2/modules (log_config and unixd are built in).
-var apacheModules = []string{"mpm_event", "authz_core", "authz_host", "proxy", "proxy_fcgi"}
+var apacheModules = []string{"mpm_event", "authz_core", "authz_host", "proxy", "proxy_fcgi", "alias"}
 
 // startApache runs Apache httpd in the foreground with a minimal
 // self-contained main config (not Debian's apache2.conf, which wants
 // APACHE_RUN_DIR and friends) that includes the shipped site once per
 // socket, each on a free loopback port: sites[i] passes to socks[i].
 func startApache(t testing.TB, dir string, socks ...string) *apacheProc {
+	t.Helper()
+	return startApacheWith(t, dir, "", socks...)
+}
+
+// startApacheWith is startApache with extra directives at the end of each
+// shipped virtual host (after its <Location> sections, so they win).
+func startApacheWith(t testing.TB, dir, extra string, socks ...string) *apacheProc {
 	t.Helper()
 	bin, err := exec.LookPath("apache2")
 	if err != nil {
@@ -330,6 +337,7 @@ ServerName localhost
 		s := string(site)
 		for _, sub := range [][2]string{
 			{"<VirtualHost *:80>", fmt.Sprintf("<VirtualHost 127.0.0.1:%d>", port)},
+			{"</VirtualHost>", extra + "</VirtualHost>"},
 			{"unix:/run/wagi.sock|", "unix:" + sock + "|"},
 		} {
 			if n := strings.Count(s, sub[0]); n != 1 {

@@ -141,7 +141,7 @@ func TestRunRunsOneModuleLikeACommand(t *testing.T) {
 		{"arguments and --env reach the module", []string{"--env", "K=V", mods + "/env.wasm", "a", "b"}, "", 0, "argv[1]=a\nargv[2]=b\nenv:K=V\n", ""},
 		{"--dir mounts a directory", []string{"--dir", "/d=" + data + ":ro", mods + "/files.wasm", "read", "/d/in.txt"}, "", 0, "mounted", ""},
 		{"a module past --timeout is killed with status 124", []string{"--timeout", "300ms", mods + "/loop.wasm"}, "", 124, "", "limit"},
-		{"a module past --cpu is killed with status 124", []string{"--cpu", "200ms", mods + "/loop.wasm"}, "", 124, "", "CPU"},
+		{"a module past --cpu is killed with status 124", []string{"--cpu", "200ms", "--timeout", "10m", mods + "/loop.wasm"}, "", 124, "", "CPU"},
 		{"a memory limit makes a memory bomb trap", []string{"--memory", "1MiB", mods + "/grow.wasm"}, "", 1, "", "trap"},
 	}
 	for _, tc := range cases {

@@ -212,6 +212,13 @@ type nginxProc struct {
 // a free loopback port.
 func startNginx(t testing.TB, dir, sock string) *nginxProc {
 	t.Helper()
+	return startNginxWith(t, dir, sock, "")
+}
+
+// startNginxWith is startNginx with extra directives at the top of the
+// shipped server block.
+func startNginxWith(t testing.TB, dir, sock, extra string) *nginxProc {
+	t.Helper()
 	bin, err := exec.LookPath("nginx")
 	if err != nil {
 		t.Fatalf("nginx is not installed (run tests/setup.sh): %v", err)
@@ -233,7 +240,7 @@ func startNginx(t testing.TB, dir, sock string) *nginxProc {
 	s := string(site)
 	s = strings.Replace(s, "unix:/run/wagi.sock", "unix:"+sock, 1)
 	s = strings.Replace(s, "listen 80;", fmt.Sprintf("listen 127.0.0.1:%d;", port), 1)
-	s = strings.Replace(s, "listen [::]:80;", "", 1)
+	s = strings.Replace(s, "listen [::]:80;", extra, 1)
 	if err := os.WriteFile(filepath.Join(ndir, "conf.d/wagi.conf"), []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -64,31 +64,6 @@ func (st statusPage) cpuToday(prefix string) float64 {
 	return total
 }
 
-// withCustomSection returns a copy of a wasm module with a custom section
-// appended: the same code under another content hash (so another module,
-// with a budget of its own), as a distinct CID for gateway tests.
-func withCustomSection(bin []byte, name string) []byte {
-	// The section carries one byte of data: wazero v1.12.0 fails to read
-	// an empty custom section at the end of a module (a Read of 0 bytes
-	// at EOF).
-	payload := append(append([]byte{byte(len(name))}, name...), 1)
-	out := append(bytes.Clone(bin), 0) // custom section id
-	out = appendULEB(out, uint64(len(payload)))
-	return append(out, payload...)
-}
-
-func appendULEB(b []byte, v uint64) []byte {
-	for {
-		c := byte(v & 0x7f)
-		v >>= 7
-		if v != 0 {
-			b = append(b, c|0x80)
-			continue
-		}
-		return append(b, c)
-	}
-}
-
 // budgetCase is one run of the concurrency test.
 type budgetCase struct {
 	name    string
@@ -117,7 +92,7 @@ func TestADailyBudgetHoldsUnderConcurrency(t *testing.T) {
 			dir := t.TempDir()
 			bin := buildBinary(t, dir)
 			modPath := filepath.Join(dir, "loop.wasm")
-			if err := os.WriteFile(modPath, withCustomSection(loop, "budget "+tc.name), 0o644); err != nil {
+			if err := os.WriteFile(modPath, withCustomSection(loop, "budget "+tc.name, 0), 0o644); err != nil {
 				t.Fatal(err)
 			}
 			var paths []string
@@ -126,7 +101,7 @@ func TestADailyBudgetHoldsUnderConcurrency(t *testing.T) {
 					paths = append(paths, "/loop")
 					continue
 				}
-				cid := k.AddBytes(t, withCustomSection(loop, fmt.Sprintf("%s %d", tc.name, i)))
+				cid := k.AddBytes(t, withCustomSection(loop, fmt.Sprintf("%s %d", tc.name, i), 0))
 				paths = append(paths, "/ipfs/"+cid+"/")
 			}
 			// Each CID's own budget is large: what must hold is the
@@ -420,10 +395,10 @@ func TestEveryLimitHoldsOnConfiguredRoutesAndGatewayCIDs(t *testing.T) {
 				dir := t.TempDir()
 				wagi := buildBinary(t, dir)
 				modPath := filepath.Join(dir, tc.module+".wasm")
-				if err := os.WriteFile(modPath, withCustomSection(bin, "configured"), 0o644); err != nil {
+				if err := os.WriteFile(modPath, withCustomSection(bin, "configured", 0), 0o644); err != nil {
 					t.Fatal(err)
 				}
-				cid := k.AddBytes(t, withCustomSection(bin, "gateway "+tc.key))
+				cid := k.AddBytes(t, withCustomSection(bin, "gateway "+tc.key, 0))
 				w := startWagi(t, wagi, dir, fmt.Sprintf(`
 listen = "unix:{{dir}}/wagi.sock"
 state_dir = "{{dir}}/state"

@@ -22,6 +22,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/listen"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/logfile"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
@@ -322,4 +323,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 
 func childCmd(ctx context.Context, args []string) error {
 	return child.Main(ctx, args)
+}
+
+func compileCmd(ctx context.Context, args []string, stdout io.Writer) error {
+	return compiler.Main(ctx, args, stdout)
 }

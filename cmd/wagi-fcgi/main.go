@@ -60,6 +60,9 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	case "child":
 		// Started by the manager, never by hand.
 		err = childCmd(ctx, args[1:])
+	case "compile":
+		// Started by the manager to compile one module, never by hand.
+		err = compileCmd(ctx, args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -62,6 +62,12 @@ func (t Type) String() string {
 // sanity cap against a corrupted length, not a policy.
 const MaxPayload = 1 << 30
 
+// MaxChildPayload bounds a frame a child may send. A child sends output in
+// frames of at most 32 KiB and small Ready and Done frames; it is hostile
+// once guest code has run in it, so the manager reads at most this much per
+// frame (SetMaxPayload) instead of allocating whatever length it names.
+const MaxChildPayload = 256 << 10
+
 const headerLen = 5
 
 // ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.
@@ -106,6 +112,7 @@ type Reader struct {
 	r   *bufio.Reader
 	hdr [headerLen]byte
 	buf []byte
+	max int // largest payload accepted
 
 	// The frame being read: header bytes, then payload bytes, so far.
 	hdrN, payN int
@@ -114,7 +121,14 @@ type Reader struct {
 
 // NewReader returns a Reader with a read buffer of size bytes.
 func NewReader(r io.Reader, size int) *Reader {
-	return &Reader{r: bufio.NewReaderSize(r, size)}
+	return &Reader{r: bufio.NewReaderSize(r, size), max: MaxPayload}
+}
+
+// SetMaxPayload lowers the largest payload the Reader accepts: a longer
+// frame fails with ErrFrameTooLarge before anything is allocated for it.
+// The stream cannot be resynchronised after that; drop the peer.
+func (r *Reader) SetMaxPayload(n int) {
+	r.max = min(n, MaxPayload)
 }
 
 // ReadFrame reads the next frame. The payload is valid only until the next
@@ -132,7 +146,7 @@ func (r *Reader) ReadFrame() (Type, []byte, error) {
 	}
 	if r.payN == 0 && r.n == 0 {
 		n := binary.BigEndian.Uint32(r.hdr[1:])
-		if n > MaxPayload {
+		if uint64(n) > uint64(r.max) {
 			r.hdrN = 0
 			return 0, nil, ErrFrameTooLarge
 		}

@@ -23,6 +23,10 @@ type Mount struct {
 	Host     string // MountDir: absolute host directory; MountMFS: the node's RPC URL
 	MFSPath  string // MountMFS: the directory in MFS
 	ReadOnly bool
+	// QuotaBytes and QuotaFiles bound a writable volume: the bytes of its
+	// regular files and the number of its entries (files and
+	// directories). 0 = no bound.
+	QuotaBytes, QuotaFiles uint64
 }
 
 // Run asks a child to run a module once.
@@ -105,6 +109,8 @@ func AppendRun(b []byte, m *Run) []byte {
 		b = appendString(b, mt.Host)
 		b = appendString(b, mt.MFSPath)
 		b = appendBool(b, mt.ReadOnly)
+		b = binary.BigEndian.AppendUint64(b, mt.QuotaBytes)
+		b = binary.BigEndian.AppendUint64(b, mt.QuotaFiles)
 	}
 	b = appendBytes(b, m.Stdin)
 	b = binary.BigEndian.AppendUint64(b, uint64(m.BodySize))
@@ -124,10 +130,11 @@ func DecodeRun(p []byte, m *Run) error {
 	m.Entrypoint = d.string()
 	m.Args = d.strings()
 	m.Env = d.strings()
-	n := d.count(14)
+	n := d.count(30)
 	m.Mounts = nil
 	for i := 0; i < n && d.err == nil; i++ {
-		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Kind: MountKind(d.u8()), Host: d.string(), MFSPath: d.string(), ReadOnly: d.bool()})
+		m.Mounts = append(m.Mounts, Mount{Guest: d.string(), Kind: MountKind(d.u8()), Host: d.string(), MFSPath: d.string(), ReadOnly: d.bool(),
+			QuotaBytes: d.u64(), QuotaFiles: d.u64()})
 	}
 	m.Stdin = d.bytes()
 	m.BodySize = int64(d.u64())

@@ -23,8 +23,28 @@ type Response struct {
 	Reason string
 	// Header holds every header line but Status, in the order written,
 	// repeats kept, names as written, values without surrounding white
-	// space.
+	// space, less the lines in Dropped.
 	Header []HeaderField
+	// Dropped names the header lines left out because the web server
+	// would act on them internally (see steersServer), for the log.
+	Dropped []string
+}
+
+// steersServer reports whether a response header would make the web server
+// in front act on the module's behalf instead of passing it to the client:
+// nginx's X-Accel-Redirect serves an `internal` location or a file,
+// X-Accel-* change its buffering and limits, and X-Sendfile (Apache's
+// mod_xsendfile, lighttpd) serves any file the server can read. A module
+// is untrusted: these never reach the web server.
+func steersServer(name string) bool {
+	return hasPrefixFold(name, "X-Accel-") ||
+		strings.EqualFold(name, "X-Sendfile") ||
+		strings.EqualFold(name, "X-Sendfile2") ||
+		strings.EqualFold(name, "X-LIGHTTPD-send-file")
+}
+
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // HeaderField is one response header line.
@@ -134,6 +154,9 @@ func parseHeaderBlock(s string, lines int) (*Response, error) {
 			}
 		}
 		switch {
+		case steersServer(name):
+			resp.Dropped = append(resp.Dropped, name)
+			continue
 		case strings.EqualFold(name, "Status"):
 			if haveStatus {
 				return nil, invalid(n, "more than one Status header")
@@ -154,7 +177,20 @@ func parseHeaderBlock(s string, lines int) (*Response, error) {
 	}
 	switch {
 	case haveStatus:
-		// Status wins over Location.
+		// Status wins over Location. A 200 with a local Location is a
+		// CGI local redirect to Apache's mod_proxy_fcgi and mod_cgi,
+		// which fetch that path internally: the Location is dropped.
+		if resp.Status == http.StatusOK && haveLocation {
+			kept := resp.Header[:0]
+			for _, h := range resp.Header {
+				if strings.EqualFold(h.Name, "Location") && strings.HasPrefix(h.Value, "/") {
+					resp.Dropped = append(resp.Dropped, h.Name)
+					continue
+				}
+				kept = append(kept, h)
+			}
+			resp.Header = kept
+		}
 	case haveLocation:
 		resp.Status, resp.Reason = http.StatusFound, "Found"
 	case haveType:

@@ -343,3 +343,49 @@ func FuzzReadResponseHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestHeadersThatSteerTheWebServerNeverPass(t *testing.T) {
+	tests := []struct {
+		name        string
+		out         string
+		wantStatus  int
+		wantHeader  []HeaderField
+		wantDropped []string
+	}{
+		{"nginx's X-Accel-Redirect is dropped",
+			"Content-Type: text/plain\nX-Accel-Redirect: /protected/secret.txt\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}}, []string{"X-Accel-Redirect"}},
+		{"every X-Accel- header is dropped, whatever its case",
+			"Content-Type: text/plain\nx-accel-buffering: no\nX-ACCEL-LIMIT-RATE: 1\nX-Accel-Expires: 0\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}}, []string{"x-accel-buffering", "X-ACCEL-LIMIT-RATE", "X-Accel-Expires"}},
+		{"X-Sendfile and its lighttpd forms are dropped",
+			"Content-Type: text/plain\nX-Sendfile: /etc/shadow\nX-Sendfile2: /etc/shadow 0-\nX-LIGHTTPD-send-file: /etc/shadow\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}}, []string{"X-Sendfile", "X-Sendfile2", "X-LIGHTTPD-send-file"}},
+		{"a local Location on a 200 (a CGI local redirect) is dropped",
+			"Status: 200\nContent-Type: text/plain\nLocation: /protected/secret.txt\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}}, []string{"Location"}},
+		{"a local Location without Status stays a 302 to the client",
+			"Location: /elsewhere\n\n", 302,
+			[]HeaderField{{"Location", "/elsewhere"}}, nil},
+		{"a Location on a 201 stays",
+			"Status: 201 Created\nLocation: /items/5\n\n", 201,
+			[]HeaderField{{"Location", "/items/5"}}, nil},
+		{"an absolute Location on a 200 stays: no server follows it",
+			"Status: 200\nContent-Type: text/plain\nLocation: https://example.org/\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}, {"Location", "https://example.org/"}}, nil},
+		{"a header that only starts alike passes",
+			"Content-Type: text/plain\nX-Accelerated: yes\nX-Sendfiles: 2\n\n", 200,
+			[]HeaderField{{"Content-Type", "text/plain"}, {"X-Accelerated", "yes"}, {"X-Sendfiles", "2"}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, err := ReadResponseHeader(bufio.NewReader(strings.NewReader(tt.out)), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.Status != tt.wantStatus || !reflect.DeepEqual(resp.Header, tt.wantHeader) || !reflect.DeepEqual(resp.Dropped, tt.wantDropped) {
+				t.Fatalf("got %d %v dropped %v, want %d %v dropped %v", resp.Status, resp.Header, resp.Dropped, tt.wantStatus, tt.wantHeader, tt.wantDropped)
+			}
+		})
+	}
+}

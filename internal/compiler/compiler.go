@@ -1,0 +1,259 @@
+// Package compiler is `wagi-fcgi compile`: it validates and compiles one
+// untrusted module into the shared wazero file compilation cache, in a
+// process of its own, so that a module built to make the compiler spin or
+// swell costs that process (which the manager kills on its limits) and
+// never the manager.
+//
+// The manager starts it like a child (empty environment, no_new_privs,
+// PR_SET_PDEATHSIG, its own process group) with the module's path and the
+// limits it compiles under:
+//
+//	wagi-fcgi compile --cache DIR --pages N --memory BYTES --cpu DURATION [--max-size BYTES] MODULE
+//
+// It sets its own address-space and CPU limits before it reads a byte of
+// the module, compiles with child.RuntimeConfig (so the cache entry is the
+// one children look up), checks the imports, and writes a small Result on
+// stdout (see Encode). The manager reads at most MaxResultBytes of it and
+// treats anything malformed as a failed compile.
+package compiler
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/tetratelabs/wazero"
+	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"golang.org/x/sys/unix"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+)
+
+// Main is the body of `wagi-fcgi compile`. It returns an error only when it
+// could not say anything (bad arguments); every outcome of the compile
+// itself is a Result on stdout.
+func Main(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("compile", flag.ContinueOnError)
+	cacheDir := fs.String("cache", "", "wazero compilation cache `dir`")
+	pages := fs.Uint("pages", 0, "guest memory limit in 64 KiB pages (as children run it)")
+	memory := fs.Int64("memory", 0, "address-space limit of this process in bytes (RLIMIT_AS); 0 = none")
+	cpu := fs.Duration("cpu", 0, "CPU limit of this process (RLIMIT_CPU, rounded up to seconds); 0 = none")
+	maxSize := fs.Int64("max-size", 0, "largest module in bytes; 0 = no limit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || *cacheDir == "" || *pages > 65536 {
+		return errors.New("compile needs --cache DIR, --pages N (at most 65536) and one MODULE (it is started by the manager)")
+	}
+	// One thread of work: the compiler is sequential, and a compile
+	// process must not take more than one CPU however many run at once.
+	runtime.GOMAXPROCS(1)
+	if err := harden(*memory, *cpu); err != nil {
+		return fmt.Errorf("compile: %w", err)
+	}
+	w := bufio.NewWriter(stdout)
+	r := compile(ctx, *cacheDir, uint32(*pages), *maxSize, fs.Arg(0))
+	if err := Encode(w, r); err != nil {
+		return err
+	}
+	return w.Flush()
+}
+
+// harden applies the limits before any untrusted byte is read: no core
+// dumps, not dumpable (no ptrace or /proc/<pid>/mem by the same user), an
+// address-space limit, and a CPU limit as a backstop to the manager's
+// polling (SIGXCPU at the soft limit, SIGKILL a second later).
+func harden(memory int64, cpu time.Duration) error {
+	if err := unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: 0, Max: 0}); err != nil {
+		return fmt.Errorf("rlimit core: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("dumpable: %w", err)
+	}
+	if cpu > 0 {
+		secs := uint64((cpu + time.Second - 1) / time.Second)
+		if err := unix.Setrlimit(unix.RLIMIT_CPU, &unix.Rlimit{Cur: secs + 1, Max: secs + 2}); err != nil {
+			return fmt.Errorf("rlimit cpu: %w", err)
+		}
+	}
+	if memory > 0 {
+		// The Go runtime reserves about 1.5 GiB of address space at
+		// start (PROT_NONE, never touched: heap arena and page-summary
+		// reservations), so the limit is what is mapped now plus the
+		// module's allowance.
+		base, err := addressSpace()
+		if err != nil {
+			return err
+		}
+		limit := uint64(base + memory)
+		if err := unix.Setrlimit(unix.RLIMIT_AS, &unix.Rlimit{Cur: limit, Max: limit}); err != nil {
+			return fmt.Errorf("rlimit as: %w", err)
+		}
+	}
+	return nil
+}
+
+// addressSpace is this process's mapped address space (VmSize), in bytes.
+func addressSpace() (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, fmt.Errorf("address space: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmSize:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
+				return 0, fmt.Errorf("address space: %q: %w", l, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, errors.New("address space: no VmSize in /proc/self/status")
+}
+
+// compile does the work; it never fails without a Result.
+func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, path string) *Result {
+	failed := func(err error) *Result { return &Result{Key: zeroKey, Status: Failed, Reason: err.Error()} }
+	// The manager wrote the file (by content hash) and checked its size;
+	// reading it bounded again costs nothing.
+	f, err := os.Open(path)
+	if err != nil {
+		return failed(fmt.Errorf("open module: %w", err))
+	}
+	defer f.Close()
+	limit := int64(1<<31 - 1)
+	if maxSize > 0 {
+		limit = maxSize
+	}
+	bin, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return failed(fmt.Errorf("read module: %w", err))
+	}
+	sum := sha256.Sum256(bin)
+	key := hex.EncodeToString(sum[:])
+	invalid := func(format string, a ...any) *Result {
+		return &Result{Key: key, Status: Invalid, Reason: fmt.Sprintf(format, a...)}
+	}
+	if int64(len(bin)) > limit {
+		return invalid("larger than max_module_size (%d bytes)", maxSize)
+	}
+	cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
+	if err != nil {
+		return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
+	}
+	defer func() { _ = cache.Close(ctx) }()
+	rt, wasi, err := newRuntime(ctx, cache, pages)
+	if err != nil {
+		return failed(err)
+	}
+	// What is compiled is the module within wagi-fcgi's bounds (tables
+	// capped, counts checked before wazero allocates by them); what the
+	// manager stores is the module as given. A child applies the same
+	// bounds to it and gets the same bytes, so the compilation cache hits.
+	bin, err = wasmbound.Apply(bin, wasmbound.Default)
+	if err != nil {
+		return invalid("%v", err)
+	}
+	cm, err := compileModule(ctx, rt, bin)
+	if err != nil && strings.Contains(err.Error(), "compilationcache") {
+		// A corrupt cache entry fails the compile instead of being
+		// replaced (wazero v1.12.0): empty the cache and try once more.
+		_ = rt.Close(ctx)
+		_ = cache.Close(ctx)
+		if rerr := emptyDir(cacheDir); rerr != nil {
+			return failed(fmt.Errorf("%v (and emptying the cache: %v)", err, rerr))
+		}
+		if cache, err = wazero.NewCompilationCacheWithDir(cacheDir); err != nil {
+			return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
+		}
+		if rt, wasi, err = newRuntime(ctx, cache, pages); err != nil {
+			return failed(err)
+		}
+		cm, err = compileModule(ctx, rt, bin)
+	}
+	defer rt.Close(ctx)
+	if err != nil {
+		return invalid("%v", err)
+	}
+	var bad []string
+	for _, fn := range cm.ImportedFunctions() {
+		mod, name, _ := fn.Import()
+		if mod != wasi_snapshot_preview1.ModuleName || !wasi[name] {
+			bad = append(bad, mod+"."+name)
+		}
+	}
+	for _, mem := range cm.ImportedMemories() {
+		mod, name, _ := mem.Import()
+		bad = append(bad, mod+"."+name+" (memory)")
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad)
+		return invalid("imports %s, which wagi-fcgi does not provide (modules may import only %s)",
+			strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
+	}
+	r := &Result{Key: key, Status: Valid}
+	for name := range cm.ExportedFunctions() {
+		// A name with control characters cannot be an entrypoint or a
+		// _routes line; leaving it out keeps the result one name a line.
+		if Printable(name) {
+			r.Exports = append(r.Exports, name)
+		}
+	}
+	sort.Strings(r.Exports)
+	return r
+}
+
+const zeroKey = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// newRuntime makes the Runtime children use for this memory limit, with
+// WASI instantiated, so its export list tells which imports a guest may use.
+func newRuntime(ctx context.Context, cache wazero.CompilationCache, pages uint32) (wazero.Runtime, map[string]bool, error) {
+	rt := wazero.NewRuntimeWithConfig(ctx, child.RuntimeConfig(cache, pages))
+	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+		_ = rt.Close(ctx)
+		return nil, nil, fmt.Errorf("instantiate WASI: %w", err)
+	}
+	wasi := map[string]bool{}
+	for name := range rt.Module(wasi_snapshot_preview1.ModuleName).ExportedFunctionDefinitions() {
+		wasi[name] = true
+	}
+	return rt, wasi, nil
+}
+
+// compileModule compiles bin, turning a compiler panic into an error: a
+// panic on hostile bytes says the bytes are bad.
+func compileModule(ctx context.Context, rt wazero.Runtime, bin []byte) (cm wazero.CompiledModule, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			cm, err = nil, fmt.Errorf("the compiler panicked: %v", p)
+		}
+	}()
+	return rt.CompileModule(ctx, bin)
+}
+
+// emptyDir removes what is in dir, keeping dir itself (its owner and mode
+// are the manager's choice).
+func emptyDir(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
+}

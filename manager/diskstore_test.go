@@ -1,0 +1,163 @@
+package manager
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+)
+
+// tinyModule is a valid module exporting an empty _start, made distinct by
+// a custom section holding tag and pad bytes.
+func tinyModule(tag string, pad int) []byte {
+	b := []byte("\x00asm\x01\x00\x00\x00")
+	b = append(b, 0x01, 0x04, 0x01, 0x60, 0x00, 0x00) // type: () -> ()
+	b = append(b, 0x03, 0x02, 0x01, 0x00)             // function 0 has type 0
+	b = append(b, 0x07, 0x0a, 0x01, 0x06)             // export "_start"
+	b = append(b, "_start"...)
+	b = append(b, 0x00, 0x00)
+	b = append(b, 0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b) // code: empty body
+	payload := append([]byte{byte(len(tag))}, tag...)
+	payload = append(payload, make([]byte, pad)...)
+	b = append(b, 0x00)
+	b = appendULEB(b, len(payload))
+	return append(b, payload...)
+}
+
+func appendULEB(b []byte, n int) []byte {
+	for {
+		c := byte(n & 0x7f)
+		n >>= 7
+		if n == 0 {
+			return append(b, c)
+		}
+		b = append(b, c|0x80)
+	}
+}
+
+func newTestDiskStore(t *testing.T, storeSize int64) (*store, *diskStore, string) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := newStore(dir, 1<<20, []string{os.Args[0], "compile"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.close(context.Background()) })
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = storeSize
+	return st, openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))), dir
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// The mapping from module bytes to wazero's cache file name is what lets
+// eviction remove compiled code; if a wazero upgrade changes it, this
+// fails rather than leaving compiled code behind unseen.
+func TestTheStoreFindsTheCompiledCodeOfAModule(t *testing.T) {
+	st, d, _ := newTestDiskStore(t, 1<<30)
+	mod, err := st.add(context.Background(), "a", tinyModule("a", 100), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.useModule(mod, false)
+	e := d.entries[modID(mod.key)]
+	if e == nil || e.cache == "" || !exists(e.cache) {
+		t.Fatalf("the compilation-cache file of %s was not found (entry %+v)", mod.key[:12], e)
+	}
+	info, _ := os.Stat(e.cache)
+	if want := int64(mod.size) + info.Size(); e.bytes != want {
+		t.Errorf("entry counts %d bytes, want module+compiled code = %d", e.bytes, want)
+	}
+}
+
+func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing.T) {
+	st, d, dir := newTestDiskStore(t, 1<<30)
+	ctx := context.Background()
+	var mods []*module
+	for _, tag := range []string{"pinned", "old", "mid", "new"} {
+		mod, err := st.add(ctx, tag, tinyModule(tag, 20000), 16, config.Default().Limits, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mods = append(mods, mod)
+	}
+	pinned, old, mid, newer := mods[0], mods[1], mods[2], mods[3]
+	d.useModule(pinned, true)
+	d.useModule(old, false)
+	d.useModule(mid, false)
+	if err := st.remember("/ipfs/old", old.key); err != nil {
+		t.Fatal(err)
+	}
+	oldCache := d.entries[modID(old.key)].cache
+	// Room for three entries: adding the fourth evicts the oldest
+	// unpinned one, with its compiled code and its index entry.
+	d.mu.Lock()
+	d.max = d.total + d.entries[modID(mid.key)].bytes/2
+	d.mu.Unlock()
+	d.useModule(newer, false)
+	d.dropIndex([]string{old.key}) // runs in the background otherwise
+
+	if d.has(old.key) || exists(old.path) || exists(oldCache) {
+		t.Errorf("the least recently used module is still there (file %v, compiled code %v)", exists(old.path), exists(oldCache))
+	}
+	if exists(st.indexFile("/ipfs/old")) {
+		t.Error("the evicted module's index entry is still there")
+	}
+	for _, m := range []*module{pinned, mid, newer} {
+		if !d.has(m.key) || !exists(m.path) {
+			t.Errorf("module %s was evicted", m.ref)
+		}
+	}
+	if d.total > d.max {
+		t.Errorf("store holds %d bytes, over its size %d", d.total, d.max)
+	}
+	// An evicted module that comes back is compiled, and counted, again.
+	again, err := st.add(ctx, "old", tinyModule("old", 20000), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.useModule(again, false)
+	if e := d.entries[modID(old.key)]; e == nil || e.cache != oldCache || !exists(oldCache) {
+		t.Errorf("the module added again has no compiled code in the cache (entry %+v)", e)
+	}
+
+	// Pinned modules stay however old: fill the store with one big
+	// module use after another and the pinned one is still there.
+	for i, tag := range []string{"x", "y", "z"} {
+		mod, err := st.add(ctx, tag, tinyModule(tag, 30000+i), 16, config.Default().Limits, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.useModule(mod, false)
+	}
+	if !exists(pinned.path) || !d.has(pinned.key) {
+		t.Error("the pinned module was evicted")
+	}
+
+	// A restart learns the store from the disk, pinned entries included.
+	d2 := openDiskStore(&config.Config{StateDir: dir, IPFS: config.IPFS{StoreSize: 1 << 30}}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if d2.total != d.total {
+		t.Errorf("after a restart the store counts %d bytes, before it %d", d2.total, d.total)
+	}
+	// Entries known only from the disk are evicted with their compiled
+	// code (found from the module's bytes at eviction time).
+	d2.useModule(pinned, true)
+	d2.mu.Lock()
+	d2.max = d2.entries[modID(pinned.key)].bytes + 1
+	d2.mu.Unlock()
+	last, err := st.add(ctx, "last", tinyModule("last", 10), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2.useModule(last, false)
+	cacheFiles, _ := filepath.Glob(filepath.Join(dir, "compilation-cache", "*", "*"))
+	modFiles, _ := filepath.Glob(filepath.Join(dir, "modules", "*.wasm"))
+	if len(modFiles) != 2 || len(cacheFiles) != 2 || !exists(pinned.path) || !exists(last.path) {
+		t.Errorf("after evicting all but the pinned module and the one in use: modules %v, compiled code %v", modFiles, cacheFiles)
+	}
+}
