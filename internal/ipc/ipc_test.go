@@ -14,7 +14,7 @@ func TestRunRoundTripsEveryField(t *testing.T) {
 		Args: []string{"/p", "", "x=1"}, Env: []string{"A=1", "B="},
 		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "http://127.0.0.1:5001", MFSPath: "/wagi/b",
 			QuotaBytes: 64 << 20, QuotaFiles: 1<<40 + 1}},
-		Stdin: []byte{0, 1, 2, 255}, InheritStdio: true, StderrCap: 4096,
+		Stdin: []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096,
 	}
 	var out Run
 	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {
