@@ -126,6 +126,11 @@ func (p *proc) cpu() time.Duration {
 
 // send writes a Run frame to the child.
 func (p *proc) send(run *ipc.Run) error {
+	// A child that stops reading (compromised, or stuck) must not hold
+	// its holder's goroutine forever: the caller kills it on an error.
+	if err := p.conn.SetWriteDeadline(time.Now().Add(sendTimeout)); err != nil {
+		return err
+	}
 	var err error
 	p.runBuf, err = p.w.WriteRun(p.runBuf[:0], run) // and a streamed body
 	if cap(p.runBuf) > 1<<20 {
@@ -133,6 +138,10 @@ func (p *proc) send(run *ipc.Run) error {
 	}
 	return err
 }
+
+// sendTimeout bounds handing a request (and its body, up to max_body) to a
+// child, which reads it at once when it is well.
+const sendTimeout = 30 * time.Second
 
 // recv reads the child's next frame, waiting at most until deadline (the
 // zero time: no limit) or until ctx is done, if the caller arranged for
