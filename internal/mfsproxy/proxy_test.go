@@ -235,7 +235,7 @@ func TestEverythingButTheVolumesCallsUnderItsRootsIsRefused(t *testing.T) {
 		{"files/cp of a CID the request never saw", post("files/cp", args("/ipfs/"+secretCID, "/wagi/app/s.txt")), 403},
 		{"files/cp from outside", post("files/cp", args("/outside/secret.txt", "/wagi/app/s.txt")), 403},
 		{"files/read outside", post("files/read", args("/outside/secret.txt")), 403},
-		{"files/stat of an /ipfs/ path", post("files/stat", args("/ipfs/" + secretCID)), 403},
+		{"files/stat of an /ipfs/ path", post("files/stat", args("/ipfs/"+secretCID)), 403},
 		{"files/ls of /", post("files/ls", args("/")), 403},
 		{"files/rm of the root", call{tok, "POST", "files/rm", url.Values{"arg": {"/wagi/app"}, "recursive": {"true"}}, nil}, 403},
 		{"files/rm with a second path outside", post("files/rm", args("/wagi/app/f.txt", "/outside/secret.txt")), 403},
