@@ -104,6 +104,20 @@ volumes = { "/data" = "mfs:/wagi/proxied" }
 		}
 	})
 
+	t.Run("wagi-fcgi run mounts an MFS directory through its own proxy", func(t *testing.T) {
+		out, errs, code := runBin(t, bin, []byte("from run"), "run", "--state-dir", filepath.Join(dir, "runstate"),
+			"--ipfs", k.API, "--dir", "/data=mfs:/wagi/run", filepath.Join(testenv.Modules(t), "files.wasm"), "write", "/data/note.txt")
+		if code != 0 || !strings.Contains(out, "wrote 8") {
+			t.Fatalf("exit %d: %q %q", code, out, errs)
+		}
+		if !strings.Contains(errs, "MFS proxy listening") {
+			t.Fatalf("run started no MFS proxy: %q", errs)
+		}
+		if got := k.Run(t, "files", "read", "/wagi/run/note.txt"); got != "from run" {
+			t.Fatalf("ipfs files read: %q", got)
+		}
+	})
+
 	t.Run("the proxy socket refuses every call without a live grant", func(t *testing.T) {
 		line := w.log.waitFor(t, 5*time.Second, "MFS proxy listening")
 		addr := regexp.MustCompile(`unix:(@wagi-fcgi-mfs-[0-9a-f]+)`).FindStringSubmatch(line)
