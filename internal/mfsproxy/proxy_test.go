@@ -284,3 +284,39 @@ func TestEverythingButTheVolumesCallsUnderItsRootsIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFilesStat is what the proxy adds to one MFS call: files/stat
+// straight to kubo, and through the proxy (checks, CID note, forward).
+func BenchmarkFilesStat(b *testing.B) {
+	k := testenv.StartKubo(b)
+	k.Run(b, "files", "mkdir", "-p", "/wagi/app")
+	p, err := mfsproxy.Start(k.URL, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	token := p.Grant("bench", pid(), []mfsproxy.Root{{Path: "/wagi/app"}})
+	for _, bc := range []struct{ name, addr, token string }{{"direct", k.URL, ""}, {"proxy", p.Addr(), token}} {
+		b.Run(bc.name, func(b *testing.B) {
+			c, err := ipfs.New(bc.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			if c, err = c.WithHeader(ipc.MFSGrantHeader, bc.token); err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			for b.Loop() {
+				resp, err := c.API().Request("files/stat", "/wagi/app").Send(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if resp.Error != nil {
+					b.Fatal(resp.Error)
+				}
+				resp.Close()
+			}
+		})
+	}
+}
