@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -123,5 +124,53 @@ func TestCloseEndsCallsInFlight(t *testing.T) {
 	wait(t, done, "the client to see its call end")
 	if _, err := stat(hc, token); err == nil {
 		t.Fatal("the proxy still answers after Close")
+	}
+}
+
+func TestOneProcessCannotHoldMoreThanItsShareOfConnections(t *testing.T) {
+	p, _, hc := startBlocking(t)
+	sock := strings.TrimPrefix(p.Addr(), "unix:")
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range mfsproxy.MaxConnsPerPID + 1 {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// The last one is closed by the proxy without a word; the others are
+	// open (they would time out after 10 s without a request).
+	last := conns[len(conns)-1]
+	_ = last.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if n, err := last.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("connection %d: read %d, %v; want EOF", len(conns), n, err)
+	}
+	first := conns[0]
+	_ = first.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := first.Read(make([]byte, 1)); err == nil || !os.IsTimeout(err) {
+		t.Fatalf("connection 1: %v, want it open (a read timeout)", err)
+	}
+	// Once some are closed, the process gets connections again.
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	token := p.Grant("req-after", pid(), []mfsproxy.Root{{Path: "/wagi/app"}})
+	p.Revoke(token)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := stat(hc, token)
+		if err == nil && s == http.StatusForbidden {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no connection after the others closed: %d %v", s, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

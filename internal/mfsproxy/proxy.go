@@ -48,8 +48,11 @@ const (
 	// MaxInflight is how many calls one grant may have in flight; past it
 	// the proxy answers 429.
 	MaxInflight = 4
-	// MaxConns bounds the proxy's open connections, all children together.
-	MaxConns = 256
+	// MaxConns bounds the proxy's open connections, all children together,
+	// and MaxConnsPerPID those of one process, so that one child cannot
+	// take them all (a connection without a call ends after 10 s anyway).
+	MaxConns       = 256
+	MaxConnsPerPID = 16
 	// maxCIDs bounds the CIDs a grant remembers (see grant.cids).
 	maxCIDs = 1024
 	// maxStatBody bounds a files/stat answer the proxy reads to learn its
@@ -171,7 +174,7 @@ func Start(kuboAPI string, log *slog.Logger) (*Proxy, error) {
 		addr:   "unix:" + name,
 		kubo:   u,
 		log:    log,
-		ln:     &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns)},
+		ln:     &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
 		served: make(chan struct{}),
 		grants: map[string]*grant{},
 		tr: &http.Transport{
@@ -525,7 +528,8 @@ func (p *Proxy) refuse(w http.ResponseWriter, r *http.Request, g *grant, status 
 		n = p.refusedNoGrant.Add(1)
 	}
 	if n <= maxLoggedRefusals {
-		p.log.Warn("MFS proxy refused a call", "id", id, "status", status, "call", r.URL.Path, "reason", reason)
+		pid, _ := r.Context().Value(peerKey{}).(int)
+		p.log.Warn("MFS proxy refused a call", "id", id, "pid", pid, "status", status, "call", r.URL.Path, "reason", reason)
 	}
 	writeError(w, status, "wagi-fcgi MFS proxy: "+reason)
 }
@@ -543,11 +547,14 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	_, _ = w.Write(b)
 }
 
-// limitListener accepts at most cap(sem) connections at once and records
+// limitListener accepts at most cap(sem) connections at once, and
+// MaxConnsPerPID of one process (more are closed at once), and records
 // each one's peer pid.
 type limitListener struct {
 	net.Listener
-	sem chan struct{}
+	sem    chan struct{}
+	mu     sync.Mutex
+	perPID map[int]int
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -559,12 +566,33 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		pid, err := peerPID(c)
+		if err == nil && !l.take(pid) {
+			err = errors.New("too many connections")
+		}
 		if err != nil {
 			c.Close()
 			<-l.sem
 			continue
 		}
-		return &peerConn{Conn: c, pid: pid, release: func() { <-l.sem }}, nil
+		return &peerConn{Conn: c, pid: pid, release: func() { l.give(pid); <-l.sem }}, nil
+	}
+}
+
+func (l *limitListener) take(pid int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perPID[pid] >= MaxConnsPerPID {
+		return false
+	}
+	l.perPID[pid]++
+	return true
+}
+
+func (l *limitListener) give(pid int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.perPID[pid]--; l.perPID[pid] <= 0 {
+		delete(l.perPID, pid)
 	}
 }
 
