@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -257,6 +259,32 @@ func TestEverythingButTheVolumesCallsUnderItsRootsIsRefused(t *testing.T) {
 			}
 		})
 	}
+	// A body of unannounced length is cut at the bound too: at most the
+	// bound reaches kubo (which may keep what it got, inside the volume).
+	var mp bytes.Buffer
+	mw := mime.NewWriter(&mp)
+	fw, _ := mw.CreateFormFile("file", "")
+	_, _ = fw.Write(bytes.Repeat([]byte("z"), 200<<10))
+	_ = mw.Close()
+	req, _ := http.NewRequest("POST", "http://x/api/v0/files/write?arg=/wagi/app/big2&create=true", io.MultiReader(&mp))
+	req.Header.Set(ipc.MFSGrantHeader, tok)
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := f.hc.Do(req)
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 413 {
+			t.Fatalf("a chunked write over the bound: %d %q, want 413", resp.StatusCode, body)
+		}
+	}
+	if out, err := exec.Command(f.k.Bin, "--api", f.k.API, "files", "stat", "--size", "/wagi/app/big2").Output(); err == nil {
+		n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+		if n > 1000+64<<10 {
+			t.Fatalf("a chunked write over the bound left %d bytes", n)
+		}
+		f.k.Run(t, "files", "rm", "/wagi/app/big2")
+	}
+
 	// The same token still does what the volume needs.
 	if status, body := f.call(t, tok, "POST", "files/stat", args("/wagi/app/f.txt"), nil); status != 200 {
 		t.Fatalf("a granted stat: %d %q", status, body)
