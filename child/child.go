@@ -118,7 +118,7 @@ type engine struct {
 	opts     Options
 	cache    wazero.CompilationCache
 	runtimes map[uint32]*runtimeEntry
-	ipfs     map[string]*ipfs.Client // by RPC URL, for MFS volumes
+	ipfs     map[string]*ipfs.Client // by MFS proxy address, for MFS volumes
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 	memory   *memoryPool
