@@ -91,6 +91,11 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			if err := ipc.DecodeRun(p, &run); err != nil {
 				return fmt.Errorf("child: %w", err)
 			}
+			// A large body follows in Stdin frames; the guest gets it
+			// as stdin all the same.
+			if err := ipc.ReadBody(r, &run); err != nil {
+				return fmt.Errorf("child: %w", err)
+			}
 			done = e.run(ctx, &run, w)
 		case ipc.TypePreload:
 			mods, err := ipc.DecodePreload(p)

@@ -61,6 +61,24 @@ type Pool struct {
 	QueueTimeout time.Duration
 	// User runs children as this user when started as root; "" = don't.
 	User string
+
+	// What clients may make the manager hold (see manager/RATIONALE.md,
+	// "Connections"). MaxConnections caps open FastCGI connections
+	// (lowered at start to fit RLIMIT_NOFILE); RequestReadTimeout bounds
+	// how long a request's params may take, and each part of its body
+	// after the previous one; IdleTimeout closes kept connections idle
+	// that long (longer than nginx's keepalive_timeout). ParamsMemory
+	// caps the params held for all requests together (→ 503).
+	MaxConnections     int
+	RequestReadTimeout time.Duration
+	IdleTimeout        time.Duration
+	ParamsMemory       int64
+	// BodyMemory caps the request body bytes held in memory for all
+	// requests together; bodies over 64 KiB, and any once it is used,
+	// are spooled to unlinked files in state_dir/spool, at most
+	// SpoolSize bytes in all (→ 503).
+	BodyMemory int64
+	SpoolSize  int64
 	// ChildMemory is each child's address space limit (RLIMIT_AS) in
 	// bytes; 0 = computed by Config.ChildMemory from the memory limits.
 	ChildMemory int64
@@ -233,6 +251,13 @@ func Default() *Config {
 			MaxRequests:  0,
 			Queue:        1024,
 			QueueTimeout: 5 * time.Second,
+
+			MaxConnections:     1024,
+			RequestReadTimeout: 30 * time.Second,
+			IdleTimeout:        75 * time.Second,
+			ParamsMemory:       16 << 20,
+			BodyMemory:         64 << 20,
+			SpoolSize:          1 << 30,
 		},
 		Limits: Limits{
 			Timeout:        30 * time.Second,

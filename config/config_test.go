@@ -217,6 +217,12 @@ max_requests = 500
 queue = 0
 queue_timeout = "250ms"
 user = "wagi"
+max_connections = 300
+request_read_timeout = "10s"
+idle_timeout = "90s"
+params_memory = "4MiB"
+body_memory = "8MiB"
+spool_size = "100MiB"
 
 [limits]
 timeout = "1m"
@@ -258,7 +264,9 @@ store_size = "1GiB"
 		LogFormat:   "json",
 		LogFile:     "/srv/wagi/logs/wagi.log",
 		Healthz:     false,
-		Pool:        Pool{Children: 2, MaxRequests: 500, Queue: 0, QueueTimeout: 250 * time.Millisecond, User: "wagi"},
+		Pool: Pool{Children: 2, MaxRequests: 500, Queue: 0, QueueTimeout: 250 * time.Millisecond, User: "wagi",
+			MaxConnections: 300, RequestReadTimeout: 10 * time.Second, IdleTimeout: 90 * time.Second,
+			ParamsMemory: 4 << 20, BodyMemory: 8 << 20, SpoolSize: 100 << 20},
 		Limits: Limits{
 			Timeout: time.Minute, CPU: 1500 * time.Millisecond, DailyCPU: 150 * time.Minute,
 			DayStart: DayStart{Minute: 6*60 + 30, Offset: 2 * 3600},

@@ -416,7 +416,8 @@ func checkURLPath(s string) error {
 }
 
 func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
-	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory"}
+	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory",
+		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -443,6 +444,30 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 		case "child_memory":
 			if n, ok := d.size(kp, v, minChildMemory); ok {
 				pool.ChildMemory = n
+			}
+		case "max_connections":
+			if n, ok := d.integer(kp, v, 1); ok {
+				pool.MaxConnections = n
+			}
+		case "request_read_timeout":
+			if dur, ok := d.duration(kp, v); ok {
+				pool.RequestReadTimeout = dur
+			}
+		case "idle_timeout":
+			if dur, ok := d.duration(kp, v); ok {
+				pool.IdleTimeout = dur
+			}
+		case "params_memory":
+			if n, ok := d.size(kp, v, 64<<10); ok {
+				pool.ParamsMemory = n
+			}
+		case "body_memory":
+			if n, ok := d.size(kp, v, 0); ok {
+				pool.BodyMemory = n
+			}
+		case "spool_size":
+			if n, ok := d.size(kp, v, 0); ok {
+				pool.SpoolSize = n
 			}
 		default:
 			d.unknown(kp, known, "")

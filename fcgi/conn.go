@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/rawio"
@@ -29,8 +30,14 @@ const (
 	// response.
 	lingerTimeout = 2 * time.Second
 
-	// maxKeptParamsBuf is the largest params buffer kept between requests.
-	maxKeptParamsBuf = 64 << 10
+	// paramsAllowance is how much PARAMS buffer every request may use
+	// without drawing on Server.MaxParamsTotal: nginx sends a few KiB.
+	// With ConnLimit it bounds what the allowances can add up to.
+	paramsAllowance = 16 << 10
+
+	// maxKeptParamsBuf is the largest params buffer kept between requests
+	// (within paramsAllowance).
+	maxKeptParamsBuf = paramsAllowance
 )
 
 // errStop ends the read loop of a connection that is closing on purpose.
@@ -66,6 +73,9 @@ type conn struct {
 	mu      sync.Mutex
 	active  *reqState // the request occupying the connection, or nil
 	closing bool      // accept no more requests; close when the slot frees
+	since   time.Time // when the connection was accepted, last began a request or went idle
+
+	evicted bool // closed to make room under ConnLimit; guarded by srv.mu
 
 	handlers sync.WaitGroup
 }
@@ -79,8 +89,13 @@ type reqState struct {
 
 	// Owned by the reader goroutine.
 	paramsDone bool
-	rejected   bool // answered 431; PARAMS and STDIN are discarded
-	started    bool // handler goroutine launched
+	rejected   bool // answered 431 or 503; PARAMS and STDIN are discarded
+	// paramsHeld is what the request holds of Server.MaxParamsTotal;
+	// swapped to 0 when released, so releasing twice is harmless.
+	paramsHeld atomic.Int64
+
+	// Written by the reader goroutine under conn.mu.
+	started bool // handler goroutine launched
 
 	// Guarded by conn.mu.
 	stdinDone   bool // empty STDIN seen (or aborted): no more input expected
@@ -97,6 +112,7 @@ func (s *Server) newConn(rwc net.Conn) *conn {
 	}
 	c.remote = remoteName(rwc)
 	c.scratch = c.small[:0]
+	c.since = time.Now()
 	c.ctx, c.cancel = context.WithCancelCause(s.base)
 	c.stopAfter = context.AfterFunc(c.ctx, func() {
 		// Server.Close or the BaseContext ended: close the connection and
@@ -155,8 +171,9 @@ func (c *conn) serve() {
 	c.closing = true
 	rs := c.active
 	running := rs != nil && !rs.handlerDone
+	reading := rs != nil && !rs.stdinDone
 	c.mu.Unlock()
-	cause := c.readError(err, quiet, running)
+	cause := c.readError(err, quiet, running, reading)
 
 	if !c.stopAfter() {
 		<-c.afterDone
@@ -171,6 +188,9 @@ func (c *conn) serve() {
 		rs.w.release()
 		rs.cancel(cause)
 	}
+	if rs != nil {
+		c.releaseParams(rs)
+	}
 
 	c.br.Reset(nil)
 	c.srv.brPool.Put(c.br)
@@ -180,7 +200,7 @@ func (c *conn) serve() {
 
 // readError logs why the read loop ended and returns the cancellation
 // cause for a request still running.
-func (c *conn) readError(err error, quiet, running bool) error {
+func (c *conn) readError(err error, quiet, running, reading bool) error {
 	var perr *protocolError
 	switch {
 	case errors.As(err, &perr):
@@ -195,6 +215,9 @@ func (c *conn) readError(err error, quiet, running bool) error {
 			c.log.Debug("fcgi: connection closed by web server during request", "remote", c.remote)
 		}
 		return ErrConnClosed
+	case errors.Is(err, os.ErrDeadlineExceeded) && reading:
+		c.log.Warn("fcgi: request input did not arrive within RequestReadTimeout, closing connection", "remote", c.remote, "timeout", c.srv.RequestReadTimeout)
+		return fmt.Errorf("%w: %w", ErrConnClosed, ErrReadTimeout)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		c.log.Debug("fcgi: idle timeout, closing connection", "remote", c.remote)
 		return ErrConnClosed
@@ -341,13 +364,65 @@ func (c *conn) beginRequest(h header) error {
 	rs.req.Body = &rs.body
 	rs.w.init(c, rs.req.ctx, h.id)
 	c.active = rs
+	c.since = time.Now()
+	// Its PARAMS must be complete within RequestReadTimeout; the idle
+	// timeout no longer applies.
+	c.readDeadlineLocked(c.since)
 	c.mu.Unlock()
 
 	c.pbuf = c.pbuf[:0]
-	if c.srv.IdleTimeout > 0 {
-		c.rwc.SetReadDeadline(time.Time{}) // a request is never timed out here
-	}
 	return nil
+}
+
+// readDeadlineLocked sets the read deadline for request input expected
+// from now on: RequestReadTimeout, or none. c.mu is held.
+func (c *conn) readDeadlineLocked(now time.Time) {
+	var t time.Time
+	if d := c.srv.RequestReadTimeout; d > 0 {
+		t = now.Add(d)
+	}
+	c.rwc.SetReadDeadline(t)
+}
+
+// waitingSince reports since when the connection has been waiting without
+// a running handler (idle, or its request not yet complete), and whether
+// it is. srv.mu is held.
+func (c *conn) waitingSince() (time.Time, bool) {
+	if c.evicted {
+		return time.Time{}, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return time.Time{}, false
+	}
+	if rs := c.active; rs != nil && rs.started && !rs.handlerDone {
+		return time.Time{}, false
+	}
+	return c.since, true
+}
+
+// closeIfWaiting closes the connection if it is still waiting as it was
+// since then (no handler started meanwhile). srv.mu is held.
+func (c *conn) closeIfWaiting(since time.Time) bool {
+	c.mu.Lock()
+	rs := c.active
+	ok := !c.closing && c.since.Equal(since) && (rs == nil || !rs.started || rs.handlerDone)
+	if ok {
+		c.closing = true
+	}
+	c.mu.Unlock()
+	if ok {
+		c.rwc.Close()
+	}
+	return ok
+}
+
+// releaseParams gives back what rs held of MaxParamsTotal.
+func (c *conn) releaseParams(rs *reqState) {
+	if n := rs.paramsHeld.Swap(0); n != 0 {
+		c.srv.paramsHeld.Add(-n)
+	}
 }
 
 // current returns the active request if it has the given id.
@@ -392,10 +467,27 @@ func (c *conn) params(h header) error {
 			return err
 		}
 		c.log.Warn("fcgi: request params exceed MaxParamsBytes, answering 431", "remote", c.remote, "id", h.id, "limit", max)
-		rs.rejected = true
-		c.pbuf = nil
-		c.respondDirect(rs, response431)
+		c.reject(rs, response431)
 		return nil
+	}
+	newCap := growCap(c.pbuf, n)
+	if total := int64(c.srv.MaxParamsTotal); total > 0 {
+		// What the buffer will hold beyond paramsAllowance, capacity
+		// included; the decoded Params (no larger) are covered by the
+		// same reservation. Ordinary requests stay within the allowance,
+		// so peers hoarding the shared budget cannot starve them.
+		if delta := int64(newCap-paramsAllowance) - rs.paramsHeld.Load(); delta > 0 {
+			if c.srv.paramsHeld.Add(delta) > total {
+				c.srv.paramsHeld.Add(-delta)
+				if err := c.skipContent(h); err != nil {
+					return err
+				}
+				c.log.Warn("fcgi: params of all requests together exceed MaxParamsTotal, answering 503", "remote", c.remote, "id", h.id, "limit", total)
+				c.reject(rs, response503)
+				return nil
+			}
+			rs.paramsHeld.Add(delta)
+		}
 	}
 	old := len(c.pbuf)
 	c.pbuf = growLen(c.pbuf, n)
@@ -405,10 +497,27 @@ func (c *conn) params(h header) error {
 	return nil
 }
 
+// reject answers a request whose params are over a limit; the rest of its
+// PARAMS and STDIN is discarded.
+func (c *conn) reject(rs *reqState, response string) {
+	rs.rejected = true
+	c.pbuf = nil
+	c.releaseParams(rs)
+	c.respondDirect(rs, response)
+}
+
+// growCap is the capacity growLen(b, n) will have.
+func growCap(b []byte, n int) int {
+	if cap(b)-len(b) < n {
+		return max(2*cap(b), len(b)+n, 4096)
+	}
+	return cap(b)
+}
+
 // growLen extends b by n bytes.
 func growLen(b []byte, n int) []byte {
-	if cap(b)-len(b) < n {
-		nb := make([]byte, len(b), max(2*cap(b), len(b)+n, 4096))
+	if c := growCap(b, n); c != cap(b) {
+		nb := make([]byte, len(b), c)
 		copy(nb, b)
 		b = nb
 	}
@@ -420,6 +529,13 @@ const response431 = "Status: 431 Request Header Fields Too Large\r\n" +
 	"Content-Length: 32\r\n" +
 	"\r\n" +
 	"Request header fields too large\n"
+
+const response503 = "Status: 503 Service Unavailable\r\n" +
+	"Content-Type: text/plain; charset=utf-8\r\n" +
+	"Retry-After: 1\r\n" +
+	"Content-Length: 32\r\n" +
+	"\r\n" +
+	"Server busy; try again shortly.\n"
 
 const response500 = "Status: 500 Internal Server Error\r\n" +
 	"Content-Type: text/plain; charset=utf-8\r\n" +
@@ -448,6 +564,9 @@ func (c *conn) stdin(h header) error {
 		closeNow := false
 		if rs.handlerDone {
 			closeNow = c.freeSlotLocked()
+		} else if !c.closing {
+			// All input is in: no read timeout while the handler runs.
+			c.rwc.SetReadDeadline(time.Time{})
 		}
 		c.mu.Unlock()
 		rs.body.closeWrite()
@@ -459,14 +578,27 @@ func (c *conn) stdin(h header) error {
 	drop := rs.handlerDone || rs.rejected
 	c.mu.Unlock()
 	if drop {
-		return c.skipContent(h)
+		if err := c.skipContent(h); err != nil {
+			return err
+		}
+	} else {
+		n := int(h.contentLength)
+		chunk := make([]byte, n)
+		if k, err := io.ReadFull(c.br, chunk); err != nil {
+			return truncated(h, "content", k, n, err)
+		}
+		rs.body.push(chunk) // waits only if MaxBodyBuffer bytes are unread
 	}
-	n := int(h.contentLength)
-	chunk := make([]byte, n)
-	if k, err := io.ReadFull(c.br, chunk); err != nil {
-		return truncated(h, "content", k, n, err)
+	// The body made progress: the next record gets a full
+	// RequestReadTimeout, counted from now, so time spent waiting for the
+	// handler in push does not count against the web server.
+	if c.srv.RequestReadTimeout > 0 {
+		c.mu.Lock()
+		if c.active == rs && !rs.stdinDone && !c.closing {
+			c.readDeadlineLocked(time.Now())
+		}
+		c.mu.Unlock()
 	}
-	rs.body.push(chunk) // waits only if MaxBodyBuffer bytes are unread
 	return nil
 }
 
@@ -487,6 +619,9 @@ func (c *conn) abort(id uint16) error {
 		}
 		return nil
 	}
+	if !c.closing {
+		c.rwc.SetReadDeadline(time.Time{}) // no input is expected now
+	}
 	c.mu.Unlock()
 	rs.cancel(ErrRequestAborted)
 	rs.body.fail(ErrRequestAborted)
@@ -506,14 +641,19 @@ func (c *conn) freeSlotLocked() bool {
 		c.closing = true
 		return true
 	}
+	c.since = time.Now()
 	if d := c.srv.IdleTimeout; d > 0 {
-		c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.rwc.SetReadDeadline(c.since.Add(d))
+	} else if c.srv.RequestReadTimeout > 0 {
+		c.rwc.SetReadDeadline(time.Time{}) // the request's deadline is over
 	}
 	return false
 }
 
 func (c *conn) startHandler(rs *reqState) {
+	c.mu.Lock()
 	rs.started = true
+	c.mu.Unlock()
 	c.handlers.Add(1)
 	go c.runHandler(rs)
 }
@@ -556,6 +696,7 @@ func (c *conn) endRequest(rs *reqState) {
 	}
 	w.finalize(rs.req.ctx.Err() != nil)
 	rs.body.drop()
+	c.releaseParams(rs)
 
 	// Hold wmu while freeing the slot so that the next request's output
 	// cannot overtake this END_REQUEST; free the slot before the write so
@@ -600,6 +741,7 @@ func (c *conn) abortResponse(rs *reqState) {
 	w.acquire()
 	w.closeRecord()
 	rs.body.drop()
+	c.releaseParams(rs)
 	c.wmu.Lock()
 	c.mu.Lock()
 	rs.handlerDone = true

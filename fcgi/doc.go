@@ -17,6 +17,12 @@
 //     draining the rest of STDIN for at most 2 s, so the web server is not
 //     reset before it read the response). Server.IdleTimeout closes idle
 //     kept connections.
+//   - Bounds on what peers can make the server hold: Server.ConnLimit
+//     (at the cap the longest-waiting connection without a running
+//     handler makes room), Server.RequestReadTimeout (params complete, and
+//     each STDIN record, within it), Server.MaxParamsTotal (params of all
+//     requests together; 503 over it) and Server.MaxBodyBuffer. Accept
+//     errors such as EMFILE back off and never end Serve.
 //   - PARAMS split over any number of records (a pair may straddle
 //     records), 1- and 4-byte lengths, limited by Server.MaxParamsBytes
 //     (431 answer over the limit).

@@ -190,27 +190,44 @@ func decodeParams(b []byte) (map[string]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[string]string, count)
+	// Sized for what nginx sends, not for count: a request of many tiny
+	// or repeated pairs would otherwise cost far more map than params.
+	m := make(map[string]string, min(count, 64))
 	if count == 0 {
 		return m, nil
 	}
 	s := string(b) // the only string allocation; names and values are slices of it
+	// Values of headers sent more than once, joined at the end: joining
+	// as they come would copy the value so far for every repeat, which is
+	// quadratic in the params size (seconds of CPU for 1 MB of repeats).
+	var dups map[string][]string
 	for i := 0; i < len(b); {
 		nameLen, j, _ := readSize(b, i)
 		valueLen, j, _ := readSize(b, j)
 		name, value := s[j:j+nameLen], s[j+nameLen:j+nameLen+valueLen]
+		i = j + nameLen + valueLen
 		if prev, ok := m[name]; ok && strings.HasPrefix(name, "HTTP_") {
-			// A header sent twice arrives as two params from nginx
-			// before 1.23; join them as HTTP does (RFC 9110 §5.3),
-			// cookies with "; " (RFC 6265 §5.4).
-			sep := ", "
-			if name == "HTTP_COOKIE" {
-				sep = "; "
+			if dups == nil {
+				dups = make(map[string][]string)
 			}
-			value = prev + sep + value
+			vs, ok := dups[name]
+			if !ok {
+				vs = []string{prev}
+			}
+			dups[name] = append(vs, value)
+			continue
 		}
 		m[name] = value
-		i = j + nameLen + valueLen
+	}
+	for name, vs := range dups {
+		// A header sent twice arrives as two params from nginx before
+		// 1.23; join them as HTTP does (RFC 9110 §5.3), cookies with "; "
+		// (RFC 6265 §5.4).
+		sep := ", "
+		if name == "HTTP_COOKIE" {
+			sep = "; "
+		}
+		m[name] = strings.Join(vs, sep)
 	}
 	return m, nil
 }

@@ -41,6 +41,11 @@ var (
 	// nginx and Apache signal a client abort this way.
 	ErrConnClosed = errors.New("fcgi: connection to web server closed")
 
+	// ErrReadTimeout is wrapped with ErrConnClosed when the connection was
+	// closed because the request's input did not arrive within
+	// Server.RequestReadTimeout.
+	ErrReadTimeout = errors.New("fcgi: request input timed out")
+
 	errWriteAfterEnd = errors.New("fcgi: write after the handler returned")
 )
 

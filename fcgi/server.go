@@ -7,12 +7,13 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
 const (
 	defaultMaxParamsBytes = 1 << 20
-	defaultMaxBodyBuffer  = 64 << 20
+	defaultMaxBodyBuffer  = 1 << 20
 )
 
 // A Server serves FastCGI connections. Set its fields before the first call
@@ -35,8 +36,20 @@ type Server struct {
 	// the connection stays in sync and is kept if FCGI_KEEP_CONN was set.
 	MaxParamsBytes int
 
+	// MaxParamsTotal caps the PARAMS bytes held beyond a 16 KiB allowance
+	// per request, for all requests of the server together, from their
+	// first PARAMS record until the request ends (the decoded Params live
+	// that long); 0 means no cap. A request that would pass it is
+	// answered by the server itself with "Status: 503 Service
+	// Unavailable" and "Retry-After: 1", like one over MaxParamsBytes.
+	// With ConnLimit it bounds what stalled or queued requests' headers
+	// can cost, whatever the peers send (ConnLimit × 16 KiB +
+	// MaxParamsTotal of buffers, and as much again of decoded Params),
+	// while ordinary requests, within the allowance, are never refused.
+	MaxParamsTotal int
+
 	// MaxBodyBuffer caps the request body bytes received but not yet read
-	// by the handler; 0 means 64 MiB. While more is buffered, the server
+	// by the handler; 0 means 1 MiB. While more is buffered, the server
 	// stops reading the connection until the handler reads, so during that
 	// time it does not notice ABORT_REQUEST or EOF. Below the cap the
 	// connection is read continuously, whatever the handler does.
@@ -46,6 +59,27 @@ type Server struct {
 	// before its first request and between requests on a kept connection.
 	// It never applies while a request is active. 0 means no timeout.
 	IdleTimeout time.Duration
+
+	// RequestReadTimeout bounds how long a request's input may take to
+	// arrive; 0 means no limit. Its PARAMS must be complete within it of
+	// its BEGIN_REQUEST, and while its STDIN is open each record must
+	// come within it of the previous one (or of the handler taking the
+	// previous one, when MaxBodyBuffer made the reader wait): a slow
+	// upload that keeps moving is never cut, a stalled one is. Past it
+	// the connection is closed and the request's context canceled. Once
+	// the empty STDIN record arrived, no read timeout applies while the
+	// handler runs.
+	RequestReadTimeout time.Duration
+
+	// ConnLimit caps the open connections; 0 means no cap. At the cap, a
+	// new connection takes the place of the connection that has waited
+	// longest without a running handler (idle between requests, or still
+	// sending its PARAMS), which is closed, as nginx reuses its idle
+	// keep-alive connections; if every connection has a running handler,
+	// the new one is closed at once. Either way established requests go
+	// on, and a web server can always reach the server once a request
+	// ends.
+	ConnLimit int
 
 	// Logger receives one line per protocol error (Warn) and details on
 	// ignored records and closed connections (Debug). nil means
@@ -68,7 +102,11 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[*net.Listener]bool // value: already closed
 	conns     map[*conn]struct{}
+	evicted   int           // conns in conns closed to make room; not counted against ConnLimit
 	changed   chan struct{} // closed when a listener or conn goes away
+	refusedAt time.Time     // last "connection limit reached" log line
+
+	paramsHeld atomic.Int64 // PARAMS bytes held, against MaxParamsTotal
 
 	brPool  sync.Pool // *bufio.Reader
 	outPool sync.Pool // *[]byte of cap outBufSize
@@ -120,8 +158,11 @@ func (s *Server) startShutdown() {
 // Serve accepts connections on l and serves each in its own goroutine. It
 // returns ErrServerClosed after Shutdown or Close, and any other Accept
 // error that is not temporary; on a temporary error (such as EMFILE) it
-// backs off, from 5 ms doubling to 1 s, and retries. Serve does not close
-// l when Accept fails, but Shutdown and Close do.
+// backs off, from 5 ms doubling to 1 s, and retries, as net/http does;
+// out of descriptors (EMFILE, ENFILE) it also closes the connection that
+// has waited longest without a running handler, if any, to make room.
+// Established connections are served throughout. Serve does not close l
+// when Accept fails, but Shutdown and Close do.
 func (s *Server) Serve(l net.Listener) error {
 	s.init()
 	if !s.trackListener(&l, true) {
@@ -139,7 +180,11 @@ func (s *Server) Serve(l net.Listener) error {
 			var te interface{ Temporary() bool }
 			if errors.As(err, &te) && te.Temporary() {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.logger().Warn("fcgi: accept error, retrying", "err", err, "delay", delay)
+				evicted := false
+				if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+					evicted = s.evictOne()
+				}
+				s.logger().Warn("fcgi: accept error, retrying", "err", err, "delay", delay, "closed_waiting_conn", evicted)
 				t := time.NewTimer(delay)
 				select {
 				case <-t.C:
@@ -152,10 +197,65 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		delay = 0
+		if !s.makeRoom() {
+			rwc.Close()
+			continue
+		}
 		if c := s.newConn(rwc); c != nil {
 			go c.serve()
 		}
 	}
+}
+
+// makeRoom reports whether a new connection may be served under
+// ConnLimit, closing a waiting connection to make room if needed.
+func (s *Server) makeRoom() bool {
+	if s.ConnLimit <= 0 {
+		return true
+	}
+	s.mu.Lock()
+	open := len(s.conns) - s.evicted
+	s.mu.Unlock()
+	if open < s.ConnLimit || s.evictOne() {
+		return true
+	}
+	s.mu.Lock()
+	now := time.Now()
+	quiet := now.Sub(s.refusedAt) < time.Second
+	if !quiet {
+		s.refusedAt = now
+	}
+	s.mu.Unlock()
+	if !quiet { // at most one line a second under a flood
+		s.logger().Warn("fcgi: connection limit reached and every connection has a running request; closing new connections", "limit", s.ConnLimit)
+	}
+	return false
+}
+
+// evictOne closes the connection that has waited longest without a
+// running handler. It reports whether there was one.
+func (s *Server) evictOne() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for range 3 { // the chosen one may start a handler meanwhile
+		var victim *conn
+		var since time.Time
+		for c := range s.conns {
+			if t, ok := c.waitingSince(); ok && (victim == nil || t.Before(since)) {
+				victim, since = c, t
+			}
+		}
+		if victim == nil {
+			return false
+		}
+		if victim.closeIfWaiting(since) {
+			victim.evicted = true
+			s.evicted++
+			s.logger().Debug("fcgi: closed a waiting connection to make room", "remote", victim.remote, "waiting", time.Since(since).Round(time.Millisecond))
+			return true
+		}
+	}
+	return false
 }
 
 // ServeConn serves one connection until it is closed, then returns; by then
@@ -273,6 +373,9 @@ func (s *Server) trackConn(c *conn, add bool) bool {
 		return true
 	}
 	delete(s.conns, c)
+	if c.evicted {
+		s.evicted--
+	}
 	s.notifyLocked()
 	return true
 }

@@ -153,25 +153,36 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 
-	body, err := readBody(r.Body, lim.MaxBody)
+	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
 	if err != nil {
-		if errors.Is(err, errBodyTooLarge) {
+		var serr *spoolError
+		switch {
+		case errors.Is(err, errBodyTooLarge):
 			status = 413
 			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody), "")
-			return
+		case errors.Is(err, errSpoolFull):
+			status = 503
+			log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
+			errorResponse(w, id, status, "the server holds too many request bodies; try again shortly", "1")
+		case errors.As(err, &serr):
+			status = 503
+			log.Error("request body", "err", err)
+			errorResponse(w, id, status, "the request body could not be stored; try again shortly", "1")
+		default:
+			// The front end went away while sending the body.
+			status = 499
+			log.Warn("reading request body", "err", err)
 		}
-		// The front end went away while sending the body.
-		status = 499
-		log.Warn("reading request body", "err", err)
 		return
 	}
+	defer body.Release()
 
 	ri := &wagi.RequestInfo{
 		Params:         r.Params,
 		ScriptName:     scriptName,
 		RawPathInfo:    rawPathInfo,
 		MatchedRoute:   matched.Pattern,
-		ContentLength:  int64(len(body)),
+		ContentLength:  body.Len(),
 		ServerSoftware: m.software,
 		ModuleEnv:      t.cfg.Environment,
 		ArgvTemplate:   t.cfg.Argv,
@@ -185,7 +196,9 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		Args:        wagi.Argv(ri),
 		Env:         wagi.Env(ri),
 		Mounts:      mounts,
-		Stdin:       body,
+		Stdin:       body.mem,
+		BodySize:    body.Len() - int64(len(body.mem)),
+		Body:        body.Reader(),
 		StderrCap:   stderrCap,
 	}
 
@@ -265,8 +278,6 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 }
 
-var errBodyTooLarge = errors.New("request body too large")
-
 // charge records CPU used for a module in the ledger (and the totals).
 func (m *Manager) charge(log *slog.Logger, to chargeTo, d time.Duration) {
 	if to.empty() || d <= 0 {
@@ -322,23 +333,19 @@ func acquireSlot(ctx context.Context, slots chan struct{}, timeout time.Duration
 	}
 }
 
-// readBody reads the whole request body, up to limit bytes. The manager
-// reads it before it takes a child, so a slow upload never holds one, and so
-// CONTENT_LENGTH is right even when the front end streamed the body without
-// one.
-func readBody(r io.Reader, limit int64) ([]byte, error) {
-	if r == nil {
-		return nil, nil
+// The manager reads the whole request body (m.bodies.read) before it
+// takes a child, so a slow upload never holds one, and so CONTENT_LENGTH
+// is right even when the front end streamed the body without one. Small
+// bodies travel in the Run frame; spooled ones are streamed to the child
+// from their file.
+
+// contentLength is the CONTENT_LENGTH the front end announced, or -1.
+func contentLength(params map[string]string) int64 {
+	n, err := strconv.ParseInt(params["CONTENT_LENGTH"], 10, 64)
+	if err != nil || n < 0 {
+		return -1
 	}
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(r, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if n > limit {
-		return nil, errBodyTooLarge
-	}
-	return buf.Bytes(), nil
+	return n
 }
 
 // execResult is how a run on a child ended.

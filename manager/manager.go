@@ -113,6 +113,8 @@ type Manager struct {
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
+
+	bodies *bodyStore // request bodies waiting for a child
 }
 
 // Stats are the manager's running totals.
@@ -245,6 +247,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		dirFetch:  map[string]*loadCall{},
 		disk:      openDiskStore(cfg, opts.Logger),
 		status:    newStatusBook(),
+		bodies:    newBodyStore(filepath.Join(cfg.StateDir, "spool"), cfg.Pool.BodyMemory, cfg.Pool.SpoolSize),
 	}
 	if usesIPFS(cfg) {
 		c, err := ipfs.New(cfg.IPFS.API)

