@@ -123,7 +123,7 @@ type engine struct {
 	opts     Options
 	cache    wazero.CompilationCache
 	runtimes map[uint32]*runtimeEntry
-	ipfs     map[string]*ipfs.Client // by RPC URL, for MFS volumes
+	ipfs     map[string]*ipfs.Client // by MFS proxy address, for MFS volumes
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 	memory   *memoryPool
@@ -294,7 +294,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		// the directory (see volumefs.go).
 		fsc := wazero.NewFSConfig()
 		for _, mt := range m.Mounts {
-			vfs, err := e.volume(mt)
+			vfs, err := e.volume(mt, m.MFSGrant)
 			if err != nil {
 				return ipc.Done{Outcome: ipc.OutcomeLoad, Message: fmt.Sprintf("volume %s: %v", mt.Guest, err)}
 			}
@@ -316,9 +316,9 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 }
 
 // volume returns the file system for a mount: a jailed host directory, or
-// a directory in a kubo node's MFS (the child talks to the node itself;
-// one client per node, kept for the child's life).
-func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
+// a directory in MFS, reached through the manager's MFS proxy (mt.Host; one
+// client per proxy, kept for the child's life) with this run's grant token.
+func (e *engine) volume(mt ipc.Mount, grant string) (esys.FS, error) {
 	if mt.Kind != ipc.MountMFS {
 		return NewVolumeFSWithQuota(mt.Host, mt.ReadOnly, Quota{Bytes: clampQuota(mt.QuotaBytes), Files: clampQuota(mt.QuotaFiles)})
 	}
@@ -329,6 +329,10 @@ func (e *engine) volume(mt ipc.Mount) (esys.FS, error) {
 			return nil, err
 		}
 		e.ipfs[mt.Host] = c
+	}
+	c, err := c.WithHeader(ipc.MFSGrantHeader, grant)
+	if err != nil {
+		return nil, err
 	}
 	return ipfs.NewMFS(c, mt.MFSPath, ipfs.MFSOptions{QuotaBytes: clampQuota(mt.QuotaBytes), QuotaFiles: clampQuota(mt.QuotaFiles)})
 }

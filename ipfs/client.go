@@ -44,13 +44,26 @@ type Client struct {
 }
 
 // New connects to the kubo RPC API at addr, a multiaddr
-// ("/ip4/127.0.0.1/tcp/5001") or an http URL ("http://127.0.0.1:5001").
-// It makes no request. Connections are kept alive between calls (the
+// ("/ip4/127.0.0.1/tcp/5001"), an http URL ("http://127.0.0.1:5001"), or
+// "unix:SOCKET" (an HTTP server speaking the RPC API on a unix socket, "@"
+// for an abstract one: the manager's MFS proxy, which is how children reach
+// MFS). It makes no request. Connections are kept alive between calls (the
 // client/rpc constructor from a multiaddr alone disables keep-alive).
 func New(addr string) (*Client, error) {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	dial := dialer.DialContext
+	sock, isUnix := strings.CutPrefix(addr, "unix:")
+	if isUnix {
+		if sock == "" {
+			return nil, fmt.Errorf("ipfs api %q: no socket", addr)
+		}
+		dial = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "unix", sock)
+		}
+	}
 	hc := &http.Client{Transport: &http.Transport{
 		Proxy:               nil, // the node is local; never route through HTTP_PROXY
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:         dial,
 		MaxIdleConns:        64,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
@@ -58,7 +71,10 @@ func New(addr string) (*Client, error) {
 	var api *rpc.HttpApi
 	var err error
 	base := ""
-	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+	if isUnix {
+		base = "http://unix" // the host is not dialled; the socket is
+		api, err = rpc.NewURLApiWithClient(base, hc)
+	} else if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
 		base = strings.TrimRight(addr, "/")
 		api, err = rpc.NewURLApiWithClient(base, hc)
 	} else {
@@ -94,6 +110,18 @@ func baseURL(m ma.Multiaddr) (string, error) {
 		return "", fmt.Errorf("want /ip4|ip6|dns/HOST/tcp/PORT")
 	}
 	return "http://" + host + ":" + port, nil
+}
+
+// WithHeader returns a client that sends header name: value with every
+// call, sharing c's connections (the grant token of one request's calls to
+// the MFS proxy).
+func (c *Client) WithHeader(name, value string) (*Client, error) {
+	api, err := rpc.NewURLApiWithClient(c.base, c.http)
+	if err != nil {
+		return nil, fmt.Errorf("ipfs api %s: %w", c.base, err)
+	}
+	api.Headers.Set(name, value)
+	return &Client{api: api, http: c.http, base: c.base}, nil
 }
 
 // API is the kubo client, for the parts of this package that need its raw

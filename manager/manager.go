@@ -32,6 +32,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
@@ -90,7 +91,8 @@ type Manager struct {
 	routes    atomic.Pointer[wagi.Table[*target]]
 	sources   []*source // one per configured module, in config order
 	ipfs      *ipfs.Client
-	gateway   *gateway // nil unless [ipfs] gateway is set
+	mfs       *mfsproxy.Proxy // how children reach MFS; started with the children if ipfs is set
+	gateway   *gateway        // nil unless [ipfs] gateway is set
 
 	drainMu  sync.Mutex
 	draining bool
@@ -299,6 +301,13 @@ func (m *Manager) Start(ctx context.Context) error {
 	if pc.env == nil {
 		pc.env = []string{}
 	}
+	if m.ipfs != nil && m.mfs == nil {
+		// Children never get the node's address: MFS volumes go through
+		// the proxy, call by call, within the roots granted per request.
+		if m.mfs, err = mfsproxy.Start(m.ipfs.BaseURL(), m.log); err != nil {
+			return err
+		}
+	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
 	m.pool.preload = m.preloadList
 	m.pool.charge = func(to chargeTo, d time.Duration) { m.charge(m.log, to, d) }
@@ -321,11 +330,30 @@ func (m *Manager) Close() error {
 	if m.pool != nil {
 		m.pool.close()
 	}
+	if m.mfs != nil {
+		_ = m.mfs.Close() // after the children: no grant is in use
+	}
 	m.store.close(context.Background())
 	if m.ledger != nil && m.ownLedger {
 		return m.ledger.Close()
 	}
 	return nil
+}
+
+// mfsGrant lets the child p make the MFS calls of run's MFS mounts until
+// mfsRevoke, and puts the grant's token in run. Runs without MFS mounts get
+// none.
+func (m *Manager) mfsGrant(p *proc, run *ipc.Run) {
+	if roots := mfsproxy.RootsOf(run.Mounts); len(roots) > 0 && m.mfs != nil {
+		run.MFSGrant = m.mfs.Grant(run.ID, p.pid, roots)
+	}
+}
+
+// mfsRevoke ends the grant of run, if it has one.
+func (m *Manager) mfsRevoke(run *ipc.Run) {
+	if run.MFSGrant != "" && m.mfs != nil {
+		m.mfs.Revoke(run.MFSGrant)
+	}
 }
 
 // enter admits a request unless the manager is draining; leave ends it.

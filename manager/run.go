@@ -9,6 +9,7 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
@@ -100,6 +101,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		Env:          spec.Env,
 		InheritStdio: true,
 	}
+	var mfs *mfsproxy.Proxy
 	for _, d := range spec.Dirs {
 		switch d.Kind {
 		case config.VolumeLocal:
@@ -116,7 +118,15 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 			}
 			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: dir, ReadOnly: true})
 		case config.VolumeMFS:
-			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Kind: ipc.MountMFS, Host: ic.BaseURL(), MFSPath: d.Path})
+			// As in the server: the child reaches MFS only through a
+			// proxy, within this run's grant.
+			if mfs == nil {
+				if mfs, err = mfsproxy.Start(ic.BaseURL(), opts.Logger); err != nil {
+					return 0, err
+				}
+				defer mfs.Close()
+			}
+			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Kind: ipc.MountMFS, Host: mfs.Addr(), MFSPath: d.Path})
 		}
 	}
 
@@ -142,6 +152,9 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		p.conn.Close() // the child exits when its socket closes
 		<-p.exited
 	}()
+	if mfs != nil {
+		run.MFSGrant = mfs.Grant(run.ID, p.pid, mfsproxy.RootsOf(run.Mounts))
+	}
 	res := execute(ctx, opts.Logger, p, run, spec.Limits, discardOutput{}, chargeTo{}, nil)
 	switch {
 	case res.err == nil:

@@ -402,10 +402,11 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 			}
 			out = append(out, ipc.Mount{Guest: v.Guest, Host: dir, ReadOnly: true})
 		case config.VolumeMFS:
-			if m.ipfs == nil {
+			if m.mfs == nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)
 			}
-			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.ipfs.BaseURL(), MFSPath: v.Path,
+			// The proxy, never the node itself: see mfsproxy.
+			out = append(out, ipc.Mount{Guest: v.Guest, Kind: ipc.MountMFS, Host: m.mfs.Addr(), MFSPath: v.Path,
 				QuotaBytes: uint64(v.QuotaBytes), QuotaFiles: uint64(v.QuotaFiles)})
 		}
 	}

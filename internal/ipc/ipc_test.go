@@ -12,9 +12,9 @@ func TestRunRoundTripsEveryField(t *testing.T) {
 	in := Run{
 		ID: "abc-1", ModuleKey: "k", ModulePath: "/state/k.wasm", MemoryPages: 2048, Entrypoint: "_start",
 		Args: []string{"/p", "", "x=1"}, Env: []string{"A=1", "B="},
-		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "http://127.0.0.1:5001", MFSPath: "/wagi/b",
+		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "unix:@wagi-fcgi-mfs-0123", MFSPath: "/wagi/b",
 			QuotaBytes: 64 << 20, QuotaFiles: 1<<40 + 1}},
-		Stdin: []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096,
+		Stdin: []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096, MFSGrant: "00112233445566778899aabbccddeeff",
 	}
 	var out Run
 	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {
@@ -35,7 +35,7 @@ func TestDoneRoundTrips(t *testing.T) {
 
 func TestTruncatedAndPaddedPayloadsAreErrors(t *testing.T) {
 	full := AppendRun(nil, &Run{ID: "x", Args: []string{"a", "b"}, Stdin: []byte("body"),
-		Mounts: []Mount{{Guest: "/d", Host: "/h", QuotaBytes: 1, QuotaFiles: 2}}})
+		Mounts: []Mount{{Guest: "/d", Host: "/h", QuotaBytes: 1, QuotaFiles: 2}}, MFSGrant: "tok"})
 	for n := 0; n < len(full); n++ {
 		var r Run
 		if err := DecodeRun(full[:n], &r); err == nil {

@@ -20,7 +20,7 @@ const (
 type Mount struct {
 	Guest    string // absolute path inside the guest, e.g. "/static"
 	Kind     MountKind
-	Host     string // MountDir: absolute host directory; MountMFS: the node's RPC URL
+	Host     string // MountDir: absolute host directory; MountMFS: the manager's MFS proxy ("unix:@name")
 	MFSPath  string // MountMFS: the directory in MFS
 	ReadOnly bool
 	// QuotaBytes and QuotaFiles bound a writable volume: the bytes of its
@@ -54,7 +54,15 @@ type Run struct {
 	// StderrCap bounds the stderr bytes forwarded for this run; beyond it
 	// the child drops output and says so once.
 	StderrCap uint32
+	// MFSGrant is the token the child sends (MFSGrantHeader) with every
+	// call to the MFS proxy for this run's MFS mounts; it is revoked when
+	// the run ends.
+	MFSGrant string
 }
+
+// MFSGrantHeader carries Run.MFSGrant on the child's calls to the MFS
+// proxy.
+const MFSGrantHeader = "X-Wagi-Mfs-Grant"
 
 // Outcome says how a run ended.
 type Outcome uint8
@@ -116,6 +124,7 @@ func AppendRun(b []byte, m *Run) []byte {
 	b = binary.BigEndian.AppendUint64(b, uint64(m.BodySize))
 	b = appendBool(b, m.InheritStdio)
 	b = binary.BigEndian.AppendUint32(b, m.StderrCap)
+	b = appendString(b, m.MFSGrant)
 	return b
 }
 
@@ -141,6 +150,7 @@ func DecodeRun(p []byte, m *Run) error {
 	m.Body = nil
 	m.InheritStdio = d.bool()
 	m.StderrCap = d.u32()
+	m.MFSGrant = d.string()
 	return d.finish("run")
 }
 
