@@ -123,6 +123,9 @@ type engine struct {
 	opts     Options
 	cache    wazero.CompilationCache
 	runtimes map[uint32]*runtimeEntry
+	// uncached are Runtimes without the file cache, made only for modules
+	// the (read-only) cache misses.
+	uncached map[uint32]*runtimeEntry
 	ipfs     map[string]*ipfs.Client // by MFS proxy address, for MFS volumes
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
@@ -142,7 +145,7 @@ type moduleRef struct {
 }
 
 func newEngine(ctx context.Context, opts Options) (*engine, error) {
-	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}, ipfs: map[string]*ipfs.Client{}, memory: &memoryPool{}}
+	e := &engine{opts: opts, runtimes: map[uint32]*runtimeEntry{}, uncached: map[uint32]*runtimeEntry{}, ipfs: map[string]*ipfs.Client{}, memory: &memoryPool{}}
 	if opts.CacheDir != "" {
 		c, err := wazero.NewCompilationCacheWithDir(opts.CacheDir)
 		if err != nil {
@@ -162,6 +165,9 @@ func newEngine(ctx context.Context, opts Options) (*engine, error) {
 }
 
 func (e *engine) close(ctx context.Context) {
+	for _, re := range e.uncached {
+		_ = re.rt.Close(ctx)
+	}
 	for _, re := range e.runtimes {
 		_ = re.rt.Close(ctx)
 	}
@@ -186,16 +192,26 @@ func RuntimeConfig(cache wazero.CompilationCache, memoryPages uint32) wazero.Run
 }
 
 func (e *engine) runtime(ctx context.Context, pages uint32) (*runtimeEntry, error) {
-	if re, ok := e.runtimes[pages]; ok {
+	return e.runtimeIn(ctx, e.runtimes, e.cache, pages)
+}
+
+// runtimeUncached is the Runtime for pages without the file cache, for
+// modules the cache misses.
+func (e *engine) runtimeUncached(ctx context.Context, pages uint32) (*runtimeEntry, error) {
+	return e.runtimeIn(ctx, e.uncached, nil, pages)
+}
+
+func (e *engine) runtimeIn(ctx context.Context, in map[uint32]*runtimeEntry, cache wazero.CompilationCache, pages uint32) (*runtimeEntry, error) {
+	if re, ok := in[pages]; ok {
 		return re, nil
 	}
-	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(e.cache, pages))
+	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(cache, pages))
 	if err := instantiateWASI(ctx, rt); err != nil {
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
 	re := &runtimeEntry{rt: rt, modules: map[string]wazero.CompiledModule{}}
-	e.runtimes[pages] = re
+	in[pages] = re
 	return re, nil
 }
 
@@ -213,6 +229,12 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 		e.touch(ref)
 		return re.rt, cm, nil
 	}
+	if ure, ok := e.uncached[m.MemoryPages]; ok {
+		if cm, ok := ure.modules[m.ModuleKey]; ok {
+			e.touch(ref)
+			return ure.rt, cm, nil
+		}
+	}
 	bin, err := os.ReadFile(m.ModulePath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read module: %w", err)
@@ -223,6 +245,16 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 		return nil, nil, fmt.Errorf("bound module: %w", err)
 	}
 	cm, err := re.rt.CompileModule(ctx, bin)
+	if err != nil && e.cache != nil && strings.Contains(err.Error(), "compilationcache") {
+		// The cache is the compile process's and read-only here: a miss
+		// (an entry evicted or damaged) cannot be written back, so this
+		// child compiles the module for itself, in a Runtime without the
+		// file cache (which then also instantiates it: wazero #2511).
+		if re, err = e.runtimeUncached(ctx, m.MemoryPages); err == nil {
+			e.opts.Logger.Warn("compilation cache miss; compiling without it", "module", m.ModuleKey)
+			cm, err = re.rt.CompileModule(ctx, bin)
+		}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("compile module: %w", err)
 	}
@@ -231,7 +263,10 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 	if len(e.lru) > e.opts.MaxModules {
 		old := e.lru[0]
 		e.lru = e.lru[1:]
-		if ore, ok := e.runtimes[old.pages]; ok {
+		for _, ore := range []*runtimeEntry{e.runtimes[old.pages], e.uncached[old.pages]} {
+			if ore == nil {
+				continue
+			}
 			if ocm, ok := ore.modules[old.key]; ok {
 				_ = ocm.Close(ctx)
 				delete(ore.modules, old.key)
