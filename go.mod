@@ -4,6 +4,7 @@ go 1.26.5
 
 require (
 	github.com/BurntSushi/toml v1.6.0
+	github.com/elastic/go-seccomp-bpf v1.6.0
 	github.com/ipfs/boxo v0.43.0
 	github.com/ipfs/kubo v0.43.1
 	github.com/multiformats/go-multiaddr v0.16.1

@@ -2,6 +2,7 @@ package child
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/sandbox"
 )
 
 // ipcFD is the file descriptor of the child's end of the socketpair.
@@ -23,6 +26,7 @@ func Main(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("child", flag.ContinueOnError)
 	cacheDir := fs.String("cache", "", "wazero compilation cache directory")
 	addressSpace := fs.Uint64("address-space", 0, "RLIMIT_AS in bytes, soft and hard (0: leave as inherited)")
+	uids := fs.String("uids", "", "OWN:SHARED user ids to switch to when started as root (see internal/sandbox)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -30,6 +34,9 @@ func Main(ctx context.Context, args []string) error {
 	// runtime's own work (GC) on the request's thread, where the
 	// manager's CPU clock charges it to the request that caused it.
 	runtime.GOMAXPROCS(1)
+	if err := dropUser(*uids); err != nil {
+		return fmt.Errorf("child: %w", err)
+	}
 	if err := harden(*addressSpace); err != nil {
 		return fmt.Errorf("child: %w", err)
 	}
@@ -45,6 +52,9 @@ func Main(ctx context.Context, args []string) error {
 	}
 	defer conn.Close()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid())
+	if err := confine(log); err != nil {
+		return fmt.Errorf("child: %w", err)
+	}
 	return Serve(ctx, conn, Options{CacheDir: *cacheDir, Logger: log})
 }
 
@@ -115,4 +125,35 @@ func vmSize() uint64 {
 		}
 	}
 	return 0
+}
+
+// dropUser switches a child started as root to its own uids (see
+// sandbox.DropUser; the first call re-executes the child). A child never
+// runs guest code as root: started as root without uids, it refuses.
+func dropUser(uids string) error {
+	if uids == "" {
+		if r, e, s := unix.Getresuid(); r == 0 || e == 0 || s == 0 {
+			return errors.New("a child does not run as root (the manager starts it with --uids)")
+		}
+		return nil
+	}
+	ids, err := sandbox.ParseIDs(uids)
+	if err != nil {
+		return err
+	}
+	return sandbox.DropUser(ids)
+}
+
+// confine installs the syscall allowlist on every thread. It comes last,
+// after everything that needs more than serving does, and before the first
+// frame from the manager, so no guest code ever runs without it. A kernel
+// without seccomp filters is said loudly in the log on every start, not
+// refused: the other walls still stand.
+func confine(log *slog.Logger) error {
+	err := sandbox.InstallFilter()
+	if errors.Is(err, sandbox.ErrNoSeccomp) {
+		log.Error("child runs WITHOUT a syscall allowlist", "err", err)
+		return nil
+	}
+	return err
 }

@@ -59,7 +59,10 @@ type Pool struct {
 	Queue int
 	// QueueTimeout is how long a request may wait for a child.
 	QueueTimeout time.Duration
-	// User runs children as this user when started as root; "" = don't.
+	// User runs children as this user when started as root; "" means
+	// DefaultUser then (children never run as root). Its uid is the
+	// children's shared effective uid (files they read and write) and its
+	// group their group.
 	User string
 
 	// What clients may make the manager hold (see manager/RATIONALE.md,
@@ -82,6 +85,9 @@ type Pool struct {
 	// ChildMemory is each child's address space limit (RLIMIT_AS) in
 	// bytes; 0 = computed by Config.ChildMemory from the memory limits.
 	ChildMemory int64
+	// UIDRange holds each child slot's own real uid when started as root:
+	// slot i runs as First+i, so no child can signal another.
+	UIDRange UIDRange
 }
 
 // ChildMemory returns the RLIMIT_AS every child gets: [pool] child_memory,
@@ -119,6 +125,26 @@ const childMemoryBase = 2 << 30
 // space a child has reserved when it starts, every child would die on its
 // first request.
 const minChildMemory = 1 << 30
+
+// DefaultUser is the account children run as when the manager runs as root
+// and [pool] user is not set (conf/systemd/wagi-fcgi.sysusers creates it).
+const DefaultUser = "wagi-fcgi"
+
+// UIDRange is an inclusive range of user ids, [pool] uid_range = "A-B".
+type UIDRange struct{ First, Last uint32 }
+
+// Size is how many uids the range holds.
+func (r UIDRange) Size() int { return int(r.Last-r.First) + 1 }
+
+// String is the range in the config's form.
+func (r UIDRange) String() string { return fmt.Sprintf("%d-%d", r.First, r.Last) }
+
+// DefaultUIDRange is [pool] uid_range by default: above every range that
+// Debian and systemd allocate to accounts (up to 65535, DynamicUser's
+// 61184-65519 included) and below login.defs' SUB_UID_MIN (100000), where
+// subordinate ids of rootless containers start. The manager refuses uids
+// that have an account.
+var DefaultUIDRange = UIDRange{First: 70000, Last: 70999}
 
 // Limits is the [limits] table; every key can also appear in a [[module]]
 // table to override it for that module.
@@ -251,6 +277,7 @@ func Default() *Config {
 			MaxRequests:  0,
 			Queue:        1024,
 			QueueTimeout: 5 * time.Second,
+			UIDRange:     DefaultUIDRange,
 
 			MaxConnections:     1024,
 			RequestReadTimeout: 30 * time.Second,

@@ -417,7 +417,7 @@ func checkURLPath(s string) error {
 
 func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory",
-		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size"}
+		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size", "uid_range"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -468,6 +468,14 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 		case "spool_size":
 			if n, ok := d.size(kp, v, 0); ok {
 				pool.SpoolSize = n
+			}
+		case "uid_range":
+			if s, ok := d.str(kp, v); ok {
+				if r, err := parseUIDRange(s); err != nil {
+					d.bad(kp, "%v", err)
+				} else {
+					pool.UIDRange = r
+				}
 			}
 		default:
 			d.unknown(kp, known, "")
@@ -808,4 +816,16 @@ func (d *decoder) environment(p keyPath, v any) map[string]string {
 		}
 	}
 	return env
+}
+
+// parseUIDRange reads "FIRST-LAST": non-root uids below 2^31 (larger ones
+// read as negative in too many tools), FIRST <= LAST.
+func parseUIDRange(s string) (UIDRange, error) {
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 31)
+	last, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 31)
+	if !ok || err1 != nil || err2 != nil || first == 0 || first > last {
+		return UIDRange{}, fmt.Errorf("want \"FIRST-LAST\", two uids from 1 to 2147483647, FIRST <= LAST; got %q", s)
+	}
+	return UIDRange{First: uint32(first), Last: uint32(last)}, nil
 }

@@ -278,7 +278,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	if err := m.prepareSources(ctx); err != nil {
 		return err
 	}
-	cred, err := childCredential(m.cfg.Pool.User)
+	cred, err := childCredential(m.cfg.Pool)
 	if err != nil {
 		return err
 	}
@@ -293,6 +293,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		command:  m.opts.ChildCommand,
 		env:      m.opts.ChildEnv,
 		cred:     cred,
+		uidBase:  m.cfg.Pool.UIDRange.First,
 		cacheDir: m.store.cacheDir,
 		logger:   m.log,
 		ready:    m.opts.ReadyTimeout,
@@ -558,16 +559,34 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, src *source) ([
 	return subs, nil
 }
 
-// childCredential resolves pool.user. Children switch to it only when the
-// manager runs as root; otherwise the setting cannot be honoured and is
-// ignored with a notice, as php-fpm does.
-func childCredential(user string) (*syscall.Credential, error) {
-	if user == "" || os.Geteuid() != 0 {
+// childCredential resolves who children run as. Children switch users only
+// when the manager runs as root; otherwise pool.user cannot be honoured and
+// is ignored with a notice, as php-fpm does. As root, children never run as
+// root: pool.user defaults to config.DefaultUser, which must exist, and
+// every slot gets its own real uid from pool.uid_range (see
+// sandbox.IDs). The credential is the shared user and its group.
+func childCredential(pool config.Pool) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
 		return nil, nil
 	}
-	uid, gid, err := lookupUser(user)
+	name := pool.User
+	if name == "" {
+		name = config.DefaultUser
+	}
+	uid, gid, err := lookupUser(name)
+	if err != nil && pool.User == "" {
+		return nil, fmt.Errorf("the manager runs as root, so its children run as the %q system user, which does not exist (%v): "+
+			"create it with conf/systemd/wagi-fcgi.sysusers (install as /etc/sysusers.d/wagi-fcgi.conf, run systemd-sysusers) "+
+			"or `useradd --system --no-create-home --shell /usr/sbin/nologin %s`, or set [pool] user", name, err, name)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("pool.user %q: %w", user, err)
+		return nil, fmt.Errorf("pool.user %q: %w", name, err)
+	}
+	if uid == 0 || gid == 0 {
+		return nil, fmt.Errorf("pool.user %q has uid %d, gid %d: children never run as root or in group root", name, uid, gid)
+	}
+	if err := checkUIDRange(pool.UIDRange, pool.Children, uid); err != nil {
+		return nil, err
 	}
 	return &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}, nil
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +22,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/rawio"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/sandbox"
 )
 
 // proc is one child process and the manager's end of its socketpair.
@@ -230,6 +232,13 @@ func newSpawner() *spawner {
 		// from its first instruction (in the child, prctl would reach only
 		// the thread that calls it). Nothing else runs on this thread.
 		nnpErr := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+		if nnpErr == nil {
+			// Capabilities, too, pass from this thread to every child:
+			// see sandbox.SpawnerThread.
+			if err := sandbox.SpawnerThread(); err != nil {
+				nnpErr = fmt.Errorf("capabilities: %w", err)
+			}
+		}
 		for r := range s.reqs {
 			if nnpErr != nil {
 				r.reply <- spawnReply{err: fmt.Errorf("no_new_privs: %w", nnpErr)}
@@ -303,6 +312,9 @@ type procConfig struct {
 	// addressSpace is the child's RLIMIT_AS in bytes ([pool]
 	// child_memory); 0 leaves it as inherited.
 	addressSpace int64
+	// uidBase is slot 0's own uid when cred is set: slot i runs as
+	// uidBase+i (see sandbox.IDs).
+	uidBase uint32
 }
 
 var errChildNotReady = errors.New("child did not become ready")
@@ -336,6 +348,10 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	if cfg.addressSpace > 0 {
 		args = append(args, "--address-space", strconv.FormatInt(cfg.addressSpace, 10))
 	}
+	cred, ids := childIDs(cfg, id)
+	if cred != nil {
+		args = append(args, "--uids", ids.Flag())
+	}
 	cmd := exec.Command(cfg.command[0], args...)
 	cmd.Env = cfg.env
 	cmd.Dir = "/"
@@ -348,7 +364,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig:  syscall.SIGKILL,
 		Setpgid:    true, // a terminal's ^C reaches the manager, which decides
-		Credential: cfg.cred,
+		Credential: cred,
 	}
 	spawnCPU, err := sp.start(ctx, cmd)
 	if errW != nil {
@@ -405,6 +421,13 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 			p.conn.Close()
 			return nil, fmt.Errorf("the manager cannot signal child %d (%v): it needs CAP_KILL when children run as another user", p.pid, err)
 		}
+		if cred != nil {
+			if err := checkChildUIDs(p.pid, ids); err != nil {
+				p.kill("bad start")
+				<-p.exited
+				return nil, err
+			}
+		}
 		return p, nil
 	case timedOut(err) && ctx.Err() != nil:
 		p.kill("shutdown")
@@ -419,6 +442,32 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		<-p.exited
 		return nil, fmt.Errorf("%w: %s", errChildNotReady, exitText(p.state))
 	}
+}
+
+// childIDs is how slot id's child starts when the manager is root: as uid
+// 0 in the children's group, with only CAP_SETUID (see
+// sandbox.SpawnerThread), told to switch to ids itself.
+func childIDs(cfg *procConfig, id int) (*syscall.Credential, sandbox.IDs) {
+	if cfg.cred == nil {
+		return nil, sandbox.IDs{}
+	}
+	ids := sandbox.IDs{Own: int(cfg.uidBase) + id, Shared: int(cfg.cred.Uid)}
+	return &syscall.Credential{Uid: 0, Gid: cfg.cred.Gid, Groups: []uint32{}}, ids
+}
+
+// checkChildUIDs makes sure a child that said Ready runs as ids: its real
+// and saved uid its own, its effective uid the shared one. The child
+// switches itself; the manager does not take its word for it.
+func checkChildUIDs(pid int, ids sandbox.IDs) error {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return fmt.Errorf("child %d: %w", pid, err)
+	}
+	want := fmt.Sprintf("\nUid:\t%d\t%d\t%d\t%d\n", ids.Own, ids.Shared, ids.Own, ids.Shared)
+	if !strings.Contains(string(b), want) {
+		return fmt.Errorf("child %d does not run as uids %s (want%q)", pid, ids.Flag(), want)
+	}
+	return nil
 }
 
 // exitText describes how a process ended, for logs.

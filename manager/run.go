@@ -130,6 +130,18 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		}
 	}
 
+	// As root, the child runs as config.DefaultUser with the first uid of
+	// the default range, as a server's first child would.
+	pool := config.Pool{Children: 1, UIDRange: config.DefaultUIDRange}
+	cred, err := childCredential(pool)
+	if err != nil {
+		return 0, err
+	}
+	if cred != nil {
+		if err := st.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
+			return 0, err
+		}
+	}
 	sp := newSpawner()
 	defer sp.close()
 	env := opts.ChildEnv
@@ -144,6 +156,8 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		ready:        opts.ReadyTimeout,
 		inheritStdio: true,
 		addressSpace: config.DefaultChildMemory(spec.Limits.Memory),
+		cred:         cred,
+		uidBase:      pool.UIDRange.First,
 	}, 0)
 	if err != nil {
 		return 0, err

@@ -1,9 +1,12 @@
 package manager
 
 import (
+	"errors"
 	"fmt"
 	"os/user"
 	"strconv"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
 )
 
 // lookupUser resolves a user name or numeric uid to uid and primary gid.
@@ -26,4 +29,28 @@ func lookupUser(name string) (uid, gid uint32, err error) {
 		return 0, 0, fmt.Errorf("gid %q: %w", u.Gid, err)
 	}
 	return uint32(id), uint32(g), nil
+}
+
+// checkUIDRange makes sure the first `children` uids of r can be the slots'
+// own uids: enough of them, none of them shared (the children's effective
+// uid), none belonging to an account (its processes could signal the
+// child, and the child its processes).
+func checkUIDRange(r config.UIDRange, children int, shared uint32) error {
+	if children > r.Size() {
+		return fmt.Errorf("[pool] uid_range %s holds %d uids, fewer than the %d children: widen it", r, r.Size(), children)
+	}
+	for i := range uint32(children) {
+		uid := r.First + i
+		if uid == shared {
+			return fmt.Errorf("[pool] uid_range %s holds %d, the uid of pool.user: choose a range of unused uids", r, uid)
+		}
+		u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+		if err == nil {
+			return fmt.Errorf("[pool] uid_range %s holds uid %d, which belongs to %q: choose a range of unused uids", r, uid, u.Username)
+		}
+		if !errors.As(err, new(user.UnknownUserIdError)) {
+			return fmt.Errorf("[pool] uid_range: look up uid %d: %w", uid, err)
+		}
+	}
+	return nil
 }

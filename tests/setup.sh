@@ -65,6 +65,15 @@ if [ "$(id -u)" -eq 0 ]; then
 	done
 fi
 
+# The system user children run as when the manager runs as root and
+# [pool] user is not set (what conf/systemd/wagi-fcgi.sysusers declares);
+# the suite runs as root, so every test's children need it.
+if [ "$(id -u)" -eq 0 ] && ! getent passwd wagi-fcgi >/dev/null; then
+	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
+		--comment "wagi-fcgi WebAssembly children" wagi-fcgi
+	created_user=yes
+fi
+
 # Check the result.
 for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit; do
 	command -v "$cmd" >/dev/null 2>&1 || {
@@ -89,5 +98,7 @@ else
 	msg+=" all tools present, nothing installed"
 fi
 [ ${#stopped[@]} -eq 0 ] || msg+="; stopped system ${stopped[*]}"
+[ "${created_user:-no}" = no ] || msg+="; created system user wagi-fcgi"
+getent passwd wagi-fcgi >/dev/null || msg+="; WARNING: no wagi-fcgi user (run this script as root): tests run as root need it"
 command -v go >/dev/null 2>&1 || msg+="; WARNING: go not found on PATH (Go 1.26 expected, e.g. /usr/local/go/bin)"
 echo "$msg"

@@ -312,6 +312,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 		if err != nil {
 			base = os.TempDir()
 		}
+		if os.Geteuid() == 0 {
+			// The child runs as the wagi-fcgi user, which cannot enter
+			// root's home.
+			base = "/var/cache"
+		}
 		spec.StateDir = filepath.Join(base, "wagi-fcgi")
 	}
 	code, err := manager.RunOnce(ctx, spec, manager.Options{Logger: newLogger(stderr), Version: getVersion()})
