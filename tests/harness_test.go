@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,7 +37,43 @@ func buildBinary(t testing.TB, dir string) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
+	makeReachable(t, dir)
 	return bin
+}
+
+// childWritable gives dir to the children's default user (wagi-fcgi) when
+// the suite runs as root, so a read-write volume there can be written: the
+// children's effective uid is that user's, never root's.
+func childWritable(t testing.TB, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return
+	}
+	u, err := user.Lookup("wagi-fcgi")
+	if err != nil {
+		t.Fatalf("the children's default user: %v (tests/setup.sh creates it)", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// makeReachable lets children reach dir when the suite runs as root: they
+// run as the wagi-fcgi user then, never as root, and must traverse dir and
+// its parents to exec the binary and read the state directory (t.TempDir
+// makes them 0700).
+func makeReachable(t testing.TB, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return
+	}
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // logBuffer collects a process's output and lets tests wait for a line.
@@ -98,6 +135,7 @@ type wagiProc struct {
 func startWagi(t testing.TB, bin, dir, config string, extraArgs ...string) *wagiProc {
 	t.Helper()
 	config = expand(t, config, dir)
+	makeReachable(t, dir)
 	cfgPath := filepath.Join(dir, "wagi.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		t.Fatal(err)

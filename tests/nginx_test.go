@@ -117,6 +117,7 @@ func startCoreWagi(t *testing.T, config string) (string, *wagiProc) {
 	if err := os.WriteFile(filepath.Join(dir, "static", "hello.txt"), []byte("static file\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	childWritable(t, filepath.Join(dir, "data"))
 	bin := buildBinary(t, dir)
 	w := startWagi(t, bin, dir, config)
 
