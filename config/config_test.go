@@ -223,6 +223,7 @@ idle_timeout = "90s"
 params_memory = "4MiB"
 body_memory = "8MiB"
 spool_size = "100MiB"
+uid_range = "80000-80063"
 
 [limits]
 timeout = "1m"
@@ -266,7 +267,7 @@ store_size = "1GiB"
 		Healthz:     false,
 		Pool: Pool{Children: 2, MaxRequests: 500, Queue: 0, QueueTimeout: 250 * time.Millisecond, User: "wagi",
 			MaxConnections: 300, RequestReadTimeout: 10 * time.Second, IdleTimeout: 90 * time.Second,
-			ParamsMemory: 4 << 20, BodyMemory: 8 << 20, SpoolSize: 100 << 20},
+			ParamsMemory: 4 << 20, BodyMemory: 8 << 20, SpoolSize: 100 << 20, UIDRange: UIDRange{80000, 80063}},
 		Limits: Limits{
 			Timeout: time.Minute, CPU: 1500 * time.Millisecond, DailyCPU: 150 * time.Minute,
 			DayStart: DayStart{Minute: 6*60 + 30, Offset: 2 * 3600},
@@ -902,5 +903,37 @@ func TestChildMemory(t *testing.T) {
 	_, err := Parse([]byte("[pool]\nchild_memory = \"256MiB\"\n"), "wagi.toml", "/srv")
 	if err == nil || !strings.Contains(err.Error(), "wagi.toml:2: [pool] child_memory: must be at least 1GiB, got 256MiB") {
 		t.Fatalf("a child_memory below 1GiB: %v", err)
+	}
+}
+
+func TestUIDRangeMustBeNonRootAndInOrder(t *testing.T) {
+	cases := []struct {
+		name, value string
+		want        UIDRange // zero: an error naming uid_range
+	}{
+		{"a range is read", "60000-60999", UIDRange{60000, 60999}},
+		{"a single uid is a range", "61000-61000", UIDRange{61000, 61000}},
+		{"uid 0 is refused", "0-100", UIDRange{}},
+		{"a reversed range is refused", "70999-70000", UIDRange{}},
+		{"one number is refused", "70000", UIDRange{}},
+		{"uids from 2^31 are refused", "2147483648-2147483649", UIDRange{}},
+		{"words are refused", "many", UIDRange{}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte("[pool]\nuid_range = \""+tc.value+"\"\n"), "wagi.toml", "/srv")
+			if tc.want == (UIDRange{}) {
+				if err == nil || !strings.Contains(err.Error(), "uid_range") {
+					t.Fatalf("uid_range %q: %v, want an error naming uid_range", tc.value, err)
+				}
+				return
+			}
+			if err != nil || c.Pool.UIDRange != tc.want {
+				t.Fatalf("uid_range %q: %v, %v; want %v", tc.value, c.Pool.UIDRange, err, tc.want)
+			}
+		})
+	}
+	if d := Default().Pool.UIDRange; d != DefaultUIDRange || d.Size() != 1000 {
+		t.Fatalf("the default uid_range is %v", d)
 	}
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/sandbox"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
@@ -35,6 +36,18 @@ import (
 // the argument "child", as it re-executes wagi-fcgi in production.
 func TestMain(m *testing.M) {
 	if len(os.Args) > 2 && os.Args[1] == "hostile-child" {
+		// A hostile child is still started as one: switch uids like a
+		// real child would (the manager checks them).
+		if i := slices.Index(os.Args, "--uids"); i > 0 && i+1 < len(os.Args) {
+			ids, err := sandbox.ParseIDs(os.Args[i+1])
+			if err == nil {
+				err = sandbox.DropUser(ids)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+		}
 		hostileChild(os.Args[2])
 		os.Exit(0)
 	}
@@ -55,7 +68,30 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	if os.Geteuid() == 0 {
+		// Children of a root manager run as the wagi-fcgi user: they
+		// must reach this test binary (see reachable).
+		if err := reachable(filepath.Dir(os.Args[0])); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
 	os.Exit(m.Run())
+}
+
+// reachable makes dir and its parents traversable when the tests run as
+// root, for children that run as the wagi-fcgi user (tests/setup.sh
+// creates it); go test and t.TempDir make their directories 0700.
+func reachable(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	for d := dir; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // syncBuffer is a log sink tests can read while the manager writes.
@@ -104,6 +140,9 @@ func tryFixture(t testing.TB, cfgText string) (*fixture, error) {
 // clock.
 func startManager(t testing.TB, dir, cfgText string, now func() time.Time) (*fixture, error) {
 	t.Helper()
+	if err := reachable(dir); err != nil {
+		t.Fatal(err)
+	}
 	cfgText = strings.NewReplacer("{{mods}}", testenv.Modules(t), "{{dir}}", dir).Replace(cfgText)
 	cfg, err := config.Parse([]byte(cfgText), "test.toml", dir)
 	if err != nil {
@@ -442,6 +481,9 @@ module = "{{mods}}/%s"
 
 func TestRunOncePassesTheExitCodeThrough(t *testing.T) {
 	dir := t.TempDir()
+	if err := reachable(dir); err != nil {
+		t.Fatal(err)
+	}
 	opts := manager.Options{ChildCommand: []string{os.Args[0], "child"}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	lim := config.Default().Limits
 	code, err := manager.RunOnce(context.Background(), manager.RunSpec{

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -170,9 +171,10 @@ func TestChildrenOfARootManagerAreConfinedByDefault(t *testing.T) {
 	})
 }
 
-// TestARootManagerRefusesToStartWithoutItsChildUser: with the default
-// pool.user missing, the manager must not fall back to running children as
-// root; it fails and names the fix.
+// TestARootManagerRefusesChildUsersThatWouldNotConfineThem: a pool.user
+// that is missing or root, or a uid_range that holds an account or too few
+// uids, makes the manager fail and name the problem, never fall back to
+// running children as root or with shared uids.
 func TestARootManagerRefusesChildUsersThatWouldNotConfineThem(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("this test checks what a manager started as root does: run the suite as root (as CI does)")
@@ -202,7 +204,13 @@ func TestARootManagerRefusesChildUsersThatWouldNotConfineThem(t *testing.T) {
 			if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			out, err := exec.Command(bin, "serve", "-c", path).CombinedOutput()
+			// A manager that accepts the config serves until killed.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, bin, "serve", "-c", path).CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("serve started with children it cannot confine; output %q", out)
+			}
 			if err == nil || !strings.Contains(string(out), tc.want) {
 				t.Fatalf("serve: %v, output %q; want a failure naming %q", err, out, tc.want)
 			}
