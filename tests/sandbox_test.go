@@ -188,13 +188,32 @@ func TestARootManagerRefusesChildUsersThatWouldNotConfineThem(t *testing.T) {
 	}
 	nobodyUID, _ := strconv.Atoi(nobody.Uid)
 	base := "listen = \"unix:{{dir}}/wagi.sock\"\nstate_dir = \"{{dir}}/state\"\n[[module]]\nroute = \"/hello\"\nmodule = \"{{mods}}/hello.wasm\"\n[pool]\nchildren = 2\n"
+	// The default user's absence is simulated in a mount namespace whose
+	// /etc/passwd lacks it (the machine's own must keep it).
+	unshare := requireTool(t, "unshare", "util-linux")
+	passwd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	for _, line := range strings.SplitAfter(string(passwd), "\n") {
+		if !strings.HasPrefix(line, "wagi-fcgi:") {
+			kept = append(kept, line)
+		}
+	}
+	noDefault := dir + "/passwd-without-wagi-fcgi"
+	if err := os.WriteFile(noDefault, []byte(strings.Join(kept, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name, pool, want string
+		noDefaultUser    bool
 	}{
-		{"a missing user", "user = \"wagi-no-such-user\"\n", `pool.user "wagi-no-such-user"`},
-		{"root", "user = \"root\"\n", "children never run as root"},
-		{"a uid range holding an account", fmt.Sprintf("uid_range = \"%d-%s\"\n", nobodyUID-1, nobody.Uid), "belongs to \"nobody\""},
-		{"a uid range smaller than the pool", "uid_range = \"70000-70000\"\n", "fewer than the 2 children"},
+		{"the default user missing", "", "useradd --system", true},
+		{"a missing user", "user = \"wagi-no-such-user\"\n", `pool.user "wagi-no-such-user"`, false},
+		{"root", "user = \"root\"\n", "children never run as root", false},
+		{"a uid range holding an account", fmt.Sprintf("uid_range = \"%d-%s\"\n", nobodyUID-1, nobody.Uid), "belongs to \"nobody\"", false},
+		{"a uid range smaller than the pool", "uid_range = \"70000-70000\"\n", "fewer than the 2 children", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -207,7 +226,12 @@ func TestARootManagerRefusesChildUsersThatWouldNotConfineThem(t *testing.T) {
 			// A manager that accepts the config serves until killed.
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			out, err := exec.CommandContext(ctx, bin, "serve", "-c", path).CombinedOutput()
+			cmd := exec.CommandContext(ctx, bin, "serve", "-c", path)
+			if tc.noDefaultUser {
+				cmd = exec.CommandContext(ctx, unshare, "--mount", "sh", "-c",
+					`mount --bind "$1" /etc/passwd && exec "$2" serve -c "$3"`, "sh", noDefault, bin, path)
+			}
+			out, err := cmd.CombinedOutput()
 			if ctx.Err() != nil {
 				t.Fatalf("serve started with children it cannot confine; output %q", out)
 			}
