@@ -83,6 +83,9 @@ module = "{{mods}}/hello.wasm"
 				t.Fatal(err)
 			}
 			cfg.StateDir = filepath.Join(dir, "state")
+			if err := reachable(dir); err != nil {
+				t.Fatal(err)
+			}
 			log := &syncBuffer{}
 			m, err := manager.New(cfg, manager.Options{
 				Logger:       slog.New(slog.NewTextHandler(log, nil)),

@@ -273,11 +273,8 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 func (m *Manager) Start(ctx context.Context) error {
 	// A SIGTERM (the end of ctx) kills compiles in flight at once.
 	m.store.stopOn(ctx)
-	// Compile every module that is at hand first (local files, and IPFS
-	// modules already in the cache), so children start with a warm cache.
-	if err := m.prepareSources(ctx); err != nil {
-		return err
-	}
+	// Who children run as is settled before anything compiles: compile
+	// processes run as that user too, and write its cache.
 	cred, err := childCredential(m.cfg.Pool)
 	if err != nil {
 		return err
@@ -288,6 +285,11 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 	} else if m.cfg.Pool.User != "" {
 		m.log.Warn("pool.user is ignored: the manager does not run as root", "user", m.cfg.Pool.User)
+	}
+	// Compile every module that is at hand first (local files, and IPFS
+	// modules already in the cache), so children start with a warm cache.
+	if err := m.prepareSources(ctx); err != nil {
+		return err
 	}
 	pc := &procConfig{
 		command:  m.opts.ChildCommand,

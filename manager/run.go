@@ -59,6 +59,19 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	}
 	st.stopOn(ctx)
 	defer st.close(context.Background())
+	// As root, the child (and the compile process) runs as
+	// config.DefaultUser, with the first uid of the default range, as a
+	// server's first child would.
+	pool := config.Pool{Children: 1, UIDRange: config.DefaultUIDRange}
+	cred, err := childCredential(pool)
+	if err != nil {
+		return 0, err
+	}
+	if cred != nil {
+		if err := st.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
+			return 0, err
+		}
+	}
 	pages := spec.Limits.MemoryPages()
 	var ic *ipfs.Client
 	needIPFS := ref.Kind != config.RefFile
@@ -130,18 +143,6 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		}
 	}
 
-	// As root, the child runs as config.DefaultUser with the first uid of
-	// the default range, as a server's first child would.
-	pool := config.Pool{Children: 1, UIDRange: config.DefaultUIDRange}
-	cred, err := childCredential(pool)
-	if err != nil {
-		return 0, err
-	}
-	if cred != nil {
-		if err := st.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
-			return 0, err
-		}
-	}
 	sp := newSpawner()
 	defer sp.close()
 	env := opts.ChildEnv

@@ -376,6 +376,14 @@ func (s *store) startCompile(path string, pages uint32, lim config.Limits) (*com
 		Pdeathsig: syscall.SIGKILL,
 		Setpgid:   true, // a terminal's ^C reaches the manager, which decides
 	}
+	s.mu.Lock()
+	if o := s.owner; o != nil {
+		// As the children's shared user, never root: it writes the cache
+		// that user owns, and the spawner left root no capability but
+		// CAP_SETUID (see sandbox.SpawnerThread).
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(o[0]), Gid: uint32(o[1]), Groups: []uint32{}}
+	}
+	s.mu.Unlock()
 	// Wait returns even if something kept the output pipes open.
 	cmd.WaitDelay = time.Second
 	spawnCPU, err := s.sp.start(s.life, cmd)
