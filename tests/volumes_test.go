@@ -87,6 +87,7 @@ func TestVolumeQuotas(t *testing.T) {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		childWritable(t, filepath.Join(dir, d))
 	}
 	config := fmt.Sprintf(`
 listen = "unix:{{dir}}/wagi.sock"
@@ -145,6 +146,7 @@ module = "{{mods}}/hello.wasm"
 	if err := os.MkdirAll(filepath.Join(dir, "big"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	childWritable(t, filepath.Join(dir, "big"))
 	w := startWagi(t, bin, dir, config)
 	n := startNginx(t, dir, w.sock)
 	c := newClient(t, n.base)

@@ -32,6 +32,9 @@ var allowed = []string{
 	"mkdirat", "unlinkat", "renameat", "renameat2", "linkat", "symlinkat",
 	"utimensat", "ftruncate", "fsync", "fdatasync", "fchmodat", "fallocate", "fadvise64",
 	"dup", "dup3",
+	// Volume quotas: an exclusive advisory lock on the volume's usage
+	// file around every change (child/volumequota.go).
+	"flock",
 
 	// Waiting: the Go netpoller (IPC socket, MFS connections), the child's
 	// own poll of the IPC socket, WASI poll_oneoff.
