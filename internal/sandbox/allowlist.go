@@ -40,9 +40,9 @@ var allowed = []string{
 	// own poll of the IPC socket, WASI poll_oneoff.
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_wait", "eventfd2", "ppoll", "poll",
 
-	// Sockets, for MFS volumes only (HTTP to the kubo RPC API): connect
-	// out, never bind, listen or accept. socket itself is filtered by
-	// family below.
+	// Sockets: the IPC socket, and MFS volumes (HTTP to the manager's MFS
+	// proxy): connect out, never bind, listen or accept. socket itself is
+	// filtered by family below.
 	"connect", "getsockopt", "setsockopt", "getsockname", "getpeername",
 	"sendto", "recvfrom", "sendmsg", "recvmsg", "shutdown",
 
@@ -68,10 +68,9 @@ func conditional(pid int) []seccomp.NameWithConditions {
 	// is refused.
 	add("tgkill", eq(0, uint64(pid)))
 	add("kill", eq(0, uint64(pid)))
-	// Unix, IPv4 and IPv6 stream sockets: the kubo API on loopback.
-	for _, family := range []uint64{unix.AF_UNIX, unix.AF_INET, unix.AF_INET6} {
-		add("socket", eq(0, family))
-	}
+	// Unix sockets only: MFS volumes reach kubo through the manager's
+	// proxy on an abstract unix socket (internal/mfsproxy); no IP at all.
+	add("socket", eq(0, unix.AF_UNIX))
 	// File descriptor flags and duplication; not F_SETOWN or F_SETSIG,
 	// which would make the kernel signal another process on I/O.
 	for _, cmd := range []uint64{unix.F_DUPFD, unix.F_GETFD, unix.F_SETFD, unix.F_GETFL, unix.F_SETFL, unix.F_DUPFD_CLOEXEC} {

@@ -77,12 +77,16 @@ var probes = map[string]func() error{
 	"bpf":     func() error { _, _, e := unix.RawSyscall(unix.SYS_BPF, 0, 0, 0); return errnoErr(e) },
 	"keyctl":  func() error { _, _, e := unix.RawSyscall(unix.SYS_KEYCTL, 0, 0, 0); return errnoErr(e) },
 	"unshare": func() error { return unix.Unshare(unix.CLONE_NEWUSER) },
+	"an IPv4 socket": func() error {
+		_, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		return err
+	},
 	"bind a socket": func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 		if err != nil {
 			return err
 		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: 0})
+		return unix.Bind(fd, &unix.SockaddrUnix{Name: "@wagi-sandbox-test"})
 	},
 }
 
