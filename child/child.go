@@ -21,9 +21,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"strings"
+	"syscall"
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/experimental"
@@ -245,7 +247,7 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 		return nil, nil, fmt.Errorf("bound module: %w", err)
 	}
 	cm, err := re.rt.CompileModule(ctx, bin)
-	if err != nil && e.cache != nil && strings.Contains(err.Error(), "compilationcache") {
+	if err != nil && e.cache != nil && cacheWriteFailed(err) {
 		// The cache is the compile process's and read-only here: a miss
 		// (an entry evicted or damaged) cannot be written back, so this
 		// child compiles the module for itself, in a Runtime without the
@@ -274,6 +276,13 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 		}
 	}
 	return re.rt, cm, nil
+}
+
+// cacheWriteFailed reports whether a compile failed because the file
+// cache could not be written (or a damaged entry removed): wazero returns
+// the file system's error as it is.
+func cacheWriteFailed(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) || strings.Contains(err.Error(), "compilationcache")
 }
 
 func (e *engine) touch(ref moduleRef) {

@@ -273,14 +273,15 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 func (m *Manager) Start(ctx context.Context) error {
 	// A SIGTERM (the end of ctx) kills compiles in flight at once.
 	m.store.stopOn(ctx)
-	// Who children run as is settled before anything compiles: compile
-	// processes run as that user too, and write its cache.
+	// Who children and compiles run as is settled before anything
+	// compiles: compiles run as the last uid of uid_range, which owns the
+	// cache; children only read it.
 	cred, err := childCredential(m.cfg.Pool)
 	if err != nil {
 		return err
 	}
 	if cred != nil {
-		if err := m.store.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
+		if err := m.store.compileAs(int(m.cfg.Pool.UIDRange.Last), int(cred.Gid)); err != nil {
 			return err
 		}
 	} else if m.cfg.Pool.User != "" {

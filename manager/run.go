@@ -59,16 +59,16 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	}
 	st.stopOn(ctx)
 	defer st.close(context.Background())
-	// As root, the child (and the compile process) runs as
-	// config.DefaultUser, with the first uid of the default range, as a
-	// server's first child would.
+	// As root, the child runs as config.DefaultUser, with the first uid
+	// of the default range, as a server's first child would, and the
+	// compile process as the range's last uid.
 	pool := config.Pool{Children: 1, UIDRange: config.DefaultUIDRange}
 	cred, err := childCredential(pool)
 	if err != nil {
 		return 0, err
 	}
 	if cred != nil {
-		if err := st.shareWith(int(cred.Uid), int(cred.Gid)); err != nil {
+		if err := st.compileAs(int(pool.UIDRange.Last), int(cred.Gid)); err != nil {
 			return 0, err
 		}
 	}

@@ -57,7 +57,7 @@ type store struct {
 	wg    sync.WaitGroup // compiles in flight; close waits for them
 
 	mu      sync.Mutex
-	owner   *[2]int // uid, gid that children run as; nil: the manager's
+	owner   *[2]int // uid, gid that compiles run as and own the cache; nil: the manager's
 	flights map[string]*compileFlight
 	closed  bool
 	unhooks []func() bool // stopOn's registrations, undone by close
@@ -378,9 +378,10 @@ func (s *store) startCompile(path string, pages uint32, lim config.Limits) (*com
 	}
 	s.mu.Lock()
 	if o := s.owner; o != nil {
-		// As the children's shared user, never root: it writes the cache
-		// that user owns, and the spawner left root no capability but
-		// CAP_SETUID (see sandbox.SpawnerThread).
+		// As the compile uid, never root and never the children's user:
+		// it alone writes the cache, which children only read (the
+		// spawner left root no capability but CAP_SETUID; see
+		// sandbox.SpawnerThread).
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(o[0]), Gid: uint32(o[1]), Groups: []uint32{}}
 	}
 	s.mu.Unlock()
@@ -616,26 +617,40 @@ func checkDir(path string) error {
 	return nil
 }
 
-// shareWith makes the compilation cache belong to the user children run
-// as, so they can read what was compiled (wazero writes cache files 0600)
-// and add what they compile themselves.
-func (s *store) shareWith(uid, gid int) error {
+// compileAs makes compiles run as uid and gid, and the compilation cache
+// theirs: children run as another user and may only read it (wazero
+// checks a cache entry with nothing but a CRC, so a child that could write
+// one could plant native code that other children then run).
+func (s *store) compileAs(uid, gid int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.owner = &[2]int{uid, gid}
 	return s.chownCacheLocked()
 }
 
+// chownCacheLocked gives the cache to the compile user, read-only to
+// everyone else: wazero writes its files 0600, and children must read
+// them. Callers hold mu.
 func (s *store) chownCacheLocked() error {
 	if s.owner == nil {
 		return nil
 	}
 	uid, gid := s.owner[0], s.owner[1]
-	return filepath.WalkDir(s.cacheDir, func(p string, _ os.DirEntry, err error) error {
+	return filepath.WalkDir(s.cacheDir, func(p string, de os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
+		if de.Type()&os.ModeSymlink != 0 {
+			return nil // wazero makes none; never follow one
+		}
+		mode := os.FileMode(0o644)
+		if de.IsDir() {
+			mode = 0o755
+		}
 		if err := os.Lchown(p, uid, gid); err != nil {
+			return fmt.Errorf("compilation cache: %w", err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
 			return fmt.Errorf("compilation cache: %w", err)
 		}
 		return nil

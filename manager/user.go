@@ -32,15 +32,16 @@ func lookupUser(name string) (uid, gid uint32, err error) {
 }
 
 // checkUIDRange makes sure the first `children` uids of r can be the slots'
-// own uids: enough of them, none of them shared (the children's effective
-// uid), none belonging to an account (its processes could signal the
-// child, and the child its processes).
+// own uids and its last the compile uid: enough of them, none of them
+// shared (the children's effective uid), none belonging to an account (its
+// processes could signal the child, and the child its processes).
 func checkUIDRange(r config.UIDRange, children int, shared uint32) error {
-	if children > r.Size() {
-		return fmt.Errorf("[pool] uid_range %s holds %d uids, fewer than the %d children: widen it", r, r.Size(), children)
+	// One uid per slot, and the last one for compiling (it owns the
+	// compilation cache, which children may only read).
+	if children+1 > r.Size() {
+		return fmt.Errorf("[pool] uid_range %s holds %d uids, fewer than the %d children plus one for compiling: widen it", r, r.Size(), children)
 	}
-	for i := range uint32(children) {
-		uid := r.First + i
+	for _, uid := range append(slotUIDs(r, children), r.Last) {
 		if uid == shared {
 			return fmt.Errorf("[pool] uid_range %s holds %d, the uid of pool.user: choose a range of unused uids", r, uid)
 		}
@@ -53,4 +54,13 @@ func checkUIDRange(r config.UIDRange, children int, shared uint32) error {
 		}
 	}
 	return nil
+}
+
+// slotUIDs are the uids of the first n slots of r.
+func slotUIDs(r config.UIDRange, n int) []uint32 {
+	out := make([]uint32, n)
+	for i := range out {
+		out[i] = r.First + uint32(i)
+	}
+	return out
 }

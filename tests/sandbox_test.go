@@ -212,7 +212,7 @@ func TestARootManagerRefusesChildUsersThatWouldNotConfineThem(t *testing.T) {
 		{"the default user missing", "", "useradd --system", true},
 		{"a missing user", "user = \"wagi-no-such-user\"\n", `pool.user "wagi-no-such-user"`, false},
 		{"root", "user = \"root\"\n", "children never run as root", false},
-		{"a uid range holding an account", fmt.Sprintf("uid_range = \"%d-%s\"\n", nobodyUID-1, nobody.Uid), "belongs to \"nobody\"", false},
+		{"a uid range holding an account", fmt.Sprintf("uid_range = \"%d-%s\"\n", nobodyUID-2, nobody.Uid), "belongs to \"nobody\"", false},
 		{"a uid range smaller than the pool", "uid_range = \"70000-70000\"\n", "fewer than the 2 children", false},
 	}
 	for _, tc := range cases {
