@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tetratelabs/wazero"
 	"io"
 	"log/slog"
 	"os"
@@ -622,6 +623,14 @@ func checkDir(path string) error {
 // checks a cache entry with nothing but a CRC, so a child that could write
 // one could plant native code that other children then run).
 func (s *store) compileAs(uid, gid int) error {
+	// wazero keeps its entries in a subdirectory named for its version,
+	// made by whoever opens the cache first: made here, so that children,
+	// which may not write the cache, can open it before anything compiled.
+	c, err := wazero.NewCompilationCacheWithDir(s.cacheDir)
+	if err != nil {
+		return fmt.Errorf("compilation cache %s: %w", s.cacheDir, err)
+	}
+	_ = c.Close(context.Background())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.owner = &[2]int{uid, gid}
