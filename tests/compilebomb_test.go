@@ -445,11 +445,24 @@ module = "{{mods}}/hello.wasm"
 		if env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); err != nil || len(env) != 0 {
 			t.Errorf("compile process %d has an environment: %q %v", pid, env, err)
 		}
-		limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
-		if err != nil {
-			t.Fatal(err)
+		// The process sets its own limits first thing after it starts,
+		// which the manager logs just before: on a loaded machine, wait
+		// for them (the bomb keeps it compiling for seconds).
+		wants := []string{`Max core file size\s+0\s+0`, `Max cpu time\s+\d+\s+\d+\s+seconds`, `Max address space\s+\d+\s+\d+\s+bytes`}
+		var limits []byte
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if limits, err = os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid)); err != nil {
+				t.Fatal(err)
+			}
+			all := true
+			for _, re := range wants {
+				all = all && regexp.MustCompile(re).Match(limits)
+			}
+			if all || time.Now().After(deadline) {
+				break
+			}
 		}
-		for _, re := range []string{`Max core file size\s+0\s+0`, `Max cpu time\s+\d+\s+\d+\s+seconds`, `Max address space\s+\d+\s+\d+\s+bytes`} {
+		for _, re := range wants {
 			if !regexp.MustCompile(re).Match(limits) {
 				t.Errorf("compile process %d: no %s in\n%s", pid, re, limits)
 			}
