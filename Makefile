@@ -26,7 +26,10 @@ example:
 
 # Build the service and an example module, and serve it over plain HTTP on
 # $(HTTP) through the same FastCGI path nginx would use.
+# As root, the children run as the wagi-fcgi system user: it is created
+# if missing (conf/systemd/useradd.sh).
 run: build example
+	@[ "$$(bash conf/systemd/useradd.sh)" != created ] || echo "make run: created the wagi-fcgi system user the children run as"
 	$(BIN) serve -c examples/hello/wagi.toml --http $(HTTP)
 
 # Every test: installs what the tests need (nginx, clang for wasm32-wasi,

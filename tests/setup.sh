@@ -68,9 +68,7 @@ fi
 # The system user children run as when the manager runs as root and
 # [pool] user is not set (what conf/systemd/wagi-fcgi.sysusers declares);
 # the suite runs as root, so every test's children need it.
-if [ "$(id -u)" -eq 0 ] && ! getent passwd wagi-fcgi >/dev/null; then
-	useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin \
-		--comment "wagi-fcgi WebAssembly children" wagi-fcgi
+if [ "$(bash "$(dirname "${BASH_SOURCE[0]}")/../conf/systemd/useradd.sh")" = created ]; then
 	created_user=yes
 fi
 
