@@ -27,6 +27,9 @@ const (
 	// maxStderrLine bounds one logged line of guest stderr: a longer one
 	// is logged in pieces, so an endless line costs the manager no more.
 	maxStderrLine = 4 << 10
+	// maxStderrLines bounds the guest stderr lines logged per request;
+	// the rest are counted in one line.
+	maxStderrLines = 200
 	// cpuPoll is how often a running child's CPU clock is read. The
 	// per-request CPU limit is overshot by at most about this much.
 	cpuPoll = 5 * time.Millisecond
@@ -115,6 +118,16 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		}
 		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
 		matched, gw = t.route, true
+		// A spent gateway budget turns a CID away before it is fetched
+		// or compiled: both are CPU that the gateway would pay for.
+		now := m.opts.Now()
+		gwOnly := m.chargeTo("", t.limits, true, now)
+		gwOnly.accts = gwOnly.accts[1:]
+		if a, spent := m.budgets.exhausted(gwOnly); spent {
+			status = 503
+			errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+			return
+		}
 	} else {
 		t, scriptName, rawPathInfo, matched, ok = m.routes.Load().Lookup(rawPath)
 		if !ok {
@@ -411,8 +424,8 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
 	var stdoutBytes, stderrBytes int64
-	var stderrLine []byte
-	demoted, aborted := false, false
+	var stderrLine stderrLog
+	demoted, demoteFailed, aborted := false, false, false
 	var graceAt time.Time
 	var outErr error
 	var budgetOut account
@@ -457,10 +470,16 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				} else if a, spent := claimReport(claim, used); spent {
 					budgetOut = a
 					kill(killBudget)
-				} else if !demoted && used > demoteAfter {
-					demoted = true
+				} else if !demoted && !demoteFailed && used > demoteAfter {
+					// demoted only if it took: a child that was never
+					// reniced needs no privilege to give back (without
+					// CAP_SYS_NICE every such child was retired, and
+					// its replacement charged to nobody).
 					if err := p.setNice(demoteNice); err != nil {
+						demoteFailed = true
 						log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
+					} else {
+						demoted = true
 					}
 				}
 			}
@@ -530,7 +549,6 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
 				return res
 			}
-			p.setRunning(chargeTo{})
 			p.owner, p.endCPU = owner, startCPU+cpu
 			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
 			if aborted {
@@ -538,9 +556,12 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			}
 			if demoted && p.setNice(0) != nil {
 				// Lowering niceness again needs privilege; a child that
-				// cannot get it back is retired instead.
+				// cannot get it back is retired instead, and its
+				// replacement is this module's (running stays set).
 				p.kill("recycle")
 				res.reusable = false
+			} else {
+				p.setRunning(chargeTo{})
 			}
 			switch d.Outcome {
 			case ipc.OutcomeOK:
@@ -597,24 +618,48 @@ func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
 
 // logStderr logs guest stderr line by line. A partial line is kept until
 // its newline arrives or the request ends.
-func logStderr(log *slog.Logger, carry *[]byte, p []byte, end bool) {
+func logStderr(log *slog.Logger, st *stderrLog, p []byte, end bool) {
+	carry := &st.carry
 	*carry = append(*carry, p...)
 	for {
 		i := bytes.IndexByte(*carry, '\n')
 		if i < 0 {
 			break
 		}
-		log.Warn("module stderr", "line", string(bytes.TrimRight((*carry)[:i], "\r")))
+		st.line(log, string(bytes.TrimRight((*carry)[:i], "\r")))
 		*carry = (*carry)[i+1:]
 	}
 	for len(*carry) >= maxStderrLine {
-		log.Warn("module stderr", "line", string((*carry)[:maxStderrLine]), "cut", true)
+		st.line(log, string((*carry)[:maxStderrLine]))
 		*carry = (*carry)[maxStderrLine:]
 	}
 	if end && len(*carry) > 0 {
-		log.Warn("module stderr", "line", string(*carry))
+		st.line(log, string(*carry))
 		*carry = nil
 	}
+	if end && st.dropped > 0 {
+		log.Warn("module stderr", "dropped_lines", st.dropped, "note", fmt.Sprintf("only the first %d lines of a request are logged", maxStderrLines))
+		st.dropped = 0
+	}
+}
+
+// stderrLog is a request's guest stderr on its way to the log.
+type stderrLog struct {
+	carry   []byte // a line not ended yet
+	lines   int    // lines logged
+	dropped int    // lines past maxStderrLines
+}
+
+// line logs one line, unless the request has logged maxStderrLines: 64 KiB
+// of empty lines would otherwise be 65,536 log records, costing the manager
+// CPU that nobody pays for and crowding out its own lines.
+func (st *stderrLog) line(log *slog.Logger, s string) {
+	if st.lines >= maxStderrLines {
+		st.dropped++
+		return
+	}
+	st.lines++
+	log.Warn("module stderr", "line", s)
 }
 
 // captureWriter collects output up to a limit (for _routes).

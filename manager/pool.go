@@ -213,6 +213,11 @@ func (pl *pool) warm(p *proc) {
 	case timedOut(err) && pl.ctx.Err() == nil:
 		pl.log.Warn("child preload timed out", "pid", p.pid)
 		p.kill(killIPC)
+	case !timedOut(err):
+		// A frame too large, or the stream broken: out of step with
+		// the protocol, it gets no request.
+		pl.log.Error("child broke the protocol during preload", "pid", p.pid, "err", err)
+		p.kill(killIPC)
 	}
 }
 
