@@ -638,8 +638,9 @@ func logStderr(log *slog.Logger, st *stderrLog, p []byte, end bool) {
 		*carry = nil
 	}
 	if end && st.dropped > 0 {
-		log.Warn("module stderr", "dropped_lines", st.dropped, "note", fmt.Sprintf("only the first %d lines of a request are logged", maxStderrLines))
-		st.dropped = 0
+		log.Warn("module stderr", "dropped_lines", st.dropped, "last", st.last,
+			"note", fmt.Sprintf("only the first %d lines of a request are logged, and its last", maxStderrLines))
+		st.dropped, st.last = 0, ""
 	}
 }
 
@@ -648,6 +649,7 @@ type stderrLog struct {
 	carry   []byte // a line not ended yet
 	lines   int    // lines logged
 	dropped int    // lines past maxStderrLines
+	last    string // the last of them: how a flood ended
 }
 
 // line logs one line, unless the request has logged maxStderrLines: 64 KiB
@@ -656,6 +658,7 @@ type stderrLog struct {
 func (st *stderrLog) line(log *slog.Logger, s string) {
 	if st.lines >= maxStderrLines {
 		st.dropped++
+		st.last = s
 		return
 	}
 	st.lines++
