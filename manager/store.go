@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/tetratelabs/wazero"
+	"golang.org/x/sys/unix"
 	"io"
 	"log/slog"
 	"os"
@@ -335,12 +336,8 @@ func (s *store) compileOnce(key, path string, pages uint32, lim config.Limits, c
 	}
 	log.Info("module compiled", attrs...)
 	_ = os.Remove(s.badFile(key)) // compiled under higher limits than its mark
-	s.mu.Lock()
-	err = s.chownCacheLocked()
-	s.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
+	// The compile process made its entry readable itself: the manager
+	// does not walk a directory the compile uid could rearrange under it.
 	return res, nil
 }
 
@@ -638,32 +635,74 @@ func (s *store) compileAs(uid, gid int) error {
 }
 
 // chownCacheLocked gives the cache to the compile user, read-only to
-// everyone else: wazero writes its files 0600, and children must read
-// them. Callers hold mu.
+// everyone else (directories 0755, files 0644). It runs as root over a
+// directory another uid owns, so it goes by descriptors and never follows
+// a link: a directory swapped for a symlink to /etc under it is not
+// entered. Callers hold mu.
 func (s *store) chownCacheLocked() error {
 	if s.owner == nil {
 		return nil
 	}
-	uid, gid := s.owner[0], s.owner[1]
-	return filepath.WalkDir(s.cacheDir, func(p string, de os.DirEntry, err error) error {
+	fd, err := unix.Open(s.cacheDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("compilation cache: %w", err)
+	}
+	if err := chownTree(fd, s.owner[0], s.owner[1], 0); err != nil {
+		return fmt.Errorf("compilation cache: %w", err)
+	}
+	return nil
+}
+
+// chownTree sets owner and mode on the directory open at fd and on all
+// below it, by descriptor, never following a link. It closes fd.
+func chownTree(fd, uid, gid, depth int) error {
+	dir := os.NewFile(uintptr(fd), "cache")
+	defer dir.Close()
+	if depth > 8 {
+		return errors.New("directories nested too deep")
+	}
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return err
+	}
+	if err := unix.Fchmod(fd, 0o755); err != nil {
+		return err
+	}
+	names, err := dir.Readdirnames(-1)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
+			continue // a link (never followed), or gone meanwhile
+		}
 		if err != nil {
 			return err
 		}
-		if de.Type()&os.ModeSymlink != 0 {
-			return nil // wazero makes none; never follow one
+		var st unix.Stat_t
+		if err := unix.Fstat(cfd, &st); err != nil {
+			unix.Close(cfd)
+			return err
 		}
-		mode := os.FileMode(0o644)
-		if de.IsDir() {
-			mode = 0o755
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			if err := chownTree(cfd, uid, gid, depth+1); err != nil {
+				return err
+			}
+		case unix.S_IFREG:
+			err := unix.Fchown(cfd, uid, gid)
+			if err == nil {
+				err = unix.Fchmod(cfd, 0o644)
+			}
+			unix.Close(cfd)
+			if err != nil {
+				return err
+			}
+		default:
+			unix.Close(cfd)
 		}
-		if err := os.Lchown(p, uid, gid); err != nil {
-			return fmt.Errorf("compilation cache: %w", err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			return fmt.Errorf("compilation cache: %w", err)
-		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // writeAtomic writes data to path through a temporary file and a rename, so

@@ -27,11 +27,13 @@ import (
 	"fmt"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tetratelabs/wazero"
@@ -187,6 +189,12 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	if err != nil {
 		return invalid("%v", err)
 	}
+	// wazero writes its entries 0600; children, another user, read them.
+	// Done here, by their owner, so that the manager never walks a
+	// directory this process could be rearranging under it.
+	if err := shareCache(cacheDir); err != nil {
+		return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
+	}
 	var bad []string
 	for _, fn := range cm.ImportedFunctions() {
 		mod, name, _ := fn.Import()
@@ -256,4 +264,32 @@ func emptyDir(dir string) error {
 		}
 	}
 	return nil
+}
+
+// shareCache makes what this process owns in the cache readable by all:
+// directories 0755, files 0644. Links are never followed; what another
+// user owns is left alone.
+func shareCache(dir string) error {
+	uid := os.Geteuid()
+	return filepath.WalkDir(dir, func(p string, de fs.DirEntry, err error) error {
+		if err != nil || de.Type()&fs.ModeSymlink != 0 {
+			return err
+		}
+		info, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st, ok := info.Sys().(*syscall.Stat_t)
+		if !ok || int(st.Uid) != uid {
+			return nil
+		}
+		mode := fs.FileMode(0o644)
+		if info.IsDir() {
+			mode = 0o755
+		}
+		if info.Mode().Perm() == mode {
+			return nil
+		}
+		return os.Chmod(p, mode)
+	})
 }

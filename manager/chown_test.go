@@ -1,0 +1,64 @@
+package manager
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// A compile process owns the cache it writes, so it could put a link to
+// /etc in it (or swap a directory for one while the manager walks it):
+// the manager's walk, as root, must never reach past the cache.
+func TestGivingTheCacheToTheCompileUserNeverFollowsALink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("chown needs root: run the suite as root (as CI does)")
+	}
+	dir := t.TempDir()
+	outside := filepath.Join(dir, "outside")
+	cache := filepath.Join(dir, "cache")
+	for _, d := range []string{outside, filepath.Join(cache, "v1")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := filepath.Join(outside, "shadow")
+	entry := filepath.Join(cache, "v1", "entry")
+	for _, f := range []string{secret, entry} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, to := range map[string]string{
+		filepath.Join(cache, "v1", "to-file"): secret,
+		filepath.Join(cache, "to-dir"):        outside,
+	} {
+		if err := os.Symlink(to, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &store{cacheDir: cache, owner: &[2]int{54321, 54321}}
+	if err := s.chownCacheLocked(); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]struct {
+		uid  uint32
+		mode os.FileMode
+	}{
+		cache:                      {54321, 0o755},
+		filepath.Join(cache, "v1"): {54321, 0o755},
+		entry:                      {54321, 0o644},
+		outside:                    {0, 0o700},
+		secret:                     {0, 0o600},
+	}
+	for p, w := range want {
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Uid != w.uid || os.FileMode(st.Mode&0o777) != w.mode {
+			t.Errorf("%s: uid %d mode %o, want uid %d mode %o", p, st.Uid, st.Mode&0o777, w.uid, w.mode)
+		}
+	}
+}
