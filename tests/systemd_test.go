@@ -572,6 +572,7 @@ func TestSystemdHardeningKeepsTheManagerWorking(t *testing.T) {
 		"CAP_KILL": unix.CAP_KILL, "CAP_SETUID": unix.CAP_SETUID, "CAP_SETGID": unix.CAP_SETGID,
 		"CAP_NET_BIND_SERVICE": unix.CAP_NET_BIND_SERVICE, "CAP_SYS_PTRACE": unix.CAP_SYS_PTRACE,
 		"CAP_SYS_RESOURCE": unix.CAP_SYS_RESOURCE, "CAP_SETPCAP": unix.CAP_SETPCAP,
+		"CAP_SYS_NICE": unix.CAP_SYS_NICE,
 	}
 	caps := service.words("Service", "CapabilityBoundingSet")
 	if len(caps) == 0 || strings.HasPrefix(caps[0], "~") {
