@@ -421,6 +421,17 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	watching := true // limits are enforced until the child is killed
 	stopWake := context.AfterFunc(ctx, p.wake)
 	defer stopWake()
+	// The loop below checks the limits between frames; while it is
+	// blocked handing output to a client that reads slowly (Apache
+	// streams), it checks nothing. This timer still ends the run at its
+	// wall-clock limit then, so a slow reader cannot hold a child past
+	// `timeout`. It acts only while this run is the child's.
+	runSeq := p.beginRun()
+	if lim.Timeout > 0 {
+		backstop := time.AfterFunc(lim.Timeout, func() { p.killRun(runSeq, killTimeout) })
+		defer backstop.Stop()
+	}
+	defer p.endRun(runSeq)
 	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
 	var stdoutBytes, stderrBytes int64

@@ -296,6 +296,9 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 // and its slot starts a fresh one.
 func (pl *pool) release(p *proc) {
 	n := p.requests.Add(1)
+	if p.killReason() != "" {
+		return // killed as its run ended (the wall-clock backstop): its slot replaces it
+	}
 	if pl.maxRequests > 0 && n >= int64(pl.maxRequests) {
 		p.mu.Lock()
 		p.killedBy = "recycle"

@@ -46,6 +46,8 @@ type proc struct {
 	mu       sync.Mutex
 	killedBy string       // why the manager killed it; "" if it did not
 	running  chargeTo     // who pays for the request it runs; empty between requests
+	runSeq   uint64       // the run in progress (beginRun); 0 between runs
+	runs     uint64       // runs begun
 	requests atomic.Int64 // requests served; read by Children
 	runBuf   []byte       // reused encoding buffer for Run frames
 
@@ -80,6 +82,38 @@ func (p *proc) setRunning(to chargeTo) {
 	p.mu.Lock()
 	p.running = to
 	p.mu.Unlock()
+}
+
+// beginRun marks the start of a run on the child and returns its number.
+func (p *proc) beginRun() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.runs++
+	p.runSeq = p.runs
+	return p.runSeq
+}
+
+// endRun marks the end of run seq: killRun no longer acts for it.
+func (p *proc) endRun(seq uint64) {
+	p.mu.Lock()
+	if p.runSeq == seq {
+		p.runSeq = 0
+	}
+	p.mu.Unlock()
+}
+
+// killRun kills the child for reason if run seq is still in progress: a
+// timer that fires as the run ends must not kill the child's next one.
+func (p *proc) killRun(seq uint64, reason string) {
+	p.mu.Lock()
+	current := p.runSeq == seq
+	if current && p.killedBy == "" {
+		p.killedBy = reason
+	}
+	p.mu.Unlock()
+	if current {
+		p.kill(reason) // the reason is set: the first one decides
+	}
 }
 
 // runningFor is who paid for the request the child was running.
