@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/user"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,7 +157,8 @@ func TestChildrenOfARootManagerAreConfinedByDefault(t *testing.T) {
 				t.Fatal("no child took the request within 10s")
 			}
 		}
-		for _, pid := range w.children(t) {
+		killed := w.children(t)
+		for _, pid := range killed {
 			_ = syscall.Kill(pid, syscall.SIGSYS)
 		}
 		wg.Wait()
@@ -164,7 +166,22 @@ func TestChildrenOfARootManagerAreConfinedByDefault(t *testing.T) {
 			t.Fatalf("a child killed by SIGSYS: %d %q, want 502 with a request id", r.status, r.body)
 		}
 		w.log.waitFor(t, 10*time.Second, "bad system call")
-		w.waitChildren(t, 2, 10*time.Second)
+		// Both children were killed: wait until neither is left (a
+		// request sent to one dying but not yet reaped would get a 502).
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			now := w.children(t)
+			fresh := len(now) == 2
+			for _, p := range now {
+				fresh = fresh && !slices.Contains(killed, p)
+			}
+			if fresh {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("children %v, want two that replace %v", now, killed)
+			}
+		}
+		time.Sleep(200 * time.Millisecond) // their preload
 		if r := c.get("/hello"); r.status != 200 {
 			t.Fatalf("after the replacement: %d %q", r.status, r.body)
 		}
