@@ -1,8 +1,8 @@
 // Command wagi-fcgi runs untrusted WebAssembly modules as dynamic pages
 // behind nginx or Apache, over FastCGI, WAGI-compatible.
 //
-//	wagi-fcgi serve -c FILE [--http ADDR]
-//	wagi-fcgi check -c FILE
+//	wagi-fcgi serve -c FILE [--http ADDR] [--env K=V]... [--env-file FILE]...
+//	wagi-fcgi check -c FILE [--env K=V]... [--env-file FILE]...
 //	wagi-fcgi run [--dir GUEST=SRC]... [--env K=V]... [--timeout D] [--cpu D] [--memory SIZE] MODULE [ARG...]
 //	wagi-fcgi version
 //
@@ -26,7 +26,8 @@ var version = ""
 
 const usage = `usage:
   wagi-fcgi serve -c FILE [--http ADDR]   run the FastCGI manager (--http: also plain HTTP for development)
-  wagi-fcgi check -c FILE                 validate the config, fetch and compile every module
+        [--env K=V]... [--env-file FILE]... (global environment of every module, like WAGI's)
+  wagi-fcgi check -c FILE [--env...]      validate the config, fetch and compile every module
   wagi-fcgi run [flags] MODULE [ARG...]   run one module once in a sandboxed child
   wagi-fcgi version                       print the version
 `
