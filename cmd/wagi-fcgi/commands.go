@@ -25,6 +25,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/listen"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/logfile"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/spinimport"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
 )
 
@@ -355,6 +356,44 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 		return 0, limitError{err}
 	}
 	return code, err
+}
+
+// importCmd converts a Spin manifest (internal/spinimport). It fails only
+// when nothing at all could be converted; what was left out is on stderr.
+func importCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "", "write the config to `file` (local paths relative to it) instead of stdout (absolute paths)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{errors.New("import needs one spin.toml")}
+	}
+	opts := spinimport.Options{}
+	if *out != "" {
+		opts.OutDir = filepath.Dir(*out)
+	}
+	res, err := spinimport.Convert(fs.Arg(0), opts)
+	if err != nil {
+		return err
+	}
+	for _, n := range res.Notes {
+		fmt.Fprintf(stderr, "%s: %s\n", fs.Arg(0), n)
+	}
+	if res.Modules == 0 {
+		return fmt.Errorf("%s: nothing to convert: no HTTP trigger uses the WAGI executor in a way wagi-fcgi can run (see above)", fs.Arg(0))
+	}
+	fmt.Fprintf(stderr, "%s: %d module(s) converted\n", fs.Arg(0), res.Modules)
+	if *out == "" {
+		_, err := stdout.Write(res.Config)
+		return err
+	}
+	tmp := *out + ".tmp"
+	if err := os.WriteFile(tmp, res.Config, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, *out)
 }
 
 func childCmd(ctx context.Context, args []string) error {
