@@ -123,7 +123,43 @@ func ConvertBytes(data []byte, manifestPath string, o Options) (*Result, error) 
 	default:
 		return nil, fmt.Errorf("%s: spin_manifest_version = %v: only versions 1 and 2 are known", manifestPath, version)
 	}
+	c.order()
 	return &Result{Config: c.render(), Modules: len(c.modules), Notes: c.notes}, nil
+}
+
+// order puts the modules in Spin's routing precedence, since wagi-fcgi
+// (like WAGI) takes the first route that matches in config order while
+// Spin takes the most specific: exact routes first, then wildcards with
+// the longest prefix first. Of two triggers with the same route Spin keeps
+// the last; so does this, reporting the other.
+func (c *converter) order() {
+	last := map[string]int{}
+	for i, m := range c.modules {
+		last[m.route] = i
+	}
+	kept := c.modules[:0:0]
+	for i, m := range c.modules {
+		if last[m.route] != i {
+			c.note(Skipped, m.comment, "route %q is also the route of %s, which Spin uses instead", m.route, c.modules[last[m.route]].comment)
+			continue
+		}
+		kept = append(kept, m)
+	}
+	rank := func(m module) (int, int) {
+		if p, ok := strings.CutSuffix(m.route, "/..."); ok {
+			return 1, -strings.Count(p, "/") - len(p)
+		}
+		return 0, 0
+	}
+	sort.SliceStable(kept, func(i, j int) bool {
+		wi, li := rank(kept[i])
+		wj, lj := rank(kept[j])
+		if wi != wj {
+			return wi < wj
+		}
+		return li < lj
+	})
+	c.modules = kept
 }
 
 // module is one [[module]] entry to write.

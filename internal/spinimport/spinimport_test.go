@@ -421,6 +421,40 @@ source = "hello.wasm"
 	}
 }
 
+func TestModulesFollowSpinsRoutePrecedence(t *testing.T) {
+	dir := appDir(t)
+	trigger := func(route, id string) string {
+		return "\n[[trigger.http]]\nroute = \"" + route + "\"\ncomponent = { source = \"hello.wasm\", environment = { ID = \"" + id + "\" } }\nexecutor = { type = \"wagi\" }\n"
+	}
+	manifest := v2Head + trigger("/...", "all") + trigger("/api/...", "api") + trigger("/api/v1/...", "v1") +
+		trigger("/api/exact", "exact") + trigger("/dup", "first") + trigger("/dup", "second")
+	res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse(res.Config, "out.toml", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, m := range cfg.Modules {
+		got = append(got, m.Route+"="+m.Environment["ID"])
+	}
+	// Exact routes first (in manifest order), then the longest prefix;
+	// of the duplicates, the last (Spin's choice).
+	want := []string{"/api/exact=exact", "/dup=second", "/api/v1/...=v1", "/api/...=api", "/...=all"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("modules in order %q, want %q", got, want)
+	}
+	var dup bool
+	for _, n := range res.Notes {
+		dup = dup || (n.Level == Skipped && strings.Contains(n.Msg, `route "/dup" is also the route of trigger.http #6`))
+	}
+	if !dup {
+		t.Errorf("the shadowed duplicate is not reported: %v", res.Notes)
+	}
+}
+
 func TestPathsAreRelativeToTheOutputFile(t *testing.T) {
 	dir := appDir(t)
 	res, err := ConvertBytes([]byte(v2Head+`
