@@ -40,6 +40,14 @@ type Config struct {
 	// true, `healthz = false` removes it.
 	Healthz bool
 
+	// Env is the global environment every module gets under its own
+	// `environment` (WAGI's --env and --env-file): the config's env_file,
+	// its env table, then the command line's --env-file and --env (see
+	// Overrides). It is already merged into each Module's Environment.
+	Env map[string]string
+	// EnvFiles are the env files read for Env, absolute, in order.
+	EnvFiles []string
+
 	Pool   Pool
 	Limits Limits // the [limits] defaults, before per-module overrides
 	IPFS   IPFS
@@ -250,7 +258,8 @@ type Module struct {
 	Argv string
 	// Volumes are the directories the module sees, sorted by Guest.
 	Volumes []Volume
-	// Environment is added to the module's environment.
+	// Environment is added to the module's environment: the global
+	// Config.Env with this module's own `environment` over it.
 	Environment map[string]string
 	// AllowedHosts is WAGI's allowed_hosts, as written.
 	AllowedHosts []string
@@ -319,20 +328,7 @@ func Default() *Config {
 // are resolved against the file's directory. Error messages name the file
 // as given here.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading config: %w", err)
-	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading config %s: %w", path, err)
-	}
-	cfg, err := Parse(data, path, filepath.Dir(abs))
-	if err != nil {
-		return nil, err
-	}
-	cfg.Path = abs
-	return cfg, nil
+	return LoadWith(path, Overrides{})
 }
 
 // Parse parses a config from data. filename is used in error messages
@@ -342,6 +338,10 @@ func Load(path string) (*Config, error) {
 // All problems found are reported, each as an *Error, joined with
 // errors.Join in line order.
 func Parse(data []byte, filename, baseDir string) (*Config, error) {
+	return parse(data, filename, baseDir, Overrides{})
+}
+
+func parse(data []byte, filename, baseDir string, o Overrides) (*Config, error) {
 	if baseDir == "" {
 		wd, err := os.Getwd()
 		if err != nil {
@@ -356,15 +356,20 @@ func Parse(data []byte, filename, baseDir string) (*Config, error) {
 		baseDir = abs
 	}
 	d := &decoder{file: filename, baseDir: baseDir}
-	cfg := d.decode(data)
-	if len(d.errs) > 0 {
+	cfg := d.decode(data, o)
+	if len(d.errs) > 0 || len(d.fileErrs) > 0 {
 		slices.SortStableFunc(d.errs, func(a, b *Error) int {
 			// Errors without a line go last.
 			return cmp.Compare(lineKey(a.Line), lineKey(b.Line))
 		})
-		errs := make([]error, len(d.errs))
-		for i, e := range d.errs {
-			errs[i] = e
+		errs := make([]error, 0, len(d.errs)+len(d.fileErrs))
+		for _, e := range d.errs {
+			errs = append(errs, e)
+		}
+		// Problems in env files name their own file and line; they
+		// follow the config file's, in the order the files are read.
+		for _, e := range d.fileErrs {
+			errs = append(errs, e)
 		}
 		return nil, errors.Join(errs...)
 	}

@@ -26,6 +26,9 @@ type decoder struct {
 	baseDir string
 	lines   keyLines
 	errs    []*Error
+	// fileErrs are problems in other files (env files), not sorted
+	// with the config file's lines.
+	fileErrs []*Error
 }
 
 func (d *decoder) add(line int, format string, args ...any) {
@@ -274,7 +277,7 @@ func errorLine(data []byte, p toml.Position) int {
 }
 
 // decode parses and validates the whole document.
-func (d *decoder) decode(data []byte) *Config {
+func (d *decoder) decode(data []byte, o Overrides) *Config {
 	cfg := Default()
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
@@ -289,7 +292,7 @@ func (d *decoder) decode(data []byte) *Config {
 	d.lines = locateKeys(string(data))
 
 	known := []string{"listen", "listen_mode", "listen_owner", "listen_group", "state_dir",
-		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "module"}
+		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "module", "env", "env_file"}
 	// [limits] is decoded first: modules start from its values wherever
 	// it appears in the file.
 	if v, ok := raw["limits"]; ok {
@@ -297,6 +300,7 @@ func (d *decoder) decode(data []byte) *Config {
 			d.limitsTable(keyPath{"limits"}, m, &cfg.Limits)
 		}
 	}
+	var globalEnv map[string]string // the env table, applied in globalEnv
 	for _, k := range d.keys(nil, raw) {
 		p, v := keyPath{k}, raw[k]
 		switch k {
@@ -368,11 +372,36 @@ func (d *decoder) decode(data []byte) *Config {
 			}
 		case "module":
 			cfg.Modules = d.modules(p, v, cfg.Limits)
+		case "env":
+			globalEnv = d.environment(p, v)
+		case "env_file":
+			cfg.EnvFiles = d.envFiles(p, v)
 		default:
 			d.unknown(p, known, "")
 		}
 	}
+	d.globalEnv(cfg, globalEnv, o)
 	return cfg
+}
+
+// envFiles decodes env_file: a path or an array of paths, relative to
+// the config file's directory.
+func (d *decoder) envFiles(p keyPath, v any) []string {
+	var list []string
+	if s, ok := v.(string); ok {
+		list = []string{s}
+	} else if l, ok := d.stringList(p, v); ok {
+		list = l
+	}
+	out := make([]string, 0, len(list))
+	for _, f := range list {
+		if f == "" {
+			d.bad(p, "an env file path must not be empty")
+			continue
+		}
+		out = append(out, resolve(f, d.baseDir))
+	}
+	return out
 }
 
 // fileMode decodes listen_mode: an octal string like "0660", or an integer

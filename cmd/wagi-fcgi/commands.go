@@ -25,6 +25,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/listen"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/logfile"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/spinimport"
 	"github.com/wagi-fcgi/wagi-fcgi/manager"
 )
 
@@ -40,13 +41,17 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config `file` (TOML)")
 	httpAddr := fs.String("http", "", "also serve plain HTTP on `addr` for development, through the same FastCGI path")
+	overrides := envFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *cfgPath == "" || fs.NArg() != 0 {
 		return usageError{errors.New("serve needs -c FILE and no other arguments")}
 	}
-	cfg, err := config.Load(*cfgPath)
+	if err := overrides.check(); err != nil {
+		return err
+	}
+	cfg, err := config.LoadWith(*cfgPath, overrides.Overrides)
 	if err != nil {
 		return err
 	}
@@ -94,7 +99,7 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 					}
 				}
 			case syscall.SIGHUP:
-				reload(ctx, sw, *cfgPath, cfg, opts, log)
+				reload(ctx, sw, *cfgPath, overrides.Overrides, cfg, opts, log)
 			}
 		}
 	}()
@@ -193,9 +198,10 @@ func connLimit(cfg *config.Config, log *slog.Logger) int {
 
 // reload loads the config again and swaps in a new manager generation; a
 // config that does not load is refused and the running one stays.
-func reload(ctx context.Context, sw *manager.Switch, path string, running *config.Config, opts manager.Options, log *slog.Logger) {
+func reload(ctx context.Context, sw *manager.Switch, path string, o config.Overrides, running *config.Config, opts manager.Options, log *slog.Logger) {
 	log.Info("reloading", "config", path)
-	cfg, err := config.Load(path)
+	// Env files, the config's and --env-file's, are read again.
+	cfg, err := config.LoadWith(path, o)
 	if err == nil && (cfg.Listen != running.Listen || cfg.LogFile != running.LogFile || cfg.LogFormat != running.LogFormat) {
 		log.Warn("listen and log settings change only on a restart; keeping the running ones")
 	}
@@ -226,13 +232,17 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config `file` (TOML)")
+	overrides := envFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *cfgPath == "" || fs.NArg() != 0 {
 		return usageError{errors.New("check needs -c FILE and no other arguments")}
 	}
-	cfg, err := config.Load(*cfgPath)
+	if err := overrides.check(); err != nil {
+		return err
+	}
+	cfg, err := config.LoadWith(*cfgPath, overrides.Overrides)
 	if err != nil {
 		return err
 	}
@@ -252,6 +262,27 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "%s: ok, %d modules, routes:\n", *cfgPath, len(cfg.Modules))
 	for _, r := range m.Routes() {
 		fmt.Fprintf(stdout, "  %s\n", r)
+	}
+	return nil
+}
+
+// envOverrides are the global-environment flags of serve and check
+// (WAGI's --env and --env-file).
+type envOverrides struct{ config.Overrides }
+
+func envFlags(fs *flag.FlagSet) *envOverrides {
+	o := &envOverrides{}
+	fs.Var((*multiFlag)(&o.Env), "env", "set `K=V` in every module's environment (repeatable; over the config's env and the env files)")
+	fs.Var((*multiFlag)(&o.EnvFiles), "env-file", "read KEY=VALUE lines from `file` into every module's environment (repeatable; re-read on SIGHUP)")
+	return o
+}
+
+// check refuses a malformed --env before anything starts.
+func (o *envOverrides) check() error {
+	for _, e := range o.Env {
+		if _, _, err := config.ParseEnvAssignment(e); err != nil {
+			return usageError{fmt.Errorf("--env %q: %w", e, err)}
+		}
 	}
 	return nil
 }
@@ -291,10 +322,11 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 	spec := manager.RunSpec{Module: fs.Arg(0), Args: fs.Args()[1:], Limits: lim, StateDir: *stateDir, IPFS: defaults.IPFS}
 	spec.IPFS.API = *ipfsAPI
 	for _, e := range envs {
-		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {
-			return 0, usageError{fmt.Errorf("--env %q: want K=V", e)}
+		k, v, err := config.ParseEnvAssignment(e)
+		if err != nil {
+			return 0, usageError{fmt.Errorf("--env %q: %w", e, err)}
 		}
-		spec.Env = append(spec.Env, e)
+		spec.Env = append(spec.Env, k+"="+v)
 	}
 	for _, d := range dirs {
 		guest, src, ok := strings.Cut(d, "=")
@@ -324,6 +356,44 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 		return 0, limitError{err}
 	}
 	return code, err
+}
+
+// importCmd converts a Spin manifest (internal/spinimport). It fails only
+// when nothing at all could be converted; what was left out is on stderr.
+func importCmd(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("import", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	out := fs.String("o", "", "write the config to `file` (local paths relative to it) instead of stdout (absolute paths)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError{errors.New("import needs one spin.toml")}
+	}
+	opts := spinimport.Options{}
+	if *out != "" {
+		opts.OutDir = filepath.Dir(*out)
+	}
+	res, err := spinimport.Convert(fs.Arg(0), opts)
+	if err != nil {
+		return err
+	}
+	for _, n := range res.Notes {
+		fmt.Fprintf(stderr, "%s: %s\n", fs.Arg(0), n)
+	}
+	if res.Modules == 0 {
+		return fmt.Errorf("%s: nothing to convert: no HTTP trigger uses the WAGI executor in a way wagi-fcgi can run (see above)", fs.Arg(0))
+	}
+	fmt.Fprintf(stderr, "%s: %d module(s) converted\n", fs.Arg(0), res.Modules)
+	if *out == "" {
+		_, err := stdout.Write(res.Config)
+		return err
+	}
+	tmp := *out + ".tmp"
+	if err := os.WriteFile(tmp, res.Config, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, *out)
 }
 
 func childCmd(ctx context.Context, args []string) error {

@@ -1,9 +1,10 @@
 // Command wagi-fcgi runs untrusted WebAssembly modules as dynamic pages
 // behind nginx or Apache, over FastCGI, WAGI-compatible.
 //
-//	wagi-fcgi serve -c FILE [--http ADDR]
-//	wagi-fcgi check -c FILE
+//	wagi-fcgi serve -c FILE [--http ADDR] [--env K=V]... [--env-file FILE]...
+//	wagi-fcgi check -c FILE [--env K=V]... [--env-file FILE]...
 //	wagi-fcgi run [--dir GUEST=SRC]... [--env K=V]... [--timeout D] [--cpu D] [--memory SIZE] MODULE [ARG...]
+//	wagi-fcgi import [-o FILE] spin.toml
 //	wagi-fcgi version
 //
 // This file only wires the packages together; see the README.
@@ -26,8 +27,10 @@ var version = ""
 
 const usage = `usage:
   wagi-fcgi serve -c FILE [--http ADDR]   run the FastCGI manager (--http: also plain HTTP for development)
-  wagi-fcgi check -c FILE                 validate the config, fetch and compile every module
+        [--env K=V]... [--env-file FILE]... (global environment of every module, like WAGI's)
+  wagi-fcgi check -c FILE [--env...]      validate the config, fetch and compile every module
   wagi-fcgi run [flags] MODULE [ARG...]   run one module once in a sandboxed child
+  wagi-fcgi import [-o FILE] spin.toml    convert a Spin app's WAGI-executor HTTP routes to a config
   wagi-fcgi version                       print the version
 `
 
@@ -54,6 +57,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		if err == nil {
 			return code
 		}
+	case "import":
+		err = importCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "wagi-fcgi", getVersion())
 		return 0

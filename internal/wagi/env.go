@@ -28,8 +28,10 @@ type RequestInfo struct {
 	// ServerSoftware is "wagi-fcgi/<version>".
 	ServerSoftware string
 
-	// ModuleEnv is the module's `environment` from the config. It goes
-	// first; a CGI variable of the same name wins.
+	// ModuleEnv is the module's environment from the config: the global
+	// env (env_file, env, --env-file, --env) with the module's own
+	// `environment` over it (config.Module.Environment). It goes first;
+	// a CGI variable of the same name wins.
 	ModuleEnv map[string]string
 
 	// ArgvTemplate is the module's `argv`; "" selects the default argv.
