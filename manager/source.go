@@ -109,8 +109,9 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 				continue
 			}
 		}
-		if err == nil {
-			err = checkModule(mod, src)
+		if err == nil && checkModule(mod, src) != nil {
+			// Only its route fails (500; see entrypoint.go).
+			m.log.Warn("entrypoint not exported; its route answers 500", "module", mc.Module, "err", checkModule(mod, src))
 		}
 		if err == nil {
 			err = m.checkVolumes(mc)
@@ -338,9 +339,6 @@ func (m *Manager) compileCharge(src *source) chargeFunc {
 }
 
 func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*module, []wagi.SubRoute, error) {
-	if err := checkModule(mod, src); err != nil {
-		return nil, nil, err
-	}
 	var subs []wagi.SubRoute
 	if mod.exports["_routes"] {
 		var err error

@@ -226,11 +226,12 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config `file` (TOML)")
+	strict := fs.Bool("strict", false, "fail on warnings too (a route whose module lacks its entrypoint)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *cfgPath == "" || fs.NArg() != 0 {
-		return usageError{errors.New("check needs -c FILE and no other arguments")}
+		return usageError{errors.New("check needs -c FILE [--strict] and no other arguments")}
 	}
 	cfg, err := config.Load(*cfgPath)
 	if err != nil {
@@ -248,6 +249,13 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := m.LoadAll(ctx); err != nil {
 		return err
+	}
+	warnings := m.Warnings()
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if *strict && len(warnings) > 0 {
+		return fmt.Errorf("%s: %d warnings, and --strict makes them errors", *cfgPath, len(warnings))
 	}
 	fmt.Fprintf(stdout, "%s: ok, %d modules, routes:\n", *cfgPath, len(cfg.Modules))
 	for _, r := range m.Routes() {

@@ -26,7 +26,8 @@ var version = ""
 
 const usage = `usage:
   wagi-fcgi serve -c FILE [--http ADDR]   run the FastCGI manager (--http: also plain HTTP for development)
-  wagi-fcgi check -c FILE                 validate the config, fetch and compile every module
+  wagi-fcgi check -c FILE [--strict]      validate the config, fetch and compile every module;
+                                          --strict also fails on warnings
   wagi-fcgi run [flags] MODULE [ARG...]   run one module once in a sandboxed child
   wagi-fcgi version                       print the version
 `
