@@ -209,7 +209,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	run := &ipc.Run{
 		ID:          id,
 		ModuleKey:   mod.key,
-		ModulePath:  mod.path,
+		ModulePath:  mod.binary(),
 		MemoryPages: t.pages,
 		Entrypoint:  t.entry,
 		Args:        wagi.Argv(ri),
