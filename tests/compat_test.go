@@ -257,6 +257,28 @@ module = "/ipfs/%s"
 		}
 		w.log.waitFor(t, 5*time.Second, "id="+requestID(t, r.body), "wasi_unstable.fd_filestat_get", "nlink")
 	})
+	t.Run("without wat2wasm a fetched text module answers 502 naming it in the log", func(t *testing.T) {
+		dir := t.TempDir()
+		// The manager looks wat2wasm up in its PATH when it starts.
+		t.Setenv("PATH", "/nonexistent")
+		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		w := startWagi(t, bin, dir, fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+[pool]
+children = 1
+[ipfs]
+api = %q
+[[module]]
+route = "/hello"
+module = "ipfs://%s"
+`, k.API, hello), "--http", addr)
+		r := newClient(t, "http://"+addr).get("/hello")
+		if r.status != 502 {
+			t.Fatalf("%d %q, want 502", r.status, r.body)
+		}
+		w.log.waitFor(t, 5*time.Second, "id="+requestID(t, r.body), "wat2wasm", "wabt")
+	})
 }
 
 func TestCheckNamesWhatIsWrongWithATextModule(t *testing.T) {
