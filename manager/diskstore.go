@@ -188,7 +188,7 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 	if findCache {
 		// The module's bytes are read again outside the lock; the
 		// compilation cache names its file after them.
-		if bin, err := os.ReadFile(mod.binary()); err == nil {
+		if bin, err := os.ReadFile(mod.path); err == nil {
 			cands = d.cacheCandidates(bin, cpuFlags, et)
 		}
 	}
