@@ -109,7 +109,9 @@ func newStore(stateDir string, maxSize int64, command []string, log *slog.Logger
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
-	s.wat2wasm = findWat2wasm()
+	if s.wat2wasm = findWat2wasm(); s.wat2wasm == "" {
+		log.Info("no wat2wasm in PATH: WebAssembly text modules will be refused (install wabt)")
+	}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.sp = newSpawner()
 	return s, nil
