@@ -64,8 +64,9 @@ func (s *source) identity() string {
 }
 
 // errInvalidModule wraps every way fetched bytes can fail to be a module
-// wagi-fcgi can run: not wasm, does not compile, imports what is not
-// provided, lacks its entrypoint, bad _routes.
+// wagi-fcgi can run: neither wasm nor convertible text, does not compile,
+// imports what is not provided, bad _routes (a missing entrypoint is not:
+// only its route fails, with 500).
 var errInvalidModule = errors.New("invalid module")
 
 func usesIPFS(cfg *config.Config) bool {

@@ -348,9 +348,9 @@ func TestRunRunsATextModule(t *testing.T) {
 	})
 }
 
-// compiledCPU is the CPU the manager collected for the compile of the
-// module with key (hex prefix), from the "module compiled" log line: the
-// figure it charges to the module.
+// compiledCPU is the CPU the manager collected for the compile in log
+// (its "module compiled" line, from `run`): the figure it charges to the
+// module.
 func compiledCPU(t *testing.T, log string) time.Duration {
 	t.Helper()
 	m := regexp.MustCompile(`msg="module compiled".* cpu=(\S+)`).FindStringSubmatch(log)
