@@ -53,9 +53,22 @@ const (
 )
 
 // instantiateWASI instantiates wasi_snapshot_preview1 in rt with the
-// environment functions replaced.
+// environment functions replaced, and what is provided of wasi_unstable
+// (see preview0.go).
 func instantiateWASI(ctx context.Context, rt wazero.Runtime) error {
 	b := rt.NewHostModuleBuilder(wasi_snapshot_preview1.ModuleName)
+	if err := exportWASI(b); err != nil {
+		return err
+	}
+	if _, err := b.Instantiate(ctx); err != nil {
+		return err
+	}
+	return instantiatePreview0(ctx, rt)
+}
+
+// exportWASI exports the preview1 functions into b, as wagi-fcgi provides
+// them (quotas, environment).
+func exportWASI(b wazero.HostModuleBuilder) error {
 	wasi_snapshot_preview1.NewFunctionExporter().ExportFunctions(b)
 	// Volume quotas answer ENOSPC, which wazero's errno set lacks.
 	if err := quota.WrapWASI(b); err != nil {
@@ -70,8 +83,7 @@ func instantiateWASI(ctx context.Context, rt wazero.Runtime) error {
 		WithGoModuleFunction(api.GoModuleFunc(environGet), []api.ValueType{i32, i32}, []api.ValueType{i32}).
 		WithParameterNames("environ", "environ_buf").
 		Export("environ_get")
-	_, err := b.Instantiate(ctx)
-	return err
+	return nil
 }
 
 func environSizesGet(ctx context.Context, mod api.Module, stack []uint64) {

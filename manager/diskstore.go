@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 )
 
 // diskStore bounds what state_dir holds of fetched content ([ipfs]
@@ -135,6 +136,10 @@ func openDiskStore(cfg *config.Config, log *slog.Logger) *diskStore {
 		}
 	}
 	_ = filepath.WalkDir(d.cacheDir, func(p string, de fs.DirEntry, err error) error {
+		if err == nil && de.IsDir() && filepath.Dir(compiler.TextBinaryPath(d.cacheDir, "k")) == p {
+			// Binaries of text modules go with their module (evictLocked).
+			return filepath.SkipDir
+		}
 		if err == nil && de.Type().IsRegular() {
 			if info, err := de.Info(); err == nil {
 				d.loose[p] = info.Size()
@@ -318,6 +323,7 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 			if e.cache != "" {
 				_ = os.Remove(e.cache)
 			}
+			_ = os.Remove(compiler.TextBinaryPath(d.cacheDir, key)) // if it was text
 			if err := os.Remove(e.path); err != nil && !os.IsNotExist(err) {
 				d.log.Warn("module store: evicting", "path", e.path, "err", err)
 				continue

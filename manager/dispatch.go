@@ -147,6 +147,12 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		return
 	}
 	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
+	if why := missingEntrypoint(t, mod); why != "" {
+		status = 500
+		log.Error("module cannot run on this route", "module", mod.ref, "status", status, "err", why)
+		errorResponse(w, id, status, "the module failed", "")
+		return
+	}
 	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
 	if err != nil {
 		status, msg, retry := loadFailure(err, false)
@@ -203,7 +209,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	run := &ipc.Run{
 		ID:          id,
 		ModuleKey:   mod.key,
-		ModulePath:  mod.path,
+		ModulePath:  mod.binary(),
 		MemoryPages: t.pages,
 		Entrypoint:  t.entry,
 		Args:        wagi.Argv(ri),

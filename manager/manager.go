@@ -430,7 +430,7 @@ func (m *Manager) preloadList() []ipc.Module {
 			continue
 		}
 		seen[key] = true
-		out = append(out, ipc.Module{Key: mod.key, Path: mod.path, MemoryPages: src.pages})
+		out = append(out, ipc.Module{Key: mod.key, Path: mod.binary(), MemoryPages: src.pages})
 		if len(out) == maxPreload {
 			break
 		}
@@ -522,7 +522,7 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, src *source) ([
 	run := &ipc.Run{
 		ID:          "routes",
 		ModuleKey:   mod.key,
-		ModulePath:  mod.path,
+		ModulePath:  mod.binary(),
 		MemoryPages: pages,
 		Entrypoint:  "_routes",
 		StderrCap:   stderrCap,

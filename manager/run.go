@@ -107,7 +107,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	run := &ipc.Run{
 		ID:           "run",
 		ModuleKey:    mod.key,
-		ModulePath:   mod.path,
+		ModulePath:   mod.binary(),
 		MemoryPages:  pages,
 		Entrypoint:   "_start",
 		Args:         append([]string{spec.Module}, spec.Args...),

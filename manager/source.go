@@ -64,8 +64,9 @@ func (s *source) identity() string {
 }
 
 // errInvalidModule wraps every way fetched bytes can fail to be a module
-// wagi-fcgi can run: not wasm, does not compile, imports what is not
-// provided, lacks its entrypoint, bad _routes.
+// wagi-fcgi can run: neither wasm nor convertible text, does not compile,
+// imports what is not provided, bad _routes (a missing entrypoint is not:
+// only its route fails, with 500).
 var errInvalidModule = errors.New("invalid module")
 
 func usesIPFS(cfg *config.Config) bool {
@@ -109,8 +110,9 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 				continue
 			}
 		}
-		if err == nil {
-			err = checkModule(mod, src)
+		if err == nil && checkModule(mod, src) != nil {
+			// Only its route fails (500; see entrypoint.go).
+			m.log.Warn("entrypoint not exported; its route answers 500", "module", mc.Module, "err", checkModule(mod, src))
 		}
 		if err == nil {
 			err = m.checkVolumes(mc)
@@ -338,9 +340,6 @@ func (m *Manager) compileCharge(src *source) chargeFunc {
 }
 
 func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*module, []wagi.SubRoute, error) {
-	if err := checkModule(mod, src); err != nil {
-		return nil, nil, err
-	}
 	var subs []wagi.SubRoute
 	if mod.exports["_routes"] {
 		var err error

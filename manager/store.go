@@ -35,6 +35,7 @@ type module struct {
 	ref     string          // as configured, for messages
 	key     string          // sha256 of the bytes, hex; the module's identity
 	path    string          // state_dir/modules/<key>.wasm
+	text    string          // for a WebAssembly text module: the binary the compile process made of it
 	exports map[string]bool // exported function names
 	size    int
 }
@@ -50,6 +51,7 @@ type store struct {
 	badDir   string // state_dir/bad: modules that failed to compile, by key
 	maxSize  int64
 	command  []string // argv of a compile process, before its flags
+	wat2wasm string   // absolute path of wabt's wat2wasm, found at start; "" = none (text modules are refused)
 	log      *slog.Logger
 
 	sp    *spawner      // starts compile processes (see spawner)
@@ -107,10 +109,38 @@ func newStore(stateDir string, maxSize int64, command []string, log *slog.Logger
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
 	}
+	if s.wat2wasm = findWat2wasm(); s.wat2wasm == "" {
+		log.Info("no wat2wasm in PATH: WebAssembly text modules will be refused (install wabt)")
+	}
 	s.life, s.stop = context.WithCancel(context.Background())
 	s.sp = newSpawner()
 	return s, nil
 }
+
+// binary is the file children load: the module's own, or for a text
+// module the binary made of it (see compiler.TextBinaryPath).
+func (m *module) binary() string {
+	if m.text != "" {
+		return m.text
+	}
+	return m.path
+}
+
+// findWat2wasm resolves wat2wasm in PATH once, at start: compile
+// processes get an empty environment, so they are given its path.
+func findWat2wasm() string {
+	p, err := exec.LookPath("wat2wasm")
+	if err != nil {
+		return ""
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return ""
+}
+
+// errNoWat2wasm is the reason a text module cannot load here.
+const errNoWat2wasm = "not a WebAssembly binary (no \\0asm magic), and WebAssembly text needs wabt's wat2wasm, which was not found in PATH when wagi-fcgi started (install the Debian package wabt)"
 
 // compileSlots is how many compile processes may be alive at once: one per
 // CPU (each runs with GOMAXPROCS=1), at least two so that one slow compile
@@ -182,12 +212,21 @@ func (e *badModuleError) Unwrap() error { return errInvalidModule }
 // compile limits, unless it is remembered as bad. The compile's CPU goes
 // to charge.
 func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32, lim config.Limits, charge chargeFunc) (*module, error) {
-	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
-		return nil, fmt.Errorf("load %s: %w: not a WebAssembly binary module (no \\0asm magic)", ref, errInvalidModule)
+	// Anything that is not a binary is taken for WebAssembly text, which
+	// the compile process converts (the manager reads no more of it).
+	text := !compiler.IsBinary(bin)
+	if !text && len(bin) < 8 {
+		return nil, fmt.Errorf("load %s: %w: not a WebAssembly binary module (too short)", ref, errInvalidModule)
+	}
+	if text && s.wat2wasm == "" {
+		return nil, fmt.Errorf("load %s: %w: %s", ref, errInvalidModule, errNoWat2wasm)
 	}
 	sum := sha256.Sum256(bin)
 	key := hex.EncodeToString(sum[:])
 	m := &module{ref: ref, key: key, path: filepath.Join(s.dir, key+".wasm"), size: len(bin)}
+	if text {
+		m.text = compiler.TextBinaryPath(s.cacheDir, key)
+	}
 	if reason := s.badReason(key, pages, lim); reason != "" {
 		return nil, &badModuleError{ref: ref, key: key, reason: reason}
 	}
@@ -362,8 +401,11 @@ func (s *store) startCompile(path string, pages uint32, lim config.Limits) (*com
 		"--pages", strconv.FormatUint(uint64(pages), 10),
 		"--memory", strconv.FormatInt(lim.CompileMemory, 10),
 		"--cpu", lim.CompileCPU.String(),
-		"--max-size", strconv.FormatInt(s.maxSize, 10),
-		path)
+		"--max-size", strconv.FormatInt(s.maxSize, 10))
+	if s.wat2wasm != "" {
+		args = append(args, "--wat2wasm", s.wat2wasm)
+	}
+	args = append(args, path)
 	cmd := exec.Command(s.command[0], args...)
 	cmd.Env = []string{}
 	cmd.Dir = "/"
@@ -414,7 +456,10 @@ func (r *compileRun) watch(life context.Context, lim config.Limits) string {
 	kill := func(why string) {
 		if killed == "" {
 			killed = why
-			_ = r.cmd.Process.Signal(syscall.SIGKILL)
+			// The process group: a wat2wasm it runs goes too.
+			if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+				_ = r.cmd.Process.Signal(syscall.SIGKILL)
+			}
 		}
 	}
 	for {

@@ -233,11 +233,12 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("c", "", "config `file` (TOML)")
 	overrides := envFlags(fs)
+	strict := fs.Bool("strict", false, "fail on warnings too (a route whose module lacks its entrypoint)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *cfgPath == "" || fs.NArg() != 0 {
-		return usageError{errors.New("check needs -c FILE and no other arguments")}
+		return usageError{errors.New("check needs -c FILE [--strict] and no other arguments")}
 	}
 	if err := overrides.check(); err != nil {
 		return err
@@ -258,6 +259,13 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := m.LoadAll(ctx); err != nil {
 		return err
+	}
+	warnings := m.Warnings()
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "warning: %s\n", w)
+	}
+	if *strict && len(warnings) > 0 {
+		return fmt.Errorf("%s: %d warnings, and --strict makes them errors", *cfgPath, len(warnings))
 	}
 	fmt.Fprintf(stdout, "%s: ok, %d modules, routes:\n", *cfgPath, len(cfg.Modules))
 	for _, r := range m.Routes() {

@@ -28,7 +28,9 @@ var version = ""
 const usage = `usage:
   wagi-fcgi serve -c FILE [--http ADDR]   run the FastCGI manager (--http: also plain HTTP for development)
         [--env K=V]... [--env-file FILE]... (global environment of every module, like WAGI's)
-  wagi-fcgi check -c FILE [--env...]      validate the config, fetch and compile every module
+  wagi-fcgi check -c FILE [--strict] [--env...]
+                                          validate the config, fetch and compile every module;
+                                          --strict also fails on warnings
   wagi-fcgi run [flags] MODULE [ARG...]   run one module once in a sandboxed child
   wagi-fcgi import [-o FILE] spin.toml    convert a Spin app's WAGI-executor HTTP routes to a config
   wagi-fcgi version                       print the version

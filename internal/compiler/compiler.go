@@ -8,7 +8,7 @@
 // PR_SET_PDEATHSIG, its own process group) with the module's path and the
 // limits it compiles under:
 //
-//	wagi-fcgi compile --cache DIR --pages N --memory BYTES --cpu DURATION [--max-size BYTES] MODULE
+//	wagi-fcgi compile --cache DIR --pages N --memory BYTES --cpu DURATION [--max-size BYTES] [--wat2wasm PATH] MODULE
 //
 // It sets its own address-space and CPU limits before it reads a byte of
 // the module, compiles with child.RuntimeConfig (so the cache entry is the
@@ -31,13 +31,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
+	"github.com/tetratelabs/wazero/api"
 	"golang.org/x/sys/unix"
 
 	"github.com/wagi-fcgi/wagi-fcgi/child"
@@ -53,6 +54,7 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	memory := fs.Int64("memory", 0, "address-space limit of this process in bytes (RLIMIT_AS); 0 = none")
 	cpu := fs.Duration("cpu", 0, "CPU limit of this process (RLIMIT_CPU, rounded up to seconds); 0 = none")
 	maxSize := fs.Int64("max-size", 0, "largest module in bytes; 0 = no limit")
+	wat2wasm := fs.String("wat2wasm", "", "absolute `path` of wabt's wat2wasm, for WebAssembly text modules; empty = text is refused")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,7 +68,11 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 		return fmt.Errorf("compile: %w", err)
 	}
 	w := bufio.NewWriter(stdout)
-	r := compile(ctx, *cacheDir, uint32(*pages), *maxSize, fs.Arg(0))
+	text := textLimits{memory: *memory, cpu: *cpu, output: *maxSize}
+	if text.output <= 0 {
+		text.output = 1<<31 - 1
+	}
+	r := compile(ctx, *cacheDir, uint32(*pages), *maxSize, fs.Arg(0), *wat2wasm, text)
 	if err := Encode(w, r); err != nil {
 		return err
 	}
@@ -126,7 +132,7 @@ func addressSpace() (int64, error) {
 }
 
 // compile does the work; it never fails without a Result.
-func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, path string) *Result {
+func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, path, wat2wasm string, textLim textLimits) *Result {
 	failed := func(err error) *Result { return &Result{Key: zeroKey, Status: Failed, Reason: err.Error()} }
 	// The manager wrote the file (by content hash) and checked its size;
 	// reading it bounded again costs nothing.
@@ -150,6 +156,22 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	}
 	if int64(len(bin)) > limit {
 		return invalid("larger than max_module_size (%d bytes)", maxSize)
+	}
+	// Text is converted first, under this process's limits (see wat.go);
+	// the key stays the text's, the module's identity.
+	var converted []byte
+	if !IsBinary(bin) {
+		if wat2wasm == "" {
+			return failed(errors.New("not a WebAssembly binary, and no wat2wasm was given to read it as WebAssembly text"))
+		}
+		converted, err = convertText(wat2wasm, bin, textLim)
+		if errors.Is(err, errNoConverter) {
+			return failed(err)
+		}
+		if err != nil {
+			return invalid("%v", err)
+		}
+		bin = converted
 	}
 	cache, err := wazero.NewCompilationCacheWithDir(cacheDir)
 	if err != nil {
@@ -189,6 +211,11 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	if err != nil {
 		return invalid("%v", err)
 	}
+	if converted != nil {
+		if err := writeTextBinary(cacheDir, key, converted); err != nil {
+			return failed(fmt.Errorf("storing the binary of a text module: %w", err))
+		}
+	}
 	// wazero writes its entries 0600; children, another user, read them.
 	// Done here, by their owner, so that the manager never walks a
 	// directory this process could be rearranging under it.
@@ -198,8 +225,16 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	var bad []string
 	for _, fn := range cm.ImportedFunctions() {
 		mod, name, _ := fn.Import()
-		if mod != wasi_snapshot_preview1.ModuleName || !wasi[name] {
+		if why := child.ImportRefusal(mod, name); why != "" {
+			return invalid("%s", why)
+		}
+		def := wasi[mod+"."+name]
+		if def == nil {
 			bad = append(bad, mod+"."+name)
+			continue
+		}
+		if !slices.Equal(def.ParamTypes(), fn.ParamTypes()) || !slices.Equal(def.ResultTypes(), fn.ResultTypes()) {
+			return invalid("imports %s.%s as %s, but wagi-fcgi provides it as %s", mod, name, signature(fn), signature(def))
 		}
 	}
 	for _, mem := range cm.ImportedMemories() {
@@ -209,7 +244,7 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	if len(bad) > 0 {
 		sort.Strings(bad)
 		return invalid("imports %s, which wagi-fcgi does not provide (modules may import only %s)",
-			strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
+			strings.Join(bad, ", "), strings.Join(child.HostModuleNames, " and "))
 	}
 	r := &Result{Key: key, Status: Valid}
 	for name := range cm.ExportedFunctions() {
@@ -226,18 +261,34 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 const zeroKey = "0000000000000000000000000000000000000000000000000000000000000000"
 
 // newRuntime makes the Runtime children use for this memory limit, with
-// WASI instantiated, so its export list tells which imports a guest may use.
-func newRuntime(ctx context.Context, cache wazero.CompilationCache, pages uint32) (wazero.Runtime, map[string]bool, error) {
+// the host modules instantiated as children instantiate them, so their
+// export lists tell which imports a guest may use ("module.name" → its
+// definition).
+func newRuntime(ctx context.Context, cache wazero.CompilationCache, pages uint32) (wazero.Runtime, map[string]api.FunctionDefinition, error) {
 	rt := wazero.NewRuntimeWithConfig(ctx, child.RuntimeConfig(cache, pages))
-	if _, err := wasi_snapshot_preview1.Instantiate(ctx, rt); err != nil {
+	if err := child.InstantiateHost(ctx, rt); err != nil {
 		_ = rt.Close(ctx)
 		return nil, nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
-	wasi := map[string]bool{}
-	for name := range rt.Module(wasi_snapshot_preview1.ModuleName).ExportedFunctionDefinitions() {
-		wasi[name] = true
+	provided := map[string]api.FunctionDefinition{}
+	for _, mod := range child.HostModuleNames {
+		for name, def := range rt.Module(mod).ExportedFunctionDefinitions() {
+			provided[mod+"."+name] = def
+		}
 	}
-	return rt, wasi, nil
+	return rt, provided, nil
+}
+
+// signature writes a function type the way WebAssembly text does.
+func signature(def api.FunctionDefinition) string {
+	names := func(ts []api.ValueType) string {
+		s := make([]string, len(ts))
+		for i, t := range ts {
+			s[i] = api.ValueTypeName(t)
+		}
+		return strings.Join(s, " ")
+	}
+	return fmt.Sprintf("(param %s) (result %s)", names(def.ParamTypes()), names(def.ResultTypes()))
 }
 
 // compileModule compiles bin, turning a compiler panic into an error: a
