@@ -511,3 +511,63 @@ digest = "sha256:%[2]s"
 		}
 	})
 }
+
+// TestAnOCITagIsResolvedAgainAfterItsTTL: a tag that moved serves its new
+// module once the resolution's minute is over; a tag whose registry is
+// down by then keeps serving the module it had (as IPNS names do).
+func TestAnOCITagIsResolvedAgainAfterItsTTL(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	up, down := startRegistry(t, filepath.Join(dir, "up")), startRegistry(t, filepath.Join(dir, "down"))
+	const wasmLayer = "application/vnd.wasm.content.layer.v1+wasm"
+	hello := readModule(t, "hello.wasm")
+	up.push(t, "mods/app", "stable", wasmLayer, hello)
+	down.push(t, "mods/app", "stable", wasmLayer, hello)
+	config := fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+
+[pool]
+children = 1
+
+[oci]
+insecure_registries = [%[1]q, %[2]q]
+
+[[module]]
+route = "/moving"
+module = "oci:%[1]s/mods/app:stable"
+
+[[module]]
+route = "/kept"
+module = "oci:%[2]s/mods/app:stable"
+`, up.addr, down.addr)
+	w := startWagi(t, bin, dir, config)
+	c := newClient(t, startNginx(t, dir, w.sock).base)
+	for _, p := range []string{"/moving", "/kept"} {
+		if r := c.get(p); r.status != 200 || string(r.body) != "Hello, world!\n" {
+			t.Fatalf("GET %s = %d %q", p, r.status, r.body)
+		}
+	}
+	loaded := time.Now()
+	up.push(t, "mods/app", "stable", wasmLayer, readModule(t, "exit.wasm"))
+	down.stop()
+
+	t.Run("within the TTL the tag is not resolved again", func(t *testing.T) {
+		if r := c.get("/moving"); string(r.body) != "Hello, world!\n" {
+			t.Fatalf("GET /moving = %d %q", r.status, r.body)
+		}
+	})
+	// modsource.RefreshTTL is a minute.
+	time.Sleep(time.Until(loaded.Add(61 * time.Second)))
+	t.Run("after the TTL a moved tag serves its new module", func(t *testing.T) {
+		if r := c.get("/moving"); r.status != 200 || !strings.Contains(string(r.body), "exiting") {
+			t.Fatalf("GET /moving = %d %q\n%s", r.status, r.body, w.log)
+		}
+	})
+	t.Run("after the TTL a tag whose registry is down keeps its module", func(t *testing.T) {
+		if r := c.get("/kept"); r.status != 200 || string(r.body) != "Hello, world!\n" {
+			t.Fatalf("GET /kept = %d %q", r.status, r.body)
+		}
+		w.log.waitFor(t, 5*time.Second, "module reference not resolved; using the module cached for it", down.addr, "connection refused")
+	})
+}
