@@ -7,11 +7,11 @@
 # already (Debian's Go is too old); a missing go is reported, not installed.
 set -euo pipefail
 
-PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk systemd util-linux docker-registry)
+PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk systemd util-linux docker-registry apache2-utils)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 [ -f /usr/include/wasm32-wasi/stdio.h ] || missing+=("wasi-libc sysroot")
@@ -75,7 +75,7 @@ if [ "$(bash "$(dirname "${BASH_SOURCE[0]}")/../conf/systemd/useradd.sh")" = cre
 fi
 
 # Check the result.
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd; do
 	command -v "$cmd" >/dev/null 2>&1 || {
 		echo "setup: $cmd still missing after install" >&2
 		exit 1

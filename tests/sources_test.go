@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -27,6 +28,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
 
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
@@ -35,6 +37,8 @@ import (
 // docker-registry) on a loopback port, with its own storage and config.
 type ociRegistry struct {
 	addr string // 127.0.0.1:PORT
+	user string // with pass, the credentials pushes use; "" for none
+	pass string
 	cmd  *exec.Cmd
 	done chan struct{}
 	log  *logBuffer
@@ -42,12 +46,19 @@ type ociRegistry struct {
 
 func startRegistry(t *testing.T, dir string) *ociRegistry {
 	t.Helper()
+	return startRegistryWith(t, dir, "", "")
+}
+
+// startRegistryWith starts a registry that, when user is not "", accepts
+// only user and pass (htpasswd, bcrypt).
+func startRegistryWith(t *testing.T, dir, user, pass string) *ociRegistry {
+	t.Helper()
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("docker-registry is not installed (run tests/setup.sh): %v", err)
 	}
 	port := freePort(t)
-	r := &ociRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), done: make(chan struct{}), log: &logBuffer{}}
+	r := &ociRegistry{addr: fmt.Sprintf("127.0.0.1:%d", port), user: user, pass: pass, done: make(chan struct{}), log: &logBuffer{}}
 	rdir := filepath.Join(dir, "registry")
 	if err := os.MkdirAll(filepath.Join(rdir, "storage"), 0o755); err != nil {
 		t.Fatal(err)
@@ -65,6 +76,16 @@ storage:
 http:
   addr: %s
 `, rdir, r.addr)
+	if user != "" {
+		out, err := exec.Command("htpasswd", "-nbB", user, pass).Output()
+		if err != nil {
+			t.Fatalf("htpasswd (apache2-utils; run tests/setup.sh): %v", err)
+		}
+		if err := os.WriteFile(filepath.Join(rdir, "htpasswd"), out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: wagi-test\n    path: %s/htpasswd\n", rdir)
+	}
 	cfgPath := filepath.Join(rdir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -121,6 +142,9 @@ func (r *ociRegistry) push(t *testing.T, repo, tag, layerType string, layer []by
 		t.Fatal(err)
 	}
 	rp.PlainHTTP = true
+	if r.user != "" {
+		rp.Client = &auth.Client{Credential: auth.StaticCredential(r.addr, auth.Credential{Username: r.user, Password: r.pass})}
+	}
 	cfg := []byte(`{}`)
 	cfgDesc := content.NewDescriptorFromBytes("application/vnd.wasm.config.v1+json", cfg)
 	layerDesc := content.NewDescriptorFromBytes(layerType, layer)
@@ -569,5 +593,54 @@ module = "oci:%[2]s/mods/app:stable"
 			t.Fatalf("GET /kept = %d %q", r.status, r.body)
 		}
 		w.log.waitFor(t, 5*time.Second, "module reference not resolved; using the module cached for it", down.addr, "connection refused")
+	})
+}
+
+// TestOCICredentialsComeFromADockerStyleConfigFile: a registry that wants
+// a password refuses an anonymous pull (502) and serves one with
+// [oci] auth_file.
+func TestOCICredentialsComeFromADockerStyleConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	reg := startRegistryWith(t, dir, "wagi", "s3cret-pass")
+	reg.push(t, "mods/private", "v1", "application/vnd.wasm.content.layer.v1+wasm", readModule(t, "hello.wasm"))
+	authFile := filepath.Join(dir, "docker-config.json")
+	auths := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.addr, base64.StdEncoding.EncodeToString([]byte("wagi:s3cret-pass")))
+	if err := os.WriteFile(authFile, []byte(auths), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := func(extra string) string {
+		return fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+
+[pool]
+children = 1
+
+[oci]
+insecure_registries = [%[1]q]
+%[2]s
+
+[[module]]
+route = "/private"
+module = "oci:%[1]s/mods/private:v1"
+`, reg.addr, extra)
+	}
+	t.Run("without credentials the pull is refused with 502", func(t *testing.T) {
+		d := t.TempDir()
+		w := startWagi(t, bin, d, config(""))
+		c := newClient(t, startNginx(t, d, w.sock).base)
+		if r := c.get("/private"); r.status != 502 || !strings.Contains(string(r.body), "refused") {
+			t.Fatalf("GET /private = %d %q\n%s", r.status, r.body, w.log)
+		}
+		w.log.waitFor(t, 5*time.Second, "module not available", "the registry wants credentials")
+	})
+	t.Run("with auth_file the module serves", func(t *testing.T) {
+		d := t.TempDir()
+		w := startWagi(t, bin, d, config(fmt.Sprintf("auth_file = %q", authFile)))
+		c := newClient(t, startNginx(t, d, w.sock).base)
+		if r := c.get("/private"); r.status != 200 || string(r.body) != "Hello, world!\n" {
+			t.Fatalf("GET /private = %d %q\n%s", r.status, r.body, w.log)
+		}
 	})
 }

@@ -174,6 +174,8 @@ func ociError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %v", ErrDigestMismatch, err)
 	case errors.Is(err, errdef.ErrSizeExceedsLimit):
 		return fmt.Errorf("%w: %v", ErrTooLarge, err)
+	case errors.Is(err, auth.ErrBasicCredentialNotFound):
+		return fmt.Errorf("%w: the registry wants credentials and [oci] auth_file has none for it: %v", ErrRefused, err)
 	case errors.As(err, &resp):
 		if resp.StatusCode == http.StatusNotFound {
 			return fmt.Errorf("%w: %v", ErrNotFound, err)
