@@ -281,6 +281,27 @@ module = "oci:%[1]s/mods/hello:later"
 		}
 	})
 
+	t.Run("wagi-fcgi run pulls an oci: module", func(t *testing.T) {
+		out, errs, code := runBin(t, bin, nil, "run", "--state-dir", filepath.Join(dir, "runstate"),
+			"--insecure-registry", reg.addr, "oci:"+reg.addr+"/mods/hello:v1")
+		if code != 0 || !strings.Contains(out, "Hello, world!") {
+			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
+		}
+	})
+	t.Run("wagi-fcgi check names the line of a missing tag", func(t *testing.T) {
+		// Its own state_dir: check fetches every module, and /later must
+		// stay unfetched for the server.
+		cfg := filepath.Join(dir, "check.toml")
+		text := expand(t, strings.Replace(config, "{{dir}}/state", "{{dir}}/state-check", 1), dir)
+		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, errs, code := runBin(t, bin, nil, "check", "-c", cfg)
+		if code == 0 || !strings.Contains(errs, "check.toml:27:") || !strings.Contains(errs, "mods/hello:nope") {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+	})
+
 	// The registry goes away; a restarted server serves what it pulled.
 	reg.stop()
 	w.stop(t)
@@ -513,6 +534,18 @@ digest = "sha256:%[2]s"
 	t.Run("a URL the server does not have is 502", func(t *testing.T) {
 		if r := c.get("/gone"); r.status != 502 || !strings.Contains(string(r.body), "could not be found") {
 			t.Fatalf("GET /gone = %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("wagi-fcgi run takes a URL with --digest, and refuses one without", func(t *testing.T) {
+		state := filepath.Join(dir, "runstate")
+		out, errs, code := runBin(t, bin, nil, "run", "--state-dir", state, "--digest", "sha256:"+sha256Hex(hello), base+"/hello.wasm")
+		if code != 0 || !strings.Contains(out, "Hello, world!") {
+			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errs)
+		}
+		_, errs, code = runBin(t, bin, nil, "run", "--state-dir", state, base+"/hello.wasm")
+		if code == 0 || !strings.Contains(errs, "needs --digest") {
+			t.Fatalf("without --digest: exit %d, stderr %q", code, errs)
 		}
 	})
 
