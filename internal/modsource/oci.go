@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -50,6 +51,11 @@ func newOCIClient(cfg config.OCI, hc *http.Client) (*ociClient, error) {
 	ac := &auth.Client{Client: hc, Cache: auth.NewCache()}
 	ac.SetUserAgent("wagi-fcgi")
 	if cfg.AuthFile != "" {
+		// oras-go takes a missing file for an empty one: a typo must
+		// not turn into anonymous pulls.
+		if _, err := os.Stat(cfg.AuthFile); err != nil {
+			return nil, fmt.Errorf("[oci] auth_file: %w", err)
+		}
 		// Read as a file only: credential helpers named in it would
 		// be programs run by the manager, and are not.
 		st, err := credentials.NewFileStore(cfg.AuthFile)
