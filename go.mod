@@ -8,12 +8,14 @@ require (
 	github.com/ipfs/boxo v0.43.0
 	github.com/ipfs/kubo v0.43.1
 	github.com/multiformats/go-multiaddr v0.16.1
+	github.com/opencontainers/image-spec v1.1.1
 	github.com/prometheus/client_golang v1.24.1
 	github.com/prometheus/common v0.70.1
 	github.com/prometheus/procfs v0.23.0
 	github.com/tetratelabs/wazero v1.12.0
 	github.com/yookoala/gofast v0.8.0
 	golang.org/x/sys v0.49.0
+	oras.land/oras-go/v2 v2.7.0
 )
 
 require (
@@ -68,6 +70,7 @@ require (
 	github.com/multiformats/go-multistream v0.6.1 // indirect
 	github.com/multiformats/go-varint v0.1.0 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/polydawn/refmt v0.90.0 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/rs/cors v1.11.1 // indirect

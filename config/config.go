@@ -51,6 +51,7 @@ type Config struct {
 	Pool   Pool
 	Limits Limits // the [limits] defaults, before per-module overrides
 	IPFS   IPFS
+	OCI    OCI // the [oci] table: how oci: modules are pulled
 
 	// Modules are the [[module]] entries in file order.
 	Modules []Module
@@ -252,6 +253,9 @@ type Module struct {
 	Module string
 	// Ref is Module parsed.
 	Ref ModuleRef
+	// Digest is the hex sha256 a URL module's bytes must have (the
+	// module's digest key, "sha256:HEX"); "" for other kinds.
+	Digest string
 	// Entrypoint is the export called per request; default "_start".
 	Entrypoint string
 	// Argv is the argv template; "" = WAGI's default argv.

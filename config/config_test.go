@@ -513,7 +513,7 @@ func TestErrors(t *testing.T) {
 		{
 			name: "WAGI's bindle_server gets a hint",
 			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nbindle_server = \"http://b\"\n",
-			want: `modules.toml:4: unknown key "bindle_server" in [[module]] #1 (Bindle is not supported; use a file or an IPFS reference in module)`,
+			want: `modules.toml:4: unknown key "bindle_server" in [[module]] #1 (Bindle is dead (its project was archived) and not supported; use a file, IPFS, oci: or an https URL with a digest in module)`,
 		},
 		{
 			name: "a TOML syntax error has its line",
@@ -712,8 +712,28 @@ func TestErrors(t *testing.T) {
 		},
 		{
 			name: "an unsupported module scheme is rejected",
-			src:  "[[module]]\nroute = \"/\"\nmodule = \"oci:foo/bar:1.2.3\"\n",
-			want: `modules.toml:3: [[module]] #1 module: invalid module reference "oci:foo/bar:1.2.3": unsupported scheme "oci" (use a path, file:///abs, ipfs://CID, /ipfs/CID or /ipns/NAME)`,
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"ftp://foo/bar.wasm\"\n",
+			want: `modules.toml:3: [[module]] #1 module: invalid module reference "ftp://foo/bar.wasm": unsupported scheme "ftp" (use a path, file:///abs, ipfs://CID, /ipfs/CID, /ipns/NAME, oci:REGISTRY/REPO:TAG or https://HOST/PATH with a digest)`,
+		},
+		{
+			name: "a URL module without a digest is rejected at its module key",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"https://example.com/x.wasm\"\n",
+			want: `modules.toml:3: [[module]] #1 module: a URL module needs digest = "sha256:<64 hex digits>" (the sha256 of the module's bytes)`,
+		},
+		{
+			name: "a malformed digest is rejected",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"https://example.com/x.wasm\"\ndigest = \"md5:abc\"\n",
+			want: `modules.toml:4: [[module]] #1 digest: invalid digest "md5:abc": want "sha256:" and 64 hex digits`,
+		},
+		{
+			name: "a digest on a file module is rejected",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\ndigest = \"sha256:" + strings.Repeat("0", 64) + "\"\n",
+			want: `modules.toml:4: [[module]] #1 digest: only a URL module takes a digest (an oci: reference pins one as REPO@sha256:...)`,
+		},
+		{
+			name: "an insecure registry with a path is rejected",
+			src:  "[oci]\ninsecure_registries = [\"127.0.0.1:5000/x\"]\n",
+			want: `modules.toml:2: [oci] insecure_registries[0]: "127.0.0.1:5000/x" is not a registry host[:port]`,
 		},
 		{
 			name: "an empty entrypoint is rejected",

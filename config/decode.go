@@ -292,7 +292,7 @@ func (d *decoder) decode(data []byte, o Overrides) *Config {
 	d.lines = locateKeys(string(data))
 
 	known := []string{"listen", "listen_mode", "listen_owner", "listen_group", "state_dir",
-		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "module", "env", "env_file"}
+		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "oci", "module", "env", "env_file"}
 	// [limits] is decoded first: modules start from its values wherever
 	// it appears in the file.
 	if v, ok := raw["limits"]; ok {
@@ -369,6 +369,10 @@ func (d *decoder) decode(data []byte, o Overrides) *Config {
 		case "ipfs":
 			if m, ok := d.table(p, v); ok {
 				d.ipfs(p, m, &cfg.IPFS)
+			}
+		case "oci":
+			if m, ok := d.table(p, v); ok {
+				d.oci(p, m, &cfg.OCI)
 			}
 		case "module":
 			cfg.Modules = d.modules(p, v, cfg.Limits)
@@ -720,7 +724,7 @@ func (d *decoder) modules(p keyPath, v any, defaults Limits) []Module {
 func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 	mod := Module{Entrypoint: "_start", Limits: defaults, Line: d.lines.line(p)}
 	known := append([]string{"route", "module", "entrypoint", "argv", "volumes", "environment",
-		"allowed_hosts", "http_max_concurrency"}, limitKeys()...)
+		"allowed_hosts", "http_max_concurrency", "digest"}, limitKeys()...)
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -769,6 +773,8 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			if n, ok := d.integer(kp, v, 0); ok {
 				mod.HTTPMaxConcurrency = n
 			}
+		case "digest":
+			// Checked against the module reference below (sources.go).
 		default:
 			if d.limit(kp, k, v, &mod.Limits) {
 				continue
@@ -778,7 +784,7 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			case "limits":
 				hint = "write limit keys directly in the [[module]] table, like timeout = \"2s\""
 			case "bindle_server":
-				hint = "Bindle is not supported; use a file or an IPFS reference in module"
+				hint = "Bindle is dead (its project was archived) and not supported; use a file, IPFS, oci: or an https URL with a digest in module"
 			}
 			d.unknown(kp, known, hint)
 		}
@@ -788,6 +794,7 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 			d.add(mod.Line, "%s: missing required key %q", display(p), req)
 		}
 	}
+	d.moduleDigest(p, m, &mod)
 	for i := range mod.Volumes {
 		if v := &mod.Volumes[i]; !v.ReadOnly {
 			v.QuotaBytes, v.QuotaFiles = mod.Limits.VolumeBytes, mod.Limits.VolumeFiles

@@ -19,6 +19,10 @@ const (
 	RefIPFS
 	// RefIPNS is a mutable IPNS name, optionally with a path inside it.
 	RefIPNS
+	// RefOCI is an artifact in an OCI registry, by tag or digest.
+	RefOCI
+	// RefURL is an https:// URL whose bytes must match Digest.
+	RefURL
 )
 
 func (k RefKind) String() string {
@@ -29,6 +33,10 @@ func (k RefKind) String() string {
 		return "ipfs"
 	case RefIPNS:
 		return "ipns"
+	case RefOCI:
+		return "oci"
+	case RefURL:
+		return "url"
 	}
 	return fmt.Sprintf("RefKind(%d)", int(k))
 }
@@ -36,8 +44,9 @@ func (k RefKind) String() string {
 // ModuleRef is a parsed module reference.
 type ModuleRef struct {
 	Kind RefKind
-	// Path is the absolute file path (RefFile), "CID[/subpath]" (RefIPFS)
-	// or "NAME[/subpath]" (RefIPNS).
+	// Path is the absolute file path (RefFile), "CID[/subpath]" (RefIPFS),
+	// "NAME[/subpath]" (RefIPNS), "REGISTRY/REPO:TAG" or
+	// "REGISTRY/REPO@sha256:HEX" (RefOCI), or the URL (RefURL).
 	Path string
 	// Raw is the reference as written.
 	Raw string
@@ -53,9 +62,12 @@ func (r ModuleRef) String() string { return r.Raw }
 //	file:///abs/hello.wasm                          a local file
 //	ipfs://CID[/path], /ipfs/CID[/path]             an IPFS path
 //	/ipns/NAME[/path], ipns://NAME[/path]           an IPNS name
+//	oci:REGISTRY/REPO:TAG, oci:REGISTRY/REPO@sha256:HEX   an OCI artifact (WAGI's form)
+//	https://HOST/PATH                               a URL (its digest is Module.Digest)
 //
-// Other URL schemes (WAGI's bindle: and oci:, http:) are errors. CIDs are
-// checked only for their alphabet, not decoded.
+// http:// is accepted from loopback hosts only. Other URL schemes (WAGI's
+// bindle:) are errors. CIDs are checked only for their alphabet, not
+// decoded.
 func ParseModuleRef(ref, baseDir string) (ModuleRef, error) {
 	r := ModuleRef{Raw: ref}
 	fail := func(format string, args ...any) (ModuleRef, error) {
@@ -87,9 +99,18 @@ func ParseModuleRef(ref, baseDir string) (ModuleRef, error) {
 	case strings.HasPrefix(ref, "file:"):
 		r.Kind = RefFile
 		r.Path, err = fileURLPath(ref)
+	case strings.HasPrefix(ref, "oci:"):
+		r.Kind = RefOCI
+		r.Path, err = ociRef(strings.TrimPrefix(ref, "oci:"))
+	case strings.HasPrefix(ref, "https:"), strings.HasPrefix(ref, "http:"):
+		r.Kind = RefURL
+		r.Path, err = urlRef(ref)
+	case strings.HasPrefix(ref, "bindle:"):
+		return fail("bindle is dead: the Bindle project was archived and no server is maintained, so bindle: references are not supported; " +
+			"publish the module as a file, to IPFS, to an OCI registry (oci:) or at an https URL with a digest")
 	default:
 		if scheme, ok := urlScheme(ref); ok {
-			return fail("unsupported scheme %q (use a path, file:///abs, ipfs://CID, /ipfs/CID or /ipns/NAME)", scheme)
+			return fail("unsupported scheme %q (use a path, file:///abs, ipfs://CID, /ipfs/CID, /ipns/NAME, oci:REGISTRY/REPO:TAG or https://HOST/PATH with a digest)", scheme)
 		}
 		r.Kind = RefFile
 		r.Path = resolve(ref, baseDir)

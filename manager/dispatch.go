@@ -15,6 +15,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
 
@@ -141,7 +142,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if err != nil {
 		var retry string
 		var msg string
-		status, msg, retry = loadFailure(err, gw)
+		status, msg, retry = loadFailure(err, t.src.from.Status, gw)
 		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
 		errorResponse(w, id, status, msg, retry)
 		return
@@ -155,7 +156,7 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	}
 	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
 	if err != nil {
-		status, msg, retry := loadFailure(err, false)
+		status, msg, retry := loadFailure(err, modsource.IPFSStatus, false)
 		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
 		errorResponse(w, id, status, "a volume of this module is not available: "+msg, retry)
 		return

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
 
@@ -24,13 +25,14 @@ type gateway struct {
 	allow    map[string]bool
 	limits   config.Limits
 	children int // pool size: max_concurrency at or above it is no limit
+	env      *modsource.Env
 
 	mu      sync.Mutex
 	targets map[string]*target
 }
 
-func newGateway(cfg *config.Config) *gateway {
-	g := &gateway{prefix: cfg.IPFS.Gateway, allow: map[string]bool{}, limits: cfg.Limits, children: cfg.Pool.Children, targets: map[string]*target{}}
+func newGateway(cfg *config.Config, env *modsource.Env) *gateway {
+	g := &gateway{prefix: cfg.IPFS.Gateway, allow: map[string]bool{}, limits: cfg.Limits, children: cfg.Pool.Children, env: env, targets: map[string]*target{}}
 	for _, c := range cfg.IPFS.Allow {
 		if c == "*" {
 			g.allowAll = true
@@ -63,7 +65,11 @@ func (g *gateway) lookup(rawPath string) (*target, int, string) {
 		return nil, 404, "no CID in this gateway path"
 	}
 	mc := &config.Module{Route: route.Pattern, Module: ref.Raw, Ref: ref, Entrypoint: "_start", Limits: g.limits}
-	src := &source{ref: ref, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start", gateway: true}
+	from, err := modsource.New(ref, "", g.env)
+	if err != nil {
+		return nil, 404, "no CID in this gateway path"
+	}
+	src := &source{ref: ref, from: from, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start", gateway: true}
 	t := newTarget(route, src, mc, "_start")
 	if n := g.limits.MaxConcurrency; n > 0 && n < g.children {
 		// Every [limits] key holds for gateway CIDs as for configured

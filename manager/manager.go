@@ -33,6 +33,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
@@ -91,6 +92,7 @@ type Manager struct {
 	routes    atomic.Pointer[wagi.Table[*target]]
 	sources   []*source // one per configured module, in config order
 	ipfs      *ipfs.Client
+	srcEnv    *modsource.Env  // what module sources share (IPFS client, HTTP client, OCI settings)
 	mfs       *mfsproxy.Proxy // how children reach MFS; started with the children if ipfs is set
 	gateway   *gateway        // nil unless [ipfs] gateway is set
 
@@ -257,12 +259,21 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		}
 		m.ipfs = c
 	}
+	if m.srcEnv, err = modsource.NewEnv(m.ipfs, cfg.OCI); err != nil {
+		m.Close()
+		return nil, err
+	}
 	for i := range cfg.Modules {
 		mc := &cfg.Modules[i]
-		m.sources = append(m.sources, &source{ref: mc.Ref, route: mc.Route, pages: mc.Limits.MemoryPages(), limits: mc.Limits, entry: mc.Entrypoint, mounts: mc.Volumes})
+		from, err := modsource.New(mc.Ref, mc.Digest, m.srcEnv)
+		if err != nil {
+			m.Close()
+			return nil, fmt.Errorf("%s:%d: %w", cfg.Path, mc.Line, err)
+		}
+		m.sources = append(m.sources, &source{ref: mc.Ref, from: from, route: mc.Route, pages: mc.Limits.MemoryPages(), limits: mc.Limits, entry: mc.Entrypoint, mounts: mc.Volumes})
 	}
 	if cfg.IPFS.Gateway != "" {
-		m.gateway = newGateway(cfg)
+		m.gateway = newGateway(cfg, m.srcEnv)
 	}
 	return m, nil
 }

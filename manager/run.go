@@ -10,18 +10,21 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
 // RunSpec describes one run of a module from the command line.
 type RunSpec struct {
 	Module   string          // a module reference, as in the config file
+	Digest   string          // "sha256:HEX" that a URL module's bytes must have
 	Args     []string        // arguments after argv[0]
 	Env      []string        // "K=V"; nothing else is in the guest's environment
 	Dirs     []config.Volume // directories to mount
 	Limits   config.Limits   // Timeout, CPU, Memory and the Compile* limits apply
 	StateDir string          // where modules and the compilation cache live
 	IPFS     config.IPFS     // the node for ipfs://, /ipns/ and mfs: sources
+	OCI      config.OCI      // how oci: modules are pulled
 }
 
 // ErrLimit is returned by RunOnce when the module was killed for a limit.
@@ -74,7 +77,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	}
 	pages := spec.Limits.MemoryPages()
 	var ic *ipfs.Client
-	needIPFS := ref.Kind != config.RefFile
+	needIPFS := modsource.NeedsIPFS(ref)
 	for _, d := range spec.Dirs {
 		needIPFS = needIPFS || d.Kind != config.VolumeLocal
 	}
@@ -84,20 +87,38 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		}
 		defer ic.Close()
 	}
-	var mod *module
-	if ref.Kind == config.RefFile {
-		mod, err = st.loadFile(ctx, spec.Module, ref.Path, pages, spec.Limits, nil)
-	} else {
-		fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
-		var bin []byte
-		bin, err = ic.Fetch(fctx, ipfsPathOf(ref), spec.IPFS.MaxModuleSize)
-		cancel()
-		if err == nil {
-			mod, err = st.add(ctx, spec.Module, bin, pages, spec.Limits, nil)
-		} else {
-			err = fmt.Errorf("fetch %s: %w", spec.Module, err)
+	var digest string
+	if spec.Digest != "" {
+		if digest, err = config.ParseSHA256(spec.Digest); err != nil {
+			return 0, err
 		}
 	}
+	if ref.Kind == config.RefURL && digest == "" {
+		return 0, fmt.Errorf("run %s: a URL module needs --digest sha256:HEX", spec.Module)
+	}
+	srcEnv, err := modsource.NewEnv(ic, spec.OCI)
+	if err != nil {
+		return 0, err
+	}
+	from, err := modsource.New(ref, digest, srcEnv)
+	if err != nil {
+		return 0, err
+	}
+	// Fetched afresh every time (no cache index): a run is one-off.
+	fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
+	var bin []byte
+	id, err := from.Resolve(fctx)
+	if err == nil {
+		bin, err = from.Fetch(fctx, id, spec.IPFS.MaxModuleSize)
+	}
+	cancel()
+	if err != nil {
+		if from.Remote() {
+			return 0, fmt.Errorf("fetch %s: %w", spec.Module, err)
+		}
+		return 0, fmt.Errorf("load %s: %w", spec.Module, err)
+	}
+	mod, err := st.add(ctx, spec.Module, bin, pages, spec.Limits, nil)
 	if err != nil {
 		return 0, err
 	}

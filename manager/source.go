@@ -12,20 +12,20 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
-// ipnsTTL is how long an IPNS name's resolution is used before it is
-// resolved again; a new CID then becomes a new module (with a fresh budget).
-const ipnsTTL = time.Minute
-
 // source is where a configured module comes from, and what was loaded from
-// it. Local files are loaded at Start. IPFS and IPNS modules are loaded from
-// the local cache at Start when they are there, or else on their first
-// request: concurrent first requests share one fetch.
+// it. Local files are loaded at Start. Remote modules (IPFS, IPNS, OCI,
+// URL) are loaded from the local cache at Start when they are there, or
+// else on their first request: concurrent first requests share one fetch.
+// Where the bytes come from is from's business (see modsource); what is
+// done with them is the manager's.
 type source struct {
 	ref    config.ModuleRef
+	from   modsource.Source
 	route  string // the configured route, for _routes
 	pages  uint32
 	limits config.Limits
@@ -37,7 +37,7 @@ type source struct {
 	mu       sync.Mutex
 	mod      *module
 	subs     []wagi.SubRoute
-	resolved time.Time // when an IPNS name was last resolved
+	resolved time.Time // when a mutable reference was last resolved
 	loading  *loadCall
 }
 
@@ -74,7 +74,7 @@ func usesIPFS(cfg *config.Config) bool {
 		return true
 	}
 	for _, mc := range cfg.Modules {
-		if mc.Ref.Kind != config.RefFile {
+		if modsource.NeedsIPFS(mc.Ref) {
 			return true
 		}
 		for _, v := range mc.Volumes {
@@ -94,11 +94,15 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 		mc := &m.cfg.Modules[i]
 		var mod *module
 		var err error
-		switch src.ref.Kind {
-		case config.RefFile:
-			mod, err = m.store.loadFile(ctx, mc.Module, src.ref.Path, src.pages, src.limits, m.compileCharge(src))
-		default:
-			mod, err = m.store.cachedRef(ctx, ipfsPathOf(src.ref), mc.Module, src.pages, src.limits, m.compileCharge(src))
+		if !src.from.Remote() {
+			var bin []byte
+			if bin, err = src.from.Fetch(ctx, src.from.Name(), m.store.maxSize); err != nil {
+				err = fmt.Errorf("load %s: %w", mc.Module, err)
+			} else {
+				mod, err = m.store.add(ctx, mc.Module, bin, src.pages, src.limits, m.compileCharge(src))
+			}
+		} else {
+			mod, err = m.store.cachedRef(ctx, src.from.Name(), mc.Module, src.pages, src.limits, m.compileCharge(src))
 			if err == nil && mod == nil {
 				m.log.Info("module will be fetched on its first request", "module", mc.Module)
 				continue
@@ -127,7 +131,7 @@ func (m *Manager) prepareSources(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// LoadAll loads every module that is not loaded yet, fetching IPFS modules
+// LoadAll loads every module that is not loaded yet, fetching remote modules
 // (for `wagi-fcgi check`, which must prove that every module can be had).
 func (m *Manager) LoadAll(ctx context.Context) error {
 	var errs []error
@@ -183,19 +187,11 @@ func (m *Manager) checkVolumes(mc *config.Module) error {
 	return nil
 }
 
-// ipfsPathOf is the /ipfs/ or /ipns/ path of a reference.
-func ipfsPathOf(ref config.ModuleRef) string {
-	if ref.Kind == config.RefIPNS {
-		return "/ipns/" + ref.Path
-	}
-	return "/ipfs/" + ref.Path
-}
-
 // module returns src's module, loading it if needed, and records its use
 // in the bounded module store (which pins the modules the config names).
 func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
 	mod, err := m.loadModule(ctx, src)
-	if err == nil && src.ref.Kind != config.RefFile {
+	if err == nil && src.from.Remote() {
 		m.disk.useModule(mod, slices.Contains(m.sources, src))
 	}
 	return mod, err
@@ -208,8 +204,9 @@ func (m *Manager) module(ctx context.Context, src *source) (*module, error) {
 func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) {
 	for {
 		src.mu.Lock()
-		stale := src.ref.Kind == config.RefIPNS && time.Since(src.resolved) > ipnsTTL
-		evicted := src.mod != nil && src.ref.Kind != config.RefFile && !m.disk.has(src.mod.key)
+		ttl := src.from.TTL()
+		stale := ttl > 0 && time.Since(src.resolved) > ttl
+		evicted := src.mod != nil && src.from.Remote() && !m.disk.has(src.mod.key)
 		if evicted && src.loading == nil {
 			src.mod = nil // fetched again below; nothing stale to fall back on
 		}
@@ -224,7 +221,7 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 			case <-c.done:
 				if c.err != nil {
 					if mod, _ := src.loaded(); mod != nil {
-						return mod, nil // IPNS refresh failed: keep the old one
+						return mod, nil // a refresh failed: keep the old one
 					}
 					return nil, c.err
 				}
@@ -248,7 +245,7 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 		if err == nil {
 			src.mod, src.subs, src.resolved = mod, subs, time.Now()
 		} else if old != nil {
-			m.log.Warn("refreshing an IPNS module failed; serving the one loaded before", "module", src.ref.Raw, "err", err)
+			m.log.Warn("refreshing a module failed; serving the one loaded before", "module", src.ref.Raw, "err", err)
 			src.resolved = time.Now() // try again after another TTL
 		}
 		c.err = err
@@ -262,7 +259,7 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 		}
 		if old == nil || old.key != mod.key {
 			if old != nil && slices.Contains(m.sources, src) {
-				m.disk.unpin(old.key) // the configured IPNS name moved on
+				m.disk.unpin(old.key) // the configured name (IPNS, OCI tag) moved on
 			}
 			m.rebuildRoutes()
 		}
@@ -271,33 +268,32 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 }
 
 // loadSource fetches (or finds in the cache), validates and compiles a
-// module from IPFS, and runs its _routes.
+// remote module, and runs its _routes. A mutable reference is resolved to
+// its current content first; when it cannot be, the module cached under
+// its name serves.
 func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.SubRoute, error) {
-	if m.ipfs == nil {
-		return nil, nil, fmt.Errorf("load %s: %w: no IPFS client", src.ref.Raw, ipfs.ErrUnavailable)
-	}
-	p := ipfsPathOf(src.ref)
-	if src.ref.Kind == config.RefIPNS {
-		resolved, err := m.ipfs.Resolve(ctx, p)
-		if err != nil {
-			// The node is down or the name does not resolve: a module
-			// loaded under this name before still serves.
-			if mod, cerr := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src)); cerr == nil && mod != nil {
-				m.log.Warn("IPNS name not resolved; using the module cached for it", "module", src.ref.Raw, "err", err)
-				return m.finishLoad(ctx, src, mod)
-			}
-			return nil, nil, fmt.Errorf("load %s: resolve: %w", src.ref.Raw, err)
+	name := src.from.Name()
+	id, err := src.from.Resolve(ctx)
+	if err != nil {
+		// The node or registry is down or the name does not resolve:
+		// a module loaded under this name before still serves.
+		if mod, cerr := m.store.cachedRef(ctx, name, src.ref.Raw, src.pages, src.limits, m.compileCharge(src)); cerr == nil && mod != nil {
+			m.log.Warn("module reference not resolved; using the module cached for it", "module", src.ref.Raw, "err", err)
+			return m.finishLoad(ctx, src, mod)
 		}
-		p = resolved
+		return nil, nil, fmt.Errorf("load %s: resolve: %w", src.ref.Raw, err)
 	}
-	mod, err := m.store.cachedRef(ctx, p, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
+	mod, err := m.store.cachedRef(ctx, id, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
 	if err != nil {
 		return nil, nil, err
 	}
 	if mod == nil {
 		start := time.Now()
-		bin, err := m.ipfs.Fetch(ctx, p, m.cfg.IPFS.MaxModuleSize)
+		bin, err := src.from.Fetch(ctx, id, m.cfg.IPFS.MaxModuleSize)
 		if err != nil {
+			if errors.Is(err, modsource.ErrDigestMismatch) {
+				m.log.Error("module refused: its bytes do not match its digest; nothing was stored", "module", src.ref.Raw, "err", err)
+			}
 			return nil, nil, fmt.Errorf("load %s: %w", src.ref.Raw, err)
 		}
 		mod, err = m.store.add(ctx, src.ref.Raw, bin, src.pages, src.limits, m.compileCharge(src))
@@ -305,8 +301,8 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if errors.As(err, &bad) && bad.key != "" {
 			// Remembered as bad by content: the next request learns it
 			// from the index and the mark, without fetching again.
-			if rerr := m.store.remember(p, bad.key); rerr != nil {
-				m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", rerr)
+			if rerr := m.store.remember(id, bad.key); rerr != nil {
+				m.log.Warn("module cache index", "module", src.ref.Raw, "err", rerr)
 			}
 		}
 		if err != nil {
@@ -314,15 +310,15 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 			return nil, nil, err
 		}
 		m.fetches.Add(1)
-		m.log.Info("module fetched from IPFS", "module", src.ref.Raw, "path", p, "bytes", len(bin), "key", mod.key[:12],
+		m.log.Info("module fetched from "+src.from.Kind(), "module", src.ref.Raw, "path", id, "bytes", len(bin), "key", mod.key[:12],
 			"took", time.Since(start).Round(time.Microsecond))
-		if err := m.store.remember(p, mod.key); err != nil {
-			m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", err)
+		if err := m.store.remember(id, mod.key); err != nil {
+			m.log.Warn("module cache index", "module", src.ref.Raw, "err", err)
 		}
 	}
-	if src.ref.Kind == config.RefIPNS {
-		if err := m.store.remember(ipfsPathOf(src.ref), mod.key); err != nil {
-			m.log.Warn("IPFS module cache index", "module", src.ref.Raw, "err", err)
+	if id != name {
+		if err := m.store.remember(name, mod.key); err != nil {
+			m.log.Warn("module cache index", "module", src.ref.Raw, "err", err)
 		}
 	}
 	return m.finishLoad(ctx, src, mod)
@@ -356,23 +352,19 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 }
 
 // loadFailure is the answer to a request whose module could not be loaded.
-func loadFailure(err error, gateway bool) (status int, msg, retry string) {
+// sourceStatus, when not nil, maps the errors of where the bytes come from:
+// the module's source.Status, or modsource.IPFSStatus for volumes.
+func loadFailure(err error, sourceStatus func(error, bool) (int, string, string, bool), gateway bool) (status int, msg, retry string) {
 	var be *budgetError
-	switch {
-	case errors.As(err, &be):
+	if errors.As(err, &be) {
 		return 503, budgetMessage(be.a), retryAfter(be.now, be.a.next)
-	case errors.Is(err, ipfs.ErrUnavailable):
-		return 503, "the module is not cached and the IPFS node is unreachable", "30"
-	case errors.Is(err, ipfs.ErrTimeout):
-		return 504, "fetching the module from IPFS timed out", ""
-	case errors.Is(err, ipfs.ErrDirTooLarge):
-		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", ""
-	case errors.Is(err, ipfs.ErrTooLarge):
-		return 502, "the module is larger than max_module_size", ""
-	case errors.Is(err, ipfs.ErrNotFound) && gateway:
-		return 404, "no such module in IPFS", ""
-	case errors.Is(err, ipfs.ErrNotFound), errors.Is(err, ipfs.ErrNotFile):
-		return 502, "the module could not be found in IPFS", ""
+	}
+	if sourceStatus != nil {
+		if status, msg, retry, ok := sourceStatus(err, gateway); ok {
+			return status, msg, retry
+		}
+	}
+	switch {
 	case errors.Is(err, errInvalidModule):
 		return 502, "the module is not a valid WebAssembly module for wagi-fcgi", ""
 	case errors.Is(err, errCompileStopped):

@@ -176,25 +176,6 @@ func (s *store) close(context.Context) {
 	s.sp.close()
 }
 
-// loadFile reads a module file, stores it by content and compiles it.
-func (s *store) loadFile(ctx context.Context, ref, path string, pages uint32, lim config.Limits, charge chargeFunc) (*module, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", ref, err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("load %s: not a regular file", ref)
-	}
-	if s.maxSize > 0 && st.Size() > s.maxSize {
-		return nil, fmt.Errorf("load %s: %d bytes, over max_module_size %d", ref, st.Size(), s.maxSize)
-	}
-	bin, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", ref, err)
-	}
-	return s.add(ctx, ref, bin, pages, lim, charge)
-}
-
 // badModuleError is a module that cannot be used: it failed to compile,
 // or broke its compile limits. It matches errInvalidModule (502).
 type badModuleError struct {
@@ -585,7 +566,9 @@ func (s *store) badReason(key string, pages uint32, lim config.Limits) string {
 		config.FormatSize(mark.CompileMemory), s.badFile(key))
 }
 
-// indexFile is where the module key of an IPFS path is remembered.
+// indexFile is where the module key of a source name or content identity
+// (an IPFS path, an OCI reference, a URL with its digest; see
+// modsource.Source) is remembered.
 func (s *store) indexFile(ipfsPath string) string {
 	sum := sha256.Sum256([]byte(ipfsPath))
 	return filepath.Join(s.indexDir, hex.EncodeToString(sum[:]))

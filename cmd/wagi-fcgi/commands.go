@@ -314,6 +314,9 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 	stateDir := fs.String("state-dir", "", "module and compilation cache `dir` (default: the user cache dir)")
 	defaults := config.Default()
 	ipfsAPI := fs.String("ipfs", defaults.IPFS.API, "kubo RPC API `address` for ipfs://, /ipns/ and mfs: sources")
+	digest := fs.String("digest", "", "`sha256:HEX` that an https:// MODULE's bytes must have (required for one)")
+	var insecure multiFlag
+	fs.Var(&insecure, "insecure-registry", "reach the OCI registry `HOST:PORT` over plain HTTP (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return 0, err
 	}
@@ -329,6 +332,8 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) (int, error) {
 	}
 	spec := manager.RunSpec{Module: fs.Arg(0), Args: fs.Args()[1:], Limits: lim, StateDir: *stateDir, IPFS: defaults.IPFS}
 	spec.IPFS.API = *ipfsAPI
+	spec.Digest = *digest
+	spec.OCI.InsecureRegistries = insecure
 	for _, e := range envs {
 		k, v, err := config.ParseEnvAssignment(e)
 		if err != nil {

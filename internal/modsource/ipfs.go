@@ -1,0 +1,71 @@
+package modsource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
+)
+
+// ipfsSource is an immutable /ipfs/ path, or a mutable /ipns/ name that
+// resolves to one, fetched from the kubo node.
+type ipfsSource struct {
+	c       *ipfs.Client // nil: no node configured
+	path    string       // /ipfs/CID[/sub] or /ipns/NAME[/sub]
+	mutable bool
+}
+
+func (s *ipfsSource) Kind() string { return "IPFS" }
+
+func (s *ipfsSource) Name() string { return s.path }
+func (s *ipfsSource) Remote() bool { return true }
+
+func (s *ipfsSource) TTL() time.Duration {
+	if s.mutable {
+		return RefreshTTL
+	}
+	return 0
+}
+
+func (s *ipfsSource) Resolve(ctx context.Context) (string, error) {
+	if !s.mutable {
+		return s.path, nil
+	}
+	if s.c == nil {
+		return "", fmt.Errorf("%w: no IPFS client", ipfs.ErrUnavailable)
+	}
+	return s.c.Resolve(ctx, s.path)
+}
+
+func (s *ipfsSource) Fetch(ctx context.Context, id string, max int64) ([]byte, error) {
+	if s.c == nil {
+		return nil, fmt.Errorf("%w: no IPFS client", ipfs.ErrUnavailable)
+	}
+	return s.c.Fetch(ctx, id, max)
+}
+
+func (s *ipfsSource) Status(err error, gateway bool) (int, string, string, bool) {
+	return IPFSStatus(err, gateway)
+}
+
+// IPFSStatus maps the IPFS client's errors (modules, and directory
+// volumes) to the status table.
+func IPFSStatus(err error, gateway bool) (int, string, string, bool) {
+	switch {
+	case errors.Is(err, ipfs.ErrUnavailable):
+		return 503, "the module is not cached and the IPFS node is unreachable", "30", true
+	case errors.Is(err, ipfs.ErrTimeout):
+		return 504, "fetching the module from IPFS timed out", "", true
+	case errors.Is(err, ipfs.ErrDirTooLarge):
+		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", "", true
+	case errors.Is(err, ipfs.ErrTooLarge):
+		return 502, "the module is larger than max_module_size", "", true
+	case errors.Is(err, ipfs.ErrNotFound) && gateway:
+		return 404, "no such module in IPFS", "", true
+	case errors.Is(err, ipfs.ErrNotFound), errors.Is(err, ipfs.ErrNotFile):
+		return 502, "the module could not be found in IPFS", "", true
+	}
+	return 0, "", "", false
+}

@@ -1,0 +1,104 @@
+package modsource
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
+	module := []byte("\x00asm\x01\x00\x00\x00 a module")
+	sum := sha256.Sum256(module)
+	digest := hex.EncodeToString(sum[:])
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(module) }))
+	defer plain.Close()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/m.wasm", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write(module) })
+	mux.HandleFunc("/big.wasm", func(w http.ResponseWriter, r *http.Request) {
+		w.(http.Flusher).Flush() // no Content-Length: the cap is found while reading
+		_, _ = w.Write(append(module, make([]byte, 1<<20)...))
+	})
+	mux.HandleFunc("/to-plain", func(w http.ResponseWriter, r *http.Request) {
+		// http://127.0.0.1 is loopback, so allowed; a plain
+		// non-loopback host is not.
+		http.Redirect(w, r, "http://example.invalid/m.wasm", http.StatusFound)
+	})
+	mux.HandleFunc("/to-loopback", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/m.wasm", http.StatusFound)
+	})
+	mux.HandleFunc("/slow", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	})
+	mux.HandleFunc("/denied", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) })
+	srv := httptest.NewTLSServer(mux)
+	defer srv.Close()
+	client := srv.Client()
+	client.CheckRedirect = checkRedirect
+
+	tests := []struct {
+		name, path, digest string
+		timeout            time.Duration
+		want               error
+		status             int
+	}{
+		{name: "the right digest gives the bytes", path: "/m.wasm", digest: digest},
+		{name: "a wrong digest is refused", path: "/m.wasm", digest: strings.Repeat("0", 64), want: ErrDigestMismatch, status: 502},
+		{name: "more than max bytes is refused", path: "/big.wasm", digest: digest, want: ErrTooLarge, status: 502},
+		{name: "a missing file is not found", path: "/none.wasm", digest: digest, want: ErrNotFound, status: 502},
+		{name: "a 403 is refused", path: "/denied", digest: digest, want: ErrRefused, status: 502},
+		{name: "a redirect to plain http elsewhere is refused", path: "/to-plain", digest: digest, want: ErrRefused, status: 502},
+		{name: "a redirect to plain http on loopback is followed", path: "/to-loopback", digest: digest},
+		{name: "a server slower than the fetch timeout times out", path: "/slow", digest: digest, timeout: 200 * time.Millisecond, want: ErrTimeout, status: 504},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &urlSource{url: srv.URL + tt.path, digest: tt.digest, client: client}
+			timeout := tt.timeout
+			if timeout == 0 {
+				timeout = 10 * time.Second
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			id, err := s.Resolve(ctx)
+			if err != nil || id != s.Name() {
+				t.Fatalf("Resolve = %q, %v; want the name, without I/O", id, err)
+			}
+			bin, err := s.Fetch(ctx, id, 4096)
+			if tt.want == nil {
+				if err != nil || string(bin) != string(module) {
+					t.Fatalf("Fetch = %q, %v", bin, err)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) || bin != nil {
+				t.Fatalf("Fetch = %d bytes, %v; want %v and no bytes", len(bin), err, tt.want)
+			}
+			if status, _, _, ok := s.Status(err, false); !ok || status != tt.status {
+				t.Errorf("Status = %d, %v; want %d", status, ok, tt.status)
+			}
+		})
+	}
+}
+
+func TestURLSourceIsUnavailableWhenItsServerIsDown(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	s := &urlSource{url: url + "/m.wasm", digest: strings.Repeat("0", 64), client: newHTTPClient()}
+	_, err := s.Fetch(context.Background(), s.Name(), 4096)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Fetch = %v, want ErrUnavailable", err)
+	}
+	if status, _, retry, _ := s.Status(err, false); status != 503 || retry == "" {
+		t.Errorf("Status = %d, Retry-After %q; want 503 with a Retry-After", status, retry)
+	}
+}
