@@ -212,6 +212,10 @@ func (e *engine) runtimeIn(ctx context.Context, in map[uint32]*runtimeEntry, cac
 		_ = rt.Close(ctx)
 		return nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
+	if err := instantiateHTTP(ctx, rt); err != nil { // outbound HTTP: http.go
+		_ = rt.Close(ctx)
+		return nil, fmt.Errorf("instantiate %s: %w", HTTPModuleName, err)
+	}
 	re := &runtimeEntry{rt: rt, modules: map[string]wazero.CompiledModule{}}
 	in[pages] = re
 	return re, nil
@@ -321,6 +325,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 
 	cfg := e.base.WithArgs(m.Args...)
 	ctx = withEnviron(ctx, m.Env)
+	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	var stdout, stderr *frameWriter
 	if m.InheritStdio {
 		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)

@@ -182,6 +182,15 @@ type Limits struct {
 	// CompileMemory is the address space (RLIMIT_AS) of the process that
 	// compiles the module, in bytes.
 	CompileMemory int64
+
+	// Outbound HTTP (wasi_experimental_http, see internal/egress):
+	// HTTPMaxResponse bounds one response body in bytes, HTTPMaxRequests
+	// the outbound requests of one request (allowed or refused), and
+	// HTTPTimeout one outbound request (never past the request's own
+	// timeout either way).
+	HTTPMaxResponse int64
+	HTTPMaxRequests int
+	HTTPTimeout     time.Duration
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -300,6 +309,10 @@ func Default() *Config {
 			CompileCPU:     10 * time.Second,
 			CompileTimeout: 30 * time.Second,
 			CompileMemory:  1 << 30,
+
+			HTTPMaxResponse: 16 << 20,
+			HTTPMaxRequests: 16,
+			HTTPTimeout:     10 * time.Second,
 		},
 		IPFS: IPFS{
 			API:             "/ip4/127.0.0.1/tcp/5001",

@@ -198,9 +198,13 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	var bad []string
 	for _, fn := range cm.ImportedFunctions() {
 		mod, name, _ := fn.Import()
-		if mod != wasi_snapshot_preview1.ModuleName || !wasi[name] {
-			bad = append(bad, mod+"."+name)
+		if mod == wasi_snapshot_preview1.ModuleName && wasi[name] {
+			continue
 		}
+		if child.HTTPImport(mod, name, fn.ParamTypes(), fn.ResultTypes()) {
+			continue // WAGI's outbound HTTP, always provided (child/http.go)
+		}
+		bad = append(bad, mod+"."+name)
 	}
 	for _, mem := range cm.ImportedMemories() {
 		mod, name, _ := mem.Import()
@@ -209,7 +213,7 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	if len(bad) > 0 {
 		sort.Strings(bad)
 		return invalid("imports %s, which wagi-fcgi does not provide (modules may import only %s)",
-			strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName)
+			strings.Join(bad, ", "), wasi_snapshot_preview1.ModuleName+" and "+child.HTTPModuleName)
 	}
 	r := &Result{Key: key, Status: Valid}
 	for name := range cm.ExportedFunctions() {
