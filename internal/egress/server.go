@@ -257,7 +257,7 @@ func (s *Server) handle(c *peerConn) {
 	defer c.Close()
 	start := time.Now()
 	_ = c.SetReadDeadline(start.Add(headerTimeout))
-	br := bufio.NewReaderSize(c, 32<<10)
+	br := bufio.NewReaderSize(c, 4<<10)
 	var req Request
 	bodyLen, err := readRequestHeader(br, &req)
 	if err != nil {
@@ -395,13 +395,15 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 		cl.refuse(CodeRequestError, "response headers too large")
 		return
 	}
-	bw := bufio.NewWriterSize(c, chunkSize+8)
+	bufs := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bufs)
+	bw := bufio.NewWriterSize(c, 4<<10)
 	if err := writeResponseHeader(bw, uint16(resp.StatusCode), hs); err != nil {
 		cl.refuse(CodeRequestError, "child: "+err.Error())
 		return
 	}
 	cl.started = true
-	buf := make([]byte, chunkSize)
+	buf := *bufs
 	for {
 		n, rerr := io.ReadFull(resp.Body, buf)
 		if n > 0 {
@@ -435,6 +437,10 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 	_, _ = bw.Write([]byte{0, 0, 0, 0, 0}) // the empty chunk, and code 0
 	_ = bw.Flush()
 }
+
+// chunkPool holds the buffers response bodies are copied through: a
+// call allocates next to nothing of its own.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunkSize); return &b }}
 
 type hopsKey struct{}
 

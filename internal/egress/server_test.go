@@ -24,7 +24,7 @@ type upstream struct {
 	conns atomic.Int64
 }
 
-func newUpstream(t *testing.T, h http.Handler) *upstream {
+func newUpstream(t testing.TB, h http.Handler) *upstream {
 	u := &upstream{}
 	u.Server = httptest.NewUnstartedServer(h)
 	u.Config.ConnState = func(_ net.Conn, s http.ConnState) {

@@ -235,17 +235,13 @@ func Call(addr string, r *Request, maxBody int64) (*Response, error) {
 		return nil, &Error{CodeRuntimeError, "outbound HTTP proxy: " + err.Error()}
 	}
 	defer c.Close()
-	bw := bufio.NewWriterSize(c, 32<<10)
-	werr := writeRequestHeader(bw, r, uint64(len(r.Body)))
-	if werr == nil {
-		_, werr = bw.Write(r.Body)
-	}
-	if werr == nil {
-		werr = bw.Flush()
+	werr := writeRequestHeader(c, r, uint64(len(r.Body)))
+	if werr == nil && len(r.Body) > 0 {
+		_, werr = c.Write(r.Body)
 	}
 	// A refusal may come before the body was read (the proxy then closes
 	// without reading it): the answer is read even if writing failed.
-	br := bufio.NewReaderSize(c, 32<<10)
+	br := bufio.NewReaderSize(c, 4<<10)
 	resp, err := readResponse(br, maxBody)
 	if err != nil && werr != nil {
 		var e *Error
