@@ -103,8 +103,6 @@ type Server struct {
 
 type grant struct {
 	Grant
-	policy *Policy
-	perr   error
 	ctx    context.Context // cancelled at Revoke
 	cancel context.CancelFunc
 
@@ -112,7 +110,11 @@ type grant struct {
 	inflight atomic.Int32
 	unlogged atomic.Int64
 
-	once   sync.Once
+	// The policy and the client are made at the first call: requests
+	// that make none cost a map entry and a token.
+	mu     sync.Mutex
+	policy *Policy
+	perr   error
 	client *http.Client
 	tr     *http.Transport
 }
@@ -182,9 +184,7 @@ func (s *Server) Revoke(token string) {
 		return
 	}
 	g.cancel()
-	if g.tr != nil {
-		g.tr.CloseIdleConnections()
-	}
+	g.closeIdle()
 	if n := g.unlogged.Load(); n > 0 {
 		s.log.Warn("outbound HTTP: more calls refused than logged", "id", g.ID, "module", g.Module, "unlogged", n)
 	}
@@ -320,12 +320,19 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 		cl.refuse(CodeInvalidURL, err.Error())
 		return
 	}
-	g.once.Do(func() { g.policy, g.perr = ParsePolicy(g.AllowedHosts); g.client = s.newClient(g) })
-	if g.perr != nil {
-		cl.refuse(CodeDestinationNotAllowed, g.perr.Error())
+	policy, client, err := s.prepare(g)
+	if err != nil {
+		cl.refuse(CodeDestinationNotAllowed, err.Error())
 		return
 	}
-	if ok, why := g.policy.Allows(target); !ok {
+	// A connection this call leaves idle after its grant was revoked
+	// is closed, not kept.
+	defer func() {
+		if g.ctx.Err() != nil {
+			g.closeIdle()
+		}
+	}()
+	if ok, why := policy.Allows(target); !ok {
 		cl.refuse(CodeDestinationNotAllowed, why)
 		return
 	}
@@ -369,7 +376,7 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 	hreq.Header = hdr
 	cl.sent = int64(bodyLen)
 	ctx = context.WithValue(ctx, hopsKey{}, &cl.hops)
-	resp, err := g.client.Do(hreq.WithContext(ctx))
+	resp, err := client.Do(hreq.WithContext(ctx))
 	if err != nil {
 		var d *deniedError
 		switch {
@@ -448,6 +455,27 @@ type hopsKey struct{}
 type deniedError struct{ why string }
 
 func (e *deniedError) Error() string { return e.why }
+
+// prepare parses g's policy and makes its client, once.
+func (s *Server) prepare(g *grant) (*Policy, *http.Client, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.policy == nil && g.perr == nil {
+		if g.policy, g.perr = ParsePolicy(g.AllowedHosts); g.perr == nil {
+			g.client = s.newClient(g)
+		}
+	}
+	return g.policy, g.client, g.perr
+}
+
+func (g *grant) closeIdle() {
+	g.mu.Lock()
+	tr := g.tr
+	g.mu.Unlock()
+	if tr != nil {
+		tr.CloseIdleConnections()
+	}
+}
 
 func (s *Server) newClient(g *grant) *http.Client {
 	// A transport per grant: its pooled connections were dialled after
