@@ -232,10 +232,11 @@ func (e Entry) matches(t Target) bool {
 	return e.Host == t.Host
 }
 
-// NamesHost reports whether an entry names host exactly (an IP address,
-// or a host name; not a wildcard, not AllowAll): only then may host's
-// addresses be special ones (see Special).
-func (p *Policy) NamesHost(host string) bool {
+// NamesHost reports whether an entry names host and port exactly (an IP
+// address or a host name, not a wildcard, not AllowAll): only then may
+// host's addresses be special ones (see Special). The port counts, so that
+// naming one loopback service next to AllowAll does not open the others.
+func (p *Policy) NamesHost(host string, port uint16) bool {
 	if p == nil {
 		return false
 	}
@@ -245,7 +246,7 @@ func (p *Policy) NamesHost(host string) bool {
 		host = strings.TrimSuffix(strings.ToLower(host), ".")
 	}
 	for _, e := range p.entries {
-		if !e.Wildcard && e.Host == host {
+		if !e.Wildcard && e.Host == host && e.Port == port {
 			return true
 		}
 	}
@@ -308,11 +309,11 @@ var (
 	}
 )
 
-// CheckAddrs keeps the addresses host resolved to that a request may
-// connect to: all of them when an entry names host exactly, else only the
+// CheckAddrs keeps the addresses host resolved to that a request to port
+// may connect to: all of them when an entry names host and port exactly, else only the
 // addresses that are not Special. When none is left, why says so.
-func (p *Policy) CheckAddrs(host string, addrs []netip.Addr) (ok []netip.Addr, why string) {
-	named := p.NamesHost(host)
+func (p *Policy) CheckAddrs(host string, port uint16, addrs []netip.Addr) (ok []netip.Addr, why string) {
+	named := p.NamesHost(host, port)
 	for _, a := range addrs {
 		a = a.Unmap()
 		if r := Special(a); r != "" && !named {

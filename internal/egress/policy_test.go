@@ -58,6 +58,8 @@ func TestPolicyDecidesByEntryURLAndResolvedAddress(t *testing.T) {
 		{"an entry naming a host opens its private addresses", []string{"http://db.internal"}, "http://db.internal/", addrs("10.0.0.7"), true, ""},
 		{"an entry naming the IPv6 loopback opens it", []string{"http://[::1]:9000"}, "http://[::1]:9000/", addrs("::1"), true, ""},
 		{"naming loopback on one port does not open another port", []string{"http://127.0.0.1:8080"}, "http://127.0.0.1:8081/", addrs("127.0.0.1"), false, "not in allowed_hosts"},
+		{"naming loopback on one port beside allow-all does not open another port", []string{"http://127.0.0.1:8080", AllowAll}, "http://127.0.0.1:22/", addrs("127.0.0.1"), false, "loopback"},
+		{"naming a host beside allow-all opens it on the named port", []string{"http://127.0.0.1:8080", AllowAll}, "http://127.0.0.1:8080/", addrs("127.0.0.1"), true, ""},
 		{"a public host that also resolves to loopback connects to the public address only", []string{AllowAll}, "http://mixed.test/", addrs("127.0.0.1", "93.184.216.34"), true, ""},
 		{"user information in the URL is refused", []string{AllowAll}, "http://u:p@example.com/", public, false, "user information"},
 		{"a non-http scheme is refused", []string{AllowAll}, "ftp://example.com/", public, false, "scheme"},
@@ -88,12 +90,12 @@ func decide(p *Policy, raw string, resolved []netip.Addr) (bool, string) {
 	if ok, why := p.Allows(target); !ok {
 		return false, why
 	}
-	ok, why := p.CheckAddrs(u.Hostname(), resolved)
+	ok, why := p.CheckAddrs(u.Hostname(), target.Port, resolved)
 	if len(ok) == 0 {
 		return false, why
 	}
 	for _, a := range ok {
-		if Special(a) != "" && !p.NamesHost(u.Hostname()) {
+		if Special(a) != "" && !p.NamesHost(u.Hostname(), target.Port) {
 			return false, "a special address was kept"
 		}
 	}

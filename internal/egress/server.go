@@ -529,7 +529,7 @@ func (s *Server) dial(ctx context.Context, g *grant, addr string) (net.Conn, err
 	} else if addrs, err = s.resolve(ctx, host); err != nil {
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
-	ok, why := g.policy.CheckAddrs(host, addrs)
+	ok, why := g.policy.CheckAddrs(host, uint16(port), addrs)
 	if len(ok) == 0 {
 		return nil, &deniedError{why}
 	}
