@@ -80,6 +80,10 @@ http_max_response = "1MiB"
 http_max_requests = 3
 http_max_concurrency = 2
 [[module]]
+route = "/gohttp"
+module = "{{mods}}/gohttp.wasm"
+allowed_hosts = ["%[1]s"]
+[[module]]
 route = "/none"
 module = "{{mods}}/outbound.wasm"
 [[module]]
@@ -130,6 +134,19 @@ http_timeout = "1s"
 			t.Fatalf("upstream log lacks the guest's request with its header:\n%s", b)
 		}
 		w.log.waitFor(t, 5*time.Second, "outbound HTTP", "module=", "url="+up+"/fixed", "status=200", "received=20")
+	})
+
+	t.Run("a Go module fetches through the same ABI", func(t *testing.T) {
+		body := page(t, "/gohttp?"+up+"/fixed-from-go")
+		if body != "status 200\nbody:probe\n" {
+			t.Fatalf("page: %q", body)
+		}
+		if !upstreamSaw("/fixed-from-go") {
+			t.Fatal("the upstream did not see the request")
+		}
+		if body := page(t, fmt.Sprintf("/gohttp?http://localhost:%d/go-denied", uport)); body != "error 7\n" || upstreamSaw("/go-denied") {
+			t.Fatalf("page: %q", body)
+		}
 	})
 
 	t.Run("a module with no allowed_hosts loads and is refused without a connection", func(t *testing.T) {
