@@ -93,6 +93,7 @@ type Server struct {
 	mu       sync.Mutex
 	closed   bool
 	grants   map[string]*grant
+	conns    map[*peerConn]struct{} // open calls, closed by Close
 	handlers sync.WaitGroup
 
 	refusedNoGrant atomic.Int64
@@ -139,6 +140,7 @@ func Start(log *slog.Logger) (*Server, error) {
 		ln:     &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
 		done:   make(chan struct{}),
 		grants: map[string]*grant{},
+		conns:  map[*peerConn]struct{}{},
 		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		},
@@ -205,6 +207,11 @@ func (s *Server) Close() error {
 	for _, g := range grants {
 		g.cancel()
 	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
 	<-s.done
 	s.handlers.Wait()
 	return err
@@ -228,11 +235,16 @@ func (s *Server) serve() {
 			c.Close()
 			continue
 		}
+		pc := c.(*peerConn)
 		s.handlers.Add(1)
+		s.conns[pc] = struct{}{}
 		s.mu.Unlock()
 		go func() {
 			defer s.handlers.Done()
-			s.handle(c.(*peerConn))
+			s.handle(pc)
+			s.mu.Lock()
+			delete(s.conns, pc)
+			s.mu.Unlock()
 		}()
 	}
 }

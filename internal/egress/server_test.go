@@ -271,3 +271,23 @@ func TestHostileCallersAreRefusedAndTheProxyKeepsServing(t *testing.T) {
 		t.Fatalf("a proper call after the hostile ones: %v %v", resp, err)
 	}
 }
+
+func TestCloseEndsCallsThatNeverSendAFrame(t *testing.T) {
+	s, err := Start(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("unix", strings.TrimPrefix(s.Addr(), "unix:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(50 * time.Millisecond) // accepted, waiting for a header that never comes
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > headerTimeout/2 {
+		t.Fatalf("Close waited %v for a silent caller", d)
+	}
+}
