@@ -218,7 +218,7 @@ func headerGet(ctx context.Context, mod api.Module, s []uint64) uint32 {
 	if !found {
 		return egress.CodeHeaderNotFound
 	}
-	if uint64(len(value)) > s[4] {
+	if uint64(len(value)) > uint64(uint32(s[4])) {
 		return egress.CodeBufferTooSmall
 	}
 	if !mem.WriteString(uint32(s[3]), value) || !mem.WriteUint32Le(uint32(s[5]), uint32(len(value))) {
@@ -240,7 +240,7 @@ func headersGetAll(ctx context.Context, mod api.Module, s []uint64) uint32 {
 	if r == nil {
 		return egress.CodeInvalidHandle
 	}
-	if uint64(len(r.headers)) > s[2] {
+	if uint64(len(r.headers)) > uint64(uint32(s[2])) {
 		return egress.CodeBufferTooSmall
 	}
 	if !mem.WriteString(uint32(s[1]), r.headers) || !mem.WriteUint32Le(uint32(s[3]), uint32(len(r.headers))) {
@@ -262,7 +262,7 @@ func bodyRead(ctx context.Context, mod api.Module, s []uint64) uint32 {
 	if r == nil {
 		return egress.CodeInvalidHandle
 	}
-	n := min(uint64(len(r.body)-r.pos), s[2])
+	n := min(uint64(len(r.body)-r.pos), uint64(uint32(s[2])))
 	if !mem.Write(uint32(s[1]), r.body[r.pos:r.pos+int(n)]) || !mem.WriteUint32Le(uint32(s[3]), uint32(n)) {
 		return egress.CodeMemoryAccessError
 	}

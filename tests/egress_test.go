@@ -80,6 +80,10 @@ http_max_response = "1MiB"
 http_max_requests = 3
 http_max_concurrency = 2
 [[module]]
+route = "/abi"
+module = "{{mods}}/outbound.wasm"
+allowed_hosts = ["%[1]s"]
+[[module]]
 route = "/gohttp"
 module = "{{mods}}/gohttp.wasm"
 allowed_hosts = ["%[1]s"]
@@ -146,6 +150,16 @@ http_timeout = "1s"
 		}
 		if body := page(t, fmt.Sprintf("/gohttp?http://localhost:%d/go-denied", uport)); body != "error 7\n" || upstreamSaw("/go-denied") {
 			t.Fatalf("page: %q", body)
+		}
+	})
+
+	t.Run("misuse of the functions gets WAGI's error codes", func(t *testing.T) {
+		// The calls refused by the proxy count towards
+		// http_max_requests (16 here) like any other.
+		body := page(t, "/abi?abi&"+up+"/abi")
+		want := "range 4 utf8 6 url 10 method 8 headers 9 handle 1 req 0 missing 5 small 4 allsmall 4 bodyhandle 1 close 0 closeunknown 0 closed 1"
+		if strings.TrimSpace(body) != want {
+			t.Fatalf("page:\n%s\nwant:\n%s", body, want)
 		}
 	})
 

@@ -3,6 +3,7 @@
 //   ?get&URL        GET URL: "status S", "content-type V", "headers N bytes", "body:" + body
 //   ?many&N&URL     N GETs without closing: "1:200 2:200 3:error 13 ..."
 //   ?seq&N&URL      N GETs, each closed before the next: same line
+//   ?abi&URL        the error code of each kind of misuse, on one line
 // A refused call prints "error CODE" (WAGI's codes: 7 DestinationNotAllowed,
 // 11 RequestError, 13 TooManySessions...).
 #include <stdint.h>
@@ -84,6 +85,30 @@ int main(int argc, char **argv) {
         putchar('\n');
         return 0;
     }
-    puts("usage: ?get&URL | ?many&N&URL | ?seq&N&URL");
+    if (argc >= 3 && strcmp(argv[1], "abi") == 0) {
+        // WAGI's error codes for misuse, one per case, on one line.
+        const char *url = argv[2];
+        uint16_t status = 0;
+        uint32_t h = 0, e;
+        char small[1];
+        size_t n = 0;
+        printf("range %u ", wxh_req(url, 0xFFFFFF00u, "GET", 3, "", 0, NULL, 0, &status, &h));
+        printf("utf8 %u ", wxh_req("http://\xff/", 9, "GET", 3, "", 0, NULL, 0, &status, &h));
+        printf("url %u ", wxh_req("not a url", 9, "GET", 3, "", 0, NULL, 0, &status, &h));
+        printf("method %u ", wxh_req(url, strlen(url), "GE T", 4, "", 0, NULL, 0, &status, &h));
+        printf("headers %u ", wxh_req(url, strlen(url), "GET", 3, "no colon here\n", 14, NULL, 0, &status, &h));
+        printf("handle %u ", wxh_header_get(999, "a", 1, small, 1, &n));
+        e = get(url, &status, &h);
+        printf("req %u ", e);
+        printf("missing %u ", wxh_header_get(h, "x-missing", 9, small, 1, &n));
+        printf("small %u ", wxh_header_get(h, "content-type", 12, small, 1, &n));
+        printf("allsmall %u ", wxh_headers_get_all(h, small, 1, &n));
+        uint8_t b[4];
+        printf("bodyhandle %u ", wxh_body_read(999, b, 4, &n));
+        printf("close %u closeunknown %u ", wxh_close(h), wxh_close(999));
+        printf("closed %u\n", wxh_body_read(h, b, 4, &n));
+        return 0;
+    }
+    puts("usage: ?get&URL | ?many&N&URL | ?seq&N&URL | ?abi&URL");
     return 0;
 }
