@@ -31,14 +31,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
-	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Bounds of the proxy itself.
@@ -72,6 +68,10 @@ type Limits struct {
 	// grant's Deadline either way.
 	Timeout time.Duration
 }
+
+// DefaultMaxConcurrency is http_max_concurrency when a module does not
+// set it (WAGI had no bound).
+const DefaultMaxConcurrency = 4
 
 // Grant is what one guest request may do.
 type Grant struct {
@@ -565,112 +565,6 @@ func unwrapURLError(err error) string {
 	return err.Error()
 }
 
-// validMethod: an HTTP token of at most MaxMethod bytes.
-func validMethod(m string) bool {
-	if m == "" || len(m) > MaxMethod {
-		return false
-	}
-	for i := 0; i < len(m); i++ {
-		if !isTokenChar(m[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTokenChar(c byte) bool {
-	return c > 0x20 && c < 0x7f && !strings.ContainsRune("\"(),/:;<=>?@[\\]{}", rune(c))
-}
-
-// dropped are request headers a guest does not set: the proxy frames the
-// request and picks the connection itself (and Host must be the host that
-// was checked).
-var dropped = map[string]bool{
-	"Host": true, "Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true,
-	"Te": true, "Trailer": true, "Transfer-Encoding": true, "Upgrade": true, "Content-Length": true,
-}
-
-// parseHeaders decodes WAGI's header string: "name:value" lines; a later
-// line replaces an earlier one of the same name (as WAGI's HeaderMap
-// insert did).
-func parseHeaders(s string) (http.Header, error) {
-	h := http.Header{}
-	if s == "" {
-		return h, nil
-	}
-	lines := strings.Split(strings.TrimSuffix(s, "\n"), "\n")
-	if len(lines) > MaxHeaders {
-		return nil, fmt.Errorf("%d header lines, over %d", len(lines), MaxHeaders)
-	}
-	for _, line := range lines {
-		line = strings.TrimSuffix(line, "\r")
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || !validMethod(k) { // a header name is a token, too
-			return nil, fmt.Errorf("header line %q has no valid name", truncate(line))
-		}
-		v = strings.Trim(v, " \t")
-		for i := 0; i < len(v); i++ {
-			if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-				return nil, fmt.Errorf("header %q has a control character", k)
-			}
-		}
-		ck := http.CanonicalHeaderKey(k)
-		if dropped[ck] || strings.HasPrefix(ck, "Proxy-") {
-			continue
-		}
-		h[ck] = []string{v}
-	}
-	return h, nil
-}
-
-// encodeHeaders is WAGI's encoding of response headers: "name:value\n"
-// per value, names in lower case; values with control characters are
-// left out (WAGI failed the whole call on them).
-func encodeHeaders(h http.Header) string {
-	names := make([]string, 0, len(h))
-	for k := range h {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, k := range names {
-		lk := strings.ToLower(k)
-	values:
-		for _, v := range h[k] {
-			for i := 0; i < len(v); i++ {
-				if c := v[i]; (c < 0x20 && c != '\t') || c == 0x7f {
-					continue values
-				}
-			}
-			b.WriteString(lk)
-			b.WriteByte(':')
-			b.WriteString(v)
-			b.WriteByte('\n')
-		}
-	}
-	return b.String()
-}
-
-// redact is a URL as logged: without its query and fragment (API keys
-// travel there), and whether it had a query.
-func redact(raw string) (string, bool) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return strconv.Quote(truncate(raw)), false
-	}
-	q := u.RawQuery != "" || u.ForceQuery
-	u.RawQuery, u.Fragment, u.RawFragment, u.ForceQuery = "", "", "", false
-	u.User = nil
-	return truncate(u.String()), q
-}
-
-func truncate(s string) string {
-	if len(s) > 256 {
-		return s[:256] + "..."
-	}
-	return s
-}
-
 // logCall logs one call. Past the grant's http_max_requests (and for
 // calls without a grant) the lines are bounded: a guest looping on
 // refused calls cannot flood the log.
@@ -703,92 +597,3 @@ func (s *Server) logCall(cl *call, d time.Duration) {
 	}
 	s.log.Info("outbound HTTP", attrs...)
 }
-
-// limitListener accepts at most cap(sem) connections at once, and
-// MaxConnsPerPID of one process (more are closed at once), and records
-// each one's peer pid. The same as the MFS proxy's.
-type limitListener struct {
-	net.Listener
-	sem    chan struct{}
-	mu     sync.Mutex
-	perPID map[int]int
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		l.sem <- struct{}{}
-		c, err := l.Listener.Accept()
-		if err != nil {
-			<-l.sem
-			return nil, err
-		}
-		pid, err := peerPID(c)
-		if err == nil && !l.take(pid) {
-			err = errors.New("too many connections")
-		}
-		if err != nil {
-			c.Close()
-			<-l.sem
-			continue
-		}
-		return &peerConn{Conn: c, pid: pid, release: func() { l.give(pid); <-l.sem }}, nil
-	}
-}
-
-func (l *limitListener) take(pid int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.perPID[pid] >= MaxConnsPerPID {
-		return false
-	}
-	l.perPID[pid]++
-	return true
-}
-
-func (l *limitListener) give(pid int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.perPID[pid]--; l.perPID[pid] <= 0 {
-		delete(l.perPID, pid)
-	}
-}
-
-// peerPID is the pid of the process that connected c (SO_PEERCRED).
-func peerPID(c net.Conn) (int, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, errors.New("not a unix connection")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return int(cred.Pid), nil
-}
-
-type peerConn struct {
-	net.Conn
-	pid     int
-	once    sync.Once
-	release func()
-}
-
-func (c *peerConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
-}
-
-// DefaultMaxConcurrency is http_max_concurrency when a module does not
-// set it (WAGI had no bound).
-const DefaultMaxConcurrency = 4
