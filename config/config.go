@@ -261,7 +261,9 @@ type Module struct {
 	Volumes []Volume
 	// Environment is added to the module's environment.
 	Environment map[string]string
-	// AllowedHosts is WAGI's allowed_hosts, as written.
+	// AllowedHosts is WAGI's allowed_hosts, as written (each entry
+	// checked by egress.ParseEntry when loaded; enforced by
+	// internal/egress).
 	AllowedHosts []string
 	// HTTPMaxConcurrency is WAGI's http_max_concurrency; 0 if absent.
 	HTTPMaxConcurrency int
