@@ -208,9 +208,9 @@ func (e *engine) runtimeIn(ctx context.Context, in map[uint32]*runtimeEntry, cac
 		return re, nil
 	}
 	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(cache, pages))
-	if err := instantiateWASI(ctx, rt); err != nil {
+	if err := InstantiateHost(ctx, rt); err != nil {
 		_ = rt.Close(ctx)
-		return nil, fmt.Errorf("instantiate WASI: %w", err)
+		return nil, fmt.Errorf("instantiate host modules: %w", err)
 	}
 	re := &runtimeEntry{rt: rt, modules: map[string]wazero.CompiledModule{}}
 	in[pages] = re
@@ -321,6 +321,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 
 	cfg := e.base.WithArgs(m.Args...)
 	ctx = withEnviron(ctx, m.Env)
+	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	var stdout, stderr *frameWriter
 	if m.InheritStdio {
 		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)

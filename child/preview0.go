@@ -44,7 +44,7 @@ const Preview0ModuleName = "wasi_unstable"
 // HostModuleNames are the host modules a guest may import from, in the
 // order they are instantiated. The compile process checks imports against
 // exactly these, as instantiated by InstantiateHost.
-var HostModuleNames = []string{wasi_snapshot_preview1.ModuleName, Preview0ModuleName}
+var HostModuleNames = []string{wasi_snapshot_preview1.ModuleName, Preview0ModuleName, HTTPModuleName}
 
 // preview0Same are the preview0 functions whose ABI is preview1's.
 var preview0Same = []string{
@@ -84,7 +84,13 @@ func ImportRefusal(module, name string) string {
 // InstantiateHost instantiates in rt every host module a guest may import,
 // as children do. The compile process uses it to check imports.
 func InstantiateHost(ctx context.Context, rt wazero.Runtime) error {
-	return instantiateWASI(ctx, rt)
+	if err := instantiateWASI(ctx, rt); err != nil {
+		return err
+	}
+	if err := instantiateHTTP(ctx, rt); err != nil { // outbound HTTP: http.go
+		return fmt.Errorf("instantiate %s: %w", HTTPModuleName, err)
+	}
+	return nil
 }
 
 // instantiatePreview0 instantiates wasi_unstable in rt: preview1's

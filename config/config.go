@@ -191,6 +191,15 @@ type Limits struct {
 	// CompileMemory is the address space (RLIMIT_AS) of the process that
 	// compiles the module, in bytes.
 	CompileMemory int64
+
+	// Outbound HTTP (wasi_experimental_http, see internal/egress):
+	// HTTPMaxResponse bounds one response body in bytes, HTTPMaxRequests
+	// the outbound requests of one request (allowed or refused), and
+	// HTTPTimeout one outbound request (never past the request's own
+	// timeout either way).
+	HTTPMaxResponse int64
+	HTTPMaxRequests int
+	HTTPTimeout     time.Duration
 }
 
 // WasmPageSize is the size of a WebAssembly memory page.
@@ -265,7 +274,9 @@ type Module struct {
 	// Environment is added to the module's environment: the global
 	// Config.Env with this module's own `environment` over it.
 	Environment map[string]string
-	// AllowedHosts is WAGI's allowed_hosts, as written.
+	// AllowedHosts is WAGI's allowed_hosts, as written (each entry
+	// checked by egress.ParseEntry when loaded; enforced by
+	// internal/egress).
 	AllowedHosts []string
 	// HTTPMaxConcurrency is WAGI's http_max_concurrency; 0 if absent.
 	HTTPMaxConcurrency int
@@ -313,6 +324,10 @@ func Default() *Config {
 			CompileCPU:     10 * time.Second,
 			CompileTimeout: 30 * time.Second,
 			CompileMemory:  1 << 30,
+
+			HTTPMaxResponse: 16 << 20,
+			HTTPMaxRequests: 16,
+			HTTPTimeout:     10 * time.Second,
 		},
 		IPFS: IPFS{
 			API:             "/ip4/127.0.0.1/tcp/5001",

@@ -43,6 +43,9 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"compile_cpu is 10s", c.Limits.CompileCPU, 10 * time.Second},
 		{"compile_timeout is 30s", c.Limits.CompileTimeout, 30 * time.Second},
 		{"compile_memory is 1GiB", c.Limits.CompileMemory, int64(1 << 30)},
+		{"http_max_response is 16MiB", c.Limits.HTTPMaxResponse, int64(16 << 20)},
+		{"http_max_requests is 16", c.Limits.HTTPMaxRequests, 16},
+		{"http_timeout is 10s", c.Limits.HTTPTimeout, 10 * time.Second},
 		{"the IPFS API is the local kubo", c.IPFS.API, "/ip4/127.0.0.1/tcp/5001"},
 		{"fetch_timeout is 30s", c.IPFS.FetchTimeout, 30 * time.Second},
 		{"the gateway is off", c.IPFS.Gateway, ""},
@@ -239,6 +242,9 @@ volume_files = 0
 compile_cpu = "2s"
 compile_timeout = "5s"
 compile_memory = "256MiB"
+http_max_response = "1MiB"
+http_max_requests = 2
+http_timeout = "3s"
 
 [ipfs]
 api = "http://127.0.0.1:5001"
@@ -275,6 +281,7 @@ store_size = "1GiB"
 			MaxBody:  0, MaxOutput: 1 << 30, MaxConcurrency: 3,
 			VolumeBytes: 1 << 20, VolumeFiles: 0,
 			CompileCPU: 2 * time.Second, CompileTimeout: 5 * time.Second, CompileMemory: 256 << 20,
+			HTTPMaxResponse: 1 << 20, HTTPMaxRequests: 2, HTTPTimeout: 3 * time.Second,
 		},
 		IPFS: IPFS{
 			API: "http://127.0.0.1:5001", FetchTimeout: time.Minute, Gateway: "/ipfs/",
@@ -789,6 +796,26 @@ func TestErrors(t *testing.T) {
 			name: "allowed_hosts with a number is rejected by index",
 			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nallowed_hosts = [\"https://a\", 3]\n",
 			want: `modules.toml:4: [[module]] #1 allowed_hosts[1]: want a string, got an integer`,
+		},
+		{
+			name: "an allowed_hosts entry without a scheme is rejected by index",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nallowed_hosts = [\"insecure:allow-all\", \"example.com\"]\n",
+			want: `modules.toml:4: [[module]] #1 allowed_hosts[1]: "example.com" is not scheme://host[:port] (nor "insecure:allow-all")`,
+		},
+		{
+			name: "an allowed_hosts entry with a path is rejected",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nallowed_hosts = [\"https://example.com/api\"]\n",
+			want: `modules.toml:4: [[module]] #1 allowed_hosts[0]: "https://example.com/api" names a destination, not a path, query or user: write scheme://host[:port]`,
+		},
+		{
+			name: "an http_timeout that is not a duration is rejected",
+			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nhttp_timeout = 5\n",
+			want: `modules.toml:4: [[module]] #1 http_timeout: want a duration string like "30s", got an integer`,
+		},
+		{
+			name: "a zero http_max_response is rejected",
+			src:  "[limits]\nhttp_max_response = 0\n",
+			want: `modules.toml:2: [limits] http_max_response: must be at least 1B, got 0B`,
 		},
 		{
 			name: "a negative http_max_concurrency is rejected",

@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/wagi-fcgi/wagi-fcgi/internal/egress"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
 
@@ -519,7 +520,8 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 // limitKeys are the keys of [limits], also allowed in a [[module]] table.
 func limitKeys() []string {
 	return []string{"timeout", "cpu", "daily_cpu", "day_start", "memory", "max_body", "max_output", "max_concurrency",
-		"volume_bytes", "volume_files", "compile_cpu", "compile_timeout", "compile_memory"}
+		"volume_bytes", "volume_files", "compile_cpu", "compile_timeout", "compile_memory",
+		"http_max_response", "http_max_requests", "http_timeout"}
 }
 
 func (d *decoder) limitsTable(p keyPath, m map[string]any, l *Limits) {
@@ -590,6 +592,18 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 	case "compile_timeout":
 		if dur, ok := d.duration(p, v); ok {
 			l.CompileTimeout = dur
+		}
+	case "http_max_response": // outbound HTTP (internal/egress)
+		if n, ok := d.size(p, v, 1); ok {
+			l.HTTPMaxResponse = n
+		}
+	case "http_max_requests":
+		if n, ok := d.integer(p, v, 0); ok {
+			l.HTTPMaxRequests = n
+		}
+	case "http_timeout":
+		if dur, ok := d.duration(p, v); ok {
+			l.HTTPTimeout = dur
 		}
 	case "compile_memory":
 		// Below this the Go runtime and wazero cannot compile even a
@@ -768,6 +782,13 @@ func (d *decoder) module(p keyPath, m map[string]any, defaults Limits) Module {
 		case "allowed_hosts":
 			if list, ok := d.stringList(kp, v); ok {
 				mod.AllowedHosts = list
+				for i, e := range list { // checked here, enforced by internal/egress
+					if e != egress.AllowAll {
+						if _, err := egress.ParseEntry(e); err != nil {
+							d.bad(kp.child(index(i)), "%v", err)
+						}
+					}
+				}
 			}
 		case "http_max_concurrency":
 			if n, ok := d.integer(kp, v, 0); ok {

@@ -258,7 +258,9 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	claim := m.budgets.open(owner)
 	resp := &cgiResponse{w: w, log: log}
 	m.mfsGrant(p, run) // MFS calls of this child, for this request only
+	m.egressGrant(p, run, mod.ref, t.cfg, lim)
 	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
+	m.egressRevoke(run)
 	m.mfsRevoke(run)
 	if res.reusable {
 		m.pool.release(p)

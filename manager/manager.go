@@ -31,6 +31,7 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/egress"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
@@ -94,6 +95,7 @@ type Manager struct {
 	ipfs      *ipfs.Client
 	srcEnv    *modsource.Env  // what module sources share (IPFS client, HTTP client, OCI settings)
 	mfs       *mfsproxy.Proxy // how children reach MFS; started with the children if ipfs is set
+	egress    *egress.Server  // the only way guest code reaches the network (outbound HTTP)
 	gateway   *gateway        // nil unless [ipfs] gateway is set
 
 	drainMu  sync.Mutex
@@ -323,6 +325,13 @@ func (m *Manager) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if m.egress == nil {
+		// Children open no network connection: outbound HTTP goes
+		// through this proxy, call by call, within each request's grant.
+		if m.egress, err = egress.Start(m.log); err != nil {
+			return err
+		}
+	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
 	m.pool.preload = m.preloadList
 	m.pool.charge = func(to chargeTo, d time.Duration) { m.charge(m.log, to, d) }
@@ -348,6 +357,9 @@ func (m *Manager) Close() error {
 	if m.mfs != nil {
 		_ = m.mfs.Close() // after the children: no grant is in use
 	}
+	if m.egress != nil {
+		_ = m.egress.Close()
+	}
 	m.store.close(context.Background())
 	if m.ledger != nil && m.ownLedger {
 		return m.ledger.Close()
@@ -368,6 +380,33 @@ func (m *Manager) mfsGrant(p *proc, run *ipc.Run) {
 func (m *Manager) mfsRevoke(run *ipc.Run) {
 	if run.MFSGrant != "" && m.mfs != nil {
 		m.mfs.Revoke(run.MFSGrant)
+	}
+}
+
+// egressGrant lets the child p make the outbound HTTP calls module's
+// allowed_hosts and limits allow, until egressRevoke or the request's
+// wall-clock limit, and puts the proxy and the token in run.
+func (m *Manager) egressGrant(p *proc, run *ipc.Run, module string, mc *config.Module, lim config.Limits) {
+	if m.egress == nil {
+		return
+	}
+	conc := mc.HTTPMaxConcurrency
+	if conc <= 0 {
+		conc = egress.DefaultMaxConcurrency
+	}
+	g := egress.Grant{ID: run.ID, Module: module, PID: p.pid, AllowedHosts: mc.AllowedHosts,
+		Limits: egress.Limits{MaxRequests: lim.HTTPMaxRequests, MaxConcurrency: conc, MaxResponse: lim.HTTPMaxResponse, Timeout: lim.HTTPTimeout}}
+	if lim.Timeout > 0 {
+		g.Deadline = time.Now().Add(lim.Timeout)
+	}
+	run.HTTPProxy, run.HTTPGrant = m.egress.Addr(), m.egress.Grant(g)
+}
+
+// egressRevoke ends the outbound HTTP grant of run, cancelling its calls
+// in flight.
+func (m *Manager) egressRevoke(run *ipc.Run) {
+	if run.HTTPGrant != "" && m.egress != nil {
+		m.egress.Revoke(run.HTTPGrant)
 	}
 }
 

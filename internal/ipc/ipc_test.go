@@ -15,6 +15,7 @@ func TestRunRoundTripsEveryField(t *testing.T) {
 		Mounts: []Mount{{Guest: "/a", Host: "/h/a", ReadOnly: true}, {Guest: "/b", Kind: MountMFS, Host: "unix:@wagi-fcgi-mfs-0123", MFSPath: "/wagi/b",
 			QuotaBytes: 64 << 20, QuotaFiles: 1<<40 + 1}},
 		Stdin: []byte{0, 1, 2, 255}, BodySize: 1 << 33, InheritStdio: true, StderrCap: 4096, MFSGrant: "00112233445566778899aabbccddeeff",
+		HTTPProxy: "unix:@wagi-fcgi-egress-0123", HTTPGrant: "ffeeddccbbaa99887766554433221100",
 	}
 	var out Run
 	if err := DecodeRun(AppendRun(nil, &in), &out); err != nil {

@@ -58,6 +58,10 @@ type Run struct {
 	// call to the MFS proxy for this run's MFS mounts; it is revoked when
 	// the run ends.
 	MFSGrant string
+	// HTTPProxy is the manager's outbound HTTP proxy ("unix:@name") and
+	// HTTPGrant this run's token for it (internal/egress); revoked when
+	// the run ends.
+	HTTPProxy, HTTPGrant string
 }
 
 // MFSGrantHeader carries Run.MFSGrant on the child's calls to the MFS
@@ -125,6 +129,8 @@ func AppendRun(b []byte, m *Run) []byte {
 	b = appendBool(b, m.InheritStdio)
 	b = binary.BigEndian.AppendUint32(b, m.StderrCap)
 	b = appendString(b, m.MFSGrant)
+	b = appendString(b, m.HTTPProxy)
+	b = appendString(b, m.HTTPGrant)
 	return b
 }
 
@@ -151,6 +157,8 @@ func DecodeRun(p []byte, m *Run) error {
 	m.InheritStdio = d.bool()
 	m.StderrCap = d.u32()
 	m.MFSGrant = d.string()
+	m.HTTPProxy = d.string()
+	m.HTTPGrant = d.string()
 	return d.finish("run")
 }
 
