@@ -671,13 +671,14 @@ func globBase(p string) string {
 }
 
 // hosts converts allowed_outbound_hosts to allowed_hosts. HTTP and HTTPS
-// entries are kept as written (scheme, host and port); "*://host[:port]"
-// becomes "host[:port]" (any scheme); a "*" port is dropped (any port);
-// "*://*:*" and "http(s)://*:*" together are "insecure:allow-all".
-// Entries for other protocols (redis, mysql, postgres, mqtt, tcp),
-// templated ones ("{{ var }}"), host wildcards ("*.example.com") and
-// service chaining ("self", "*.spin.internal") are reported and left out:
-// leaving one out can only deny more.
+// entries are kept as written (scheme, host and port, "*.example.com"
+// wildcards too); "*://host[:port]" becomes an http and an https entry; a
+// "*" port (any port) has no equivalent, so it becomes the scheme's
+// default port, with a warning; "*://*:*" and "http(s)://*:*" are
+// "insecure:allow-all". Entries for other protocols (redis, mysql,
+// postgres, mqtt, tcp), templated ones ("{{ var }}") and service chaining
+// ("self", "*.spin.internal") are reported and left out: leaving one out
+// can only deny more.
 func (c *converter) hosts(where string, list []string) []string {
 	var out []string
 	addOnce := func(h string) {
@@ -714,18 +715,22 @@ func (c *converter) hosts(where string, list []string) []string {
 				c.note(Ignored, where, "allowed_outbound_hosts %q: any host on one port has no equivalent", h)
 			}
 			continue
-		case strings.Contains(host, "*"):
-			c.note(Ignored, where, "allowed_outbound_hosts %q: host wildcards have no equivalent; list the hosts", h)
+		case strings.Contains(strings.TrimPrefix(host, "*."), "*"):
+			c.note(Ignored, where, "allowed_outbound_hosts %q: only a leading \"*.\" wildcard has an equivalent; list the hosts", h)
 			continue
 		}
 		entry := host
 		if hasPort && port != "*" {
 			entry += ":" + port
+		} else if port == "*" {
+			c.note(Warning, where, "allowed_outbound_hosts %q: any port has no equivalent; only the scheme's default port is allowed", h)
 		}
-		if scheme != "*" {
-			entry = scheme + "://" + entry
+		if scheme == "*" {
+			addOnce("http://" + entry)
+			addOnce("https://" + entry)
+			continue
 		}
-		addOnce(entry)
+		addOnce(scheme + "://" + entry)
 	}
 	return out
 }
