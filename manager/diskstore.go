@@ -16,6 +16,7 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
+	"golang.org/x/sys/unix"
 )
 
 // diskStore bounds what state_dir holds of fetched content ([ipfs]
@@ -323,7 +324,7 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 			if e.cache != "" {
 				_ = os.Remove(e.cache)
 			}
-			_ = os.Remove(compiler.TextBinaryPath(d.cacheDir, key)) // if it was text
+			removeTextBinary(d.cacheDir, key) // if it was text
 			if err := os.Remove(e.path); err != nil && !os.IsNotExist(err) {
 				d.log.Warn("module store: evicting", "path", e.path, "err", err)
 				continue
@@ -464,4 +465,23 @@ func treeBytes(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// removeTextBinary removes the binary the compile process made of a text
+// module. The directory it is in belongs to the compile user, who could
+// have made it a link to anywhere: it is opened without following links,
+// and the file removed relative to it, never by path.
+func removeTextBinary(cacheDir, key string) {
+	cache, err := unix.Open(cacheDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(cache)
+	rel := compiler.TextBinaryPath("", key)
+	dir, err := unix.Openat(cache, filepath.Dir(rel), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(dir)
+	_ = unix.Unlinkat(dir, filepath.Base(rel), 0)
 }

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
 )
 
 // tinyModule is a valid module exporting an empty _start, made distinct by
@@ -159,5 +161,41 @@ func TestTheStoreEvictsTheLeastRecentlyUsedUnpinnedModulesPastItsSize(t *testing
 	modFiles, _ := filepath.Glob(filepath.Join(dir, "modules", "*.wasm"))
 	if len(modFiles) != 2 || len(cacheFiles) != 2 || !exists(pinned.path) || !exists(last.path) {
 		t.Errorf("after evicting all but the pinned module and the one in use: modules %v, compiled code %v", modFiles, cacheFiles)
+	}
+}
+
+// The compile user owns the compilation cache and could make the directory
+// of text modules' binaries a link to anywhere: evicting a text module
+// then removes nothing outside the cache.
+func TestEvictingATextModuleRemovesNothingThroughALink(t *testing.T) {
+	cacheDir, elsewhere := t.TempDir(), t.TempDir()
+	key := strings.Repeat("ab", 32)
+	victim := filepath.Join(elsewhere, key+".wasm")
+	if err := os.WriteFile(victim, []byte("not yours"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rel := compiler.TextBinaryPath("", key)
+	if err := os.Symlink(elsewhere, filepath.Join(cacheDir, filepath.Dir(rel))); err != nil {
+		t.Fatal(err)
+	}
+	removeTextBinary(cacheDir, key)
+	if _, err := os.Stat(victim); err != nil {
+		t.Fatalf("a file behind the link was removed: %v", err)
+	}
+
+	// Where the directory is real, the binary goes.
+	if err := os.Remove(filepath.Join(cacheDir, filepath.Dir(rel))); err != nil {
+		t.Fatal(err)
+	}
+	own := compiler.TextBinaryPath(cacheDir, key)
+	if err := os.MkdirAll(filepath.Dir(own), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(own, []byte("\x00asm"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	removeTextBinary(cacheDir, key)
+	if _, err := os.Stat(own); !os.IsNotExist(err) {
+		t.Fatalf("the text module's binary is still there: %v", err)
 	}
 }
