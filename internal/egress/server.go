@@ -404,6 +404,12 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 		return
 	}
 	defer resp.Body.Close()
+	// The transport stops watching ctx once it hands a connection over
+	// (a 101 Switching Protocols answer, which an upstream may send
+	// unasked): closing the body at ctx's end is what cuts such a call,
+	// and its upstream connection, at the deadline or at Revoke.
+	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
+	defer stop()
 	cl.status = resp.StatusCode
 	if resp.ContentLength > lim.MaxResponse {
 		cl.refuse(CodeRequestError, fmt.Sprintf("response of %d bytes, over http_max_response (%d)", resp.ContentLength, lim.MaxResponse))
