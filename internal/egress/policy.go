@@ -259,7 +259,8 @@ func (p *Policy) NamesHost(host string, port uint16) bool {
 // broadcast, reserved, shared (CGNAT, where some clouds put their
 // metadata service), or the metadata address fd00:ec2::254. "" for a
 // public address. IPv4 inside IPv6 (mapped, NAT64, 6to4) is judged by the
-// IPv4 address.
+// IPv4 address; IPv4-compatible, IPv4-translated, local-use NAT64 and
+// site-local IPv6 are reserved whatever they carry.
 func Special(ip netip.Addr) string {
 	ip = ip.Unmap()
 	if ip.Is6() {
@@ -306,6 +307,13 @@ var (
 		netip.MustParsePrefix("240.0.0.0/4"),   // reserved, and the broadcast address
 		netip.MustParsePrefix("100::/64"),      // discard
 		netip.MustParsePrefix("2001:db8::/32"), // documentation
+		// IPv6 that a host, translator or old router may turn into
+		// IPv4 (or route inside a site): the policy cannot tell where
+		// it goes.
+		netip.MustParsePrefix("::/96"),           // IPv4-compatible (deprecated); :: and ::1 are caught above
+		netip.MustParsePrefix("::ffff:0:0:0/96"), // IPv4-translated (SIIT)
+		netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64 (RFC 8215)
+		netip.MustParsePrefix("fec0::/10"),       // site-local (deprecated)
 	}
 )
 
