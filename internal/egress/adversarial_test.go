@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,5 +70,109 @@ func TestAnUpstreamThatSwitchesProtocolsIsCutAtTheDeadline(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the upstream connection is still open 10s after the call ended")
+	}
+}
+
+// Every way of writing a loopback address, or a name for one, is refused
+// under insecure:allow-all without a connection: the decision is made on
+// the address the name resolved to, not on how the URL spells it.
+func TestEverySpellingOfLoopbackIsRefusedUnderAllowAll(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+	s, _ := startServer(t)
+	for _, host := range []string{
+		"127.0.0.1", "2130706433", "0x7f000001", "0x7f.0.0.1", "0177.0.0.1", "127.1", "0",
+		"[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:127.0.0.1]", "[::1]", "0.0.0.0", "[::]",
+		"localhost", "LOCALHOST", "localhost.", "LocalHost.", "a.localhost", "xn--localhost",
+	} {
+		t.Run(host, func(t *testing.T) {
+			token := grantFor(s, []string{AllowAll})
+			defer s.Revoke(token)
+			_, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: "http://" + host + ":" + port + "/"}, 1<<20)
+			switch codeOf(err) {
+			case CodeDestinationNotAllowed, CodeInvalidURL:
+			case CodeRequestError: // a name that does not resolve
+				if !strings.Contains(err.Error(), "resolve") {
+					t.Fatalf("err = %v", err)
+				}
+			default:
+				t.Fatalf("err = %v", err)
+			}
+			if n := up.conns.Load(); n != 0 {
+				t.Fatalf("%d connections reached the loopback upstream", n)
+			}
+		})
+	}
+}
+
+// A guest's Host header, absolute-form path and CR/LF cannot make the
+// upstream see another host, or smuggle a header.
+func TestAGuestCannotChangeTheHostOrSmuggleHeaders(t *testing.T) {
+	seen := make(chan string, 4)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Host + " " + r.RequestURI + " " + r.Header.Get("X-Smuggled")
+	}))
+	s, _ := startServer(t)
+	allowed := "http://" + up.Listener.Addr().String()
+	token := grantFor(s, []string{allowed})
+	defer s.Revoke(token)
+	if _, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: allowed + "/http://evil.example/", Headers: "host:evil.example\n"}, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := <-seen, up.Listener.Addr().String()+" /http://evil.example/ "; got != want {
+		t.Fatalf("upstream saw %q, want %q", got, want)
+	}
+	for _, r := range []Request{
+		{Method: "GET", URL: allowed + "/\r\nX-Smuggled: 1"},
+		{Method: "GET", URL: allowed + "/", Headers: "x-a:b\rX-Smuggled: 1\n"},
+		{Method: "GET\r\nX-Smuggled:", URL: allowed + "/"},
+		{Method: "GET", URL: allowed + "/", Headers: "x-a\r\nx-smuggled:1\n"},
+	} {
+		r.Token = token
+		if _, err := Call(s.Addr(), &r, 1<<20); codeOf(err) == CodeOK {
+			t.Fatalf("%q %q %q was sent", r.Method, r.URL, r.Headers)
+		}
+	}
+	select {
+	case got := <-seen:
+		if strings.HasSuffix(got, " 1") {
+			t.Fatalf("a header was smuggled: %q", got)
+		}
+	default:
+	}
+}
+
+// A compromised child may lie about the handles it holds (Open: 0): the
+// calls in flight are still bounded by http_max_concurrency.
+func TestCallsInFlightAreBoundedWhateverTheChildSays(t *testing.T) {
+	release := make(chan struct{})
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	s, _ := startServer(t)
+	token := grantFor(s, []string{"http://" + up.Listener.Addr().String()}) // MaxConcurrency 2
+	defer s.Revoke(token)
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: up.URL}, 1<<20)
+			errs <- err
+		}()
+	}
+	for end := time.Now().Add(10 * time.Second); up.conns.Load() < 2 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: up.URL}, 1<<20)
+	close(release)
+	if codeOf(err) != CodeTooManySessions {
+		t.Fatalf("third call in flight: err = %v", err)
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
