@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +175,36 @@ func TestCallsInFlightAreBoundedWhateverTheChildSays(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// Calls without a grant (stale tokens, garbage) are logged a bounded
+// number of times per window, not a bounded number of times for the
+// proxy's life: a hostile child (or a month of calls racing Revoke) must
+// not blind the log to later attempts.
+func TestCallsWithoutAGrantAreStillLoggedAfterAFlood(t *testing.T) {
+	s, logBuf := startServer(t)
+	s.refusals.window = 200 * time.Millisecond
+	stale := strings.Repeat("0", tokenLen)
+	for range 3 * maxLoggedRefusals {
+		if _, err := Call(s.Addr(), &Request{Token: stale, Method: "GET", URL: "http://example.com/"}, 1<<20); codeOf(err) != CodeRuntimeError {
+			t.Fatalf("err = %v", err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, err := Call(s.Addr(), &Request{Token: stale, Method: "GET", URL: "http://example.com/later"}, 1<<20); codeOf(err) != CodeRuntimeError {
+		t.Fatalf("err = %v", err)
+	}
+	var log string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if log = logBuf.String(); strings.Contains(log, "example.com/later") {
+			break
+		}
+	}
+	if !strings.Contains(log, "example.com/later") {
+		t.Fatalf("the call after the flood was not logged:\n%s", log)
+	}
+	if !strings.Contains(log, "unlogged="+strconv.Itoa(2*maxLoggedRefusals)) {
+		t.Fatalf("the calls left out are not counted in the log:\n%s", log)
 	}
 }
