@@ -2,12 +2,15 @@ package egress
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -206,5 +209,48 @@ func TestCallsWithoutAGrantAreStillLoggedAfterAFlood(t *testing.T) {
 	}
 	if !strings.Contains(log, "unlogged="+strconv.Itoa(2*maxLoggedRefusals)) {
 		t.Fatalf("the calls left out are not counted in the log:\n%s", log)
+	}
+}
+
+// A name whose DNS answer is (or turns into) loopback is refused under
+// allow-all, and is resolved once per connection: the address connected
+// to is the one checked.
+func TestANameThatResolvesToLoopbackIsRefusedAndResolvedOnce(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	_, port, _ := net.SplitHostPort(up.Listener.Addr().String())
+	s, _ := startServer(t)
+	var lookups atomic.Int64
+	s.resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+		lookups.Add(1)
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	token := grantFor(s, []string{AllowAll})
+	defer s.Revoke(token)
+	_, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: "http://rebind.example:" + port + "/"}, 1<<20)
+	if codeOf(err) != CodeDestinationNotAllowed || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("err = %v", err)
+	}
+	if n := lookups.Load(); n != 1 {
+		t.Fatalf("%d lookups for one call", n)
+	}
+	if n := up.conns.Load(); n != 0 {
+		t.Fatalf("%d connections reached the upstream", n)
+	}
+}
+
+// A token is worth nothing once its request ended.
+func TestARevokedTokenIsRefused(t *testing.T) {
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	s, _ := startServer(t)
+	token := grantFor(s, []string{"http://" + up.Listener.Addr().String()})
+	if _, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: up.URL}, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	s.Revoke(token)
+	if _, err := Call(s.Addr(), &Request{Token: token, Method: "GET", URL: up.URL}, 1<<20); codeOf(err) != CodeRuntimeError {
+		t.Fatalf("after Revoke: err = %v", err)
+	}
+	if n := up.conns.Load(); n != 1 {
+		t.Fatalf("%d connections, want the one before Revoke", n)
 	}
 }
