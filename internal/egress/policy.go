@@ -257,7 +257,8 @@ func (p *Policy) NamesHost(host string, port uint16) bool {
 // entry that names its host: loopback, private, link-local (and with it
 // the cloud metadata address 169.254.169.254), unspecified, multicast,
 // broadcast, reserved, shared (CGNAT, where some clouds put their
-// metadata service), or the metadata address fd00:ec2::254. "" for a
+// metadata service), or the metadata addresses fd00:ec2::254 and
+// 168.63.129.16 (Azure's WireServer). "" for a
 // public address. IPv4 inside IPv6 (mapped, NAT64, 6to4) is judged by the
 // IPv4 address; IPv4-compatible, IPv4-translated, local-use NAT64 and
 // site-local IPv6 are reserved whatever they carry.
@@ -273,7 +274,7 @@ func Special(ip netip.Addr) string {
 		}
 	}
 	switch {
-	case ip == metadataV4 || ip == metadataV6:
+	case ip == metadataV4 || ip == metadataV6 || ip == azureWireServer:
 		return "cloud metadata address"
 	case ip.IsLoopback():
 		return "loopback address"
@@ -297,9 +298,12 @@ func Special(ip netip.Addr) string {
 var (
 	metadataV4 = netip.MustParseAddr("169.254.169.254")
 	metadataV6 = netip.MustParseAddr("fd00:ec2::254")
-	nat64      = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour  = netip.MustParsePrefix("2002::/16")
-	reserved   = []netip.Prefix{
+	// Azure's WireServer: a public-range address that is the platform's
+	// own endpoint (goal state, extension settings), beside its IMDS.
+	azureWireServer = netip.MustParseAddr("168.63.129.16")
+	nat64           = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour       = netip.MustParsePrefix("2002::/16")
+	reserved        = []netip.Prefix{
 		netip.MustParsePrefix("0.0.0.0/8"),     // "this network"
 		netip.MustParsePrefix("100.64.0.0/10"), // shared (CGNAT); 100.100.100.200 is a metadata service
 		netip.MustParsePrefix("192.0.0.0/24"),  // IETF protocol assignments

@@ -139,3 +139,17 @@ func TestIPv6FormsThatCarryIPv4OrAreDeprecatedAreSpecial(t *testing.T) {
 		t.Errorf("a public IPv6 address is %q", r)
 	}
 }
+
+// Azure's WireServer (168.63.129.16) is in a public range but is the
+// platform's own endpoint next to its metadata service: as special as
+// 169.254.169.254.
+func TestAzureWireServerIsAMetadataAddress(t *testing.T) {
+	p, err := ParsePolicy([]string{AllowAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, why := decide(p, "http://168.63.129.16/machine?comp=goalstate", addrs("168.63.129.16"))
+	if allow || !strings.Contains(why, "metadata") {
+		t.Fatalf("allow = %v (%q), want a refusal as a metadata address", allow, why)
+	}
+}
