@@ -254,3 +254,47 @@ func TestARevokedTokenIsRefused(t *testing.T) {
 		t.Fatalf("%d connections, want the one before Revoke", n)
 	}
 }
+
+// A compromised child that asks for an endless body and never reads it
+// holds neither the upstream connection nor the proxy past the call's
+// deadline: the proxy buffers at most a chunk, and Close does not wait.
+func TestAChildThatNeverReadsTheBodyIsCutAtTheDeadline(t *testing.T) {
+	closed := make(chan struct{}, 1)
+	up := newUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := []byte(strings.Repeat("x", 32<<10))
+		for {
+			if _, err := w.Write(chunk); err != nil {
+				closed <- struct{}{}
+				return
+			}
+			w.(http.Flusher).Flush()
+		}
+	}))
+	s, _ := startServer(t)
+	token := s.Grant(Grant{ID: "req-stall", Module: "test.wasm", PID: os.Getpid(), AllowedHosts: []string{"http://" + up.Listener.Addr().String()},
+		Limits:   Limits{MaxRequests: 8, MaxConcurrency: 2, MaxResponse: 1 << 40, Timeout: time.Second},
+		Deadline: time.Now().Add(30 * time.Second)})
+	defer s.Revoke(token)
+	c, err := net.Dial("unix", strings.TrimPrefix(s.Addr(), "unix:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := writeRequestHeader(c, &Request{Token: token, Method: "GET", URL: up.URL}, 0); err != nil {
+		t.Fatal(err)
+	}
+	// Never read. The call's deadline is 1s (http_timeout); its write
+	// to us gives up a second later.
+	select {
+	case <-closed:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the upstream connection is still open 15s into a 1s call")
+	}
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close waits on a call whose child never reads")
+	}
+}
