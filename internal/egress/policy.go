@@ -257,9 +257,11 @@ func (p *Policy) NamesHost(host string, port uint16) bool {
 // entry that names its host: loopback, private, link-local (and with it
 // the cloud metadata address 169.254.169.254), unspecified, multicast,
 // broadcast, reserved, shared (CGNAT, where some clouds put their
-// metadata service), or the metadata address fd00:ec2::254. "" for a
+// metadata service), or the metadata addresses fd00:ec2::254 and
+// 168.63.129.16 (Azure's WireServer). "" for a
 // public address. IPv4 inside IPv6 (mapped, NAT64, 6to4) is judged by the
-// IPv4 address.
+// IPv4 address; IPv4-compatible, IPv4-translated, local-use NAT64 and
+// site-local IPv6 are reserved whatever they carry.
 func Special(ip netip.Addr) string {
 	ip = ip.Unmap()
 	if ip.Is6() {
@@ -272,7 +274,7 @@ func Special(ip netip.Addr) string {
 		}
 	}
 	switch {
-	case ip == metadataV4 || ip == metadataV6:
+	case ip == metadataV4 || ip == metadataV6 || ip == azureWireServer:
 		return "cloud metadata address"
 	case ip.IsLoopback():
 		return "loopback address"
@@ -296,9 +298,12 @@ func Special(ip netip.Addr) string {
 var (
 	metadataV4 = netip.MustParseAddr("169.254.169.254")
 	metadataV6 = netip.MustParseAddr("fd00:ec2::254")
-	nat64      = netip.MustParsePrefix("64:ff9b::/96")
-	sixToFour  = netip.MustParsePrefix("2002::/16")
-	reserved   = []netip.Prefix{
+	// Azure's WireServer: a public-range address that is the platform's
+	// own endpoint (goal state, extension settings), beside its IMDS.
+	azureWireServer = netip.MustParseAddr("168.63.129.16")
+	nat64           = netip.MustParsePrefix("64:ff9b::/96")
+	sixToFour       = netip.MustParsePrefix("2002::/16")
+	reserved        = []netip.Prefix{
 		netip.MustParsePrefix("0.0.0.0/8"),     // "this network"
 		netip.MustParsePrefix("100.64.0.0/10"), // shared (CGNAT); 100.100.100.200 is a metadata service
 		netip.MustParsePrefix("192.0.0.0/24"),  // IETF protocol assignments
@@ -306,6 +311,13 @@ var (
 		netip.MustParsePrefix("240.0.0.0/4"),   // reserved, and the broadcast address
 		netip.MustParsePrefix("100::/64"),      // discard
 		netip.MustParsePrefix("2001:db8::/32"), // documentation
+		// IPv6 that a host, translator or old router may turn into
+		// IPv4 (or route inside a site): the policy cannot tell where
+		// it goes.
+		netip.MustParsePrefix("::/96"),           // IPv4-compatible (deprecated); :: and ::1 are caught above
+		netip.MustParsePrefix("::ffff:0:0:0/96"), // IPv4-translated (SIIT)
+		netip.MustParsePrefix("64:ff9b:1::/48"),  // local-use NAT64 (RFC 8215)
+		netip.MustParsePrefix("fec0::/10"),       // site-local (deprecated)
 	}
 )
 

@@ -118,3 +118,38 @@ func TestEntriesThatAreNotDestinationsAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// IPv6 forms that carry an IPv4 address, or that a translator or an old
+// router turns into one, are special whatever the IPv4 address is: the
+// network decides where they go, not the policy.
+func TestIPv6FormsThatCarryIPv4OrAreDeprecatedAreSpecial(t *testing.T) {
+	for _, a := range []string{
+		"::7f00:1",           // IPv4-compatible 127.0.0.1 (deprecated)
+		"::a00:1",            // IPv4-compatible 10.0.0.1
+		"::ffff:0:7f00:1",    // IPv4-translated (SIIT) 127.0.0.1
+		"::ffff:0:a9fe:a9fe", // IPv4-translated 169.254.169.254
+		"64:ff9b:1::a00:1",   // local-use NAT64 (RFC 8215)
+		"fec0::1",            // site-local (deprecated, still routed by some)
+	} {
+		if Special(netip.MustParseAddr(a)) == "" {
+			t.Errorf("Special(%s) = \"\": a guest could reach it past allow-all", a)
+		}
+	}
+	if r := Special(netip.MustParseAddr("2606:4700::1111")); r != "" {
+		t.Errorf("a public IPv6 address is %q", r)
+	}
+}
+
+// Azure's WireServer (168.63.129.16) is in a public range but is the
+// platform's own endpoint next to its metadata service: as special as
+// 169.254.169.254.
+func TestAzureWireServerIsAMetadataAddress(t *testing.T) {
+	p, err := ParsePolicy([]string{AllowAll})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow, why := decide(p, "http://168.63.129.16/machine?comp=goalstate", addrs("168.63.129.16"))
+	if allow || !strings.Contains(why, "metadata") {
+		t.Fatalf("allow = %v (%q), want a refusal as a metadata address", allow, why)
+	}
+}

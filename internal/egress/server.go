@@ -96,7 +96,7 @@ type Server struct {
 	conns    map[*peerConn]struct{} // open calls, closed by Close
 	handlers sync.WaitGroup
 
-	refusedNoGrant atomic.Int64
+	refusals refusalLog // lines for calls without a grant
 
 	// resolve looks up a host's addresses; tests replace it.
 	resolve func(ctx context.Context, host string) ([]netip.Addr, error)
@@ -135,12 +135,13 @@ func Start(log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("egress: listen on %s: %w", name, err)
 	}
 	s := &Server{
-		addr:   "unix:" + name,
-		log:    log,
-		ln:     &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
-		done:   make(chan struct{}),
-		grants: map[string]*grant{},
-		conns:  map[*peerConn]struct{}{},
+		addr:     "unix:" + name,
+		log:      log,
+		ln:       &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
+		done:     make(chan struct{}),
+		grants:   map[string]*grant{},
+		conns:    map[*peerConn]struct{}{},
+		refusals: refusalLog{window: time.Minute},
 		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 		},
@@ -274,7 +275,7 @@ func (s *Server) handle(c *peerConn) {
 	bodyLen, err := readRequestHeader(br, &req)
 	if err != nil {
 		// Not a call: nothing to answer.
-		if n := s.refusedNoGrant.Add(1); n <= maxLoggedRefusals {
+		if s.logNoGrant() {
 			s.log.Warn("outbound HTTP proxy: malformed call", "pid", c.pid, "err", err)
 		}
 		return
@@ -404,6 +405,12 @@ func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64,
 		return
 	}
 	defer resp.Body.Close()
+	// The transport stops watching ctx once it hands a connection over
+	// (a 101 Switching Protocols answer, which an upstream may send
+	// unasked): closing the body at ctx's end is what cuts such a call,
+	// and its upstream connection, at the deadline or at Revoke.
+	stop := context.AfterFunc(ctx, func() { resp.Body.Close() })
+	defer stop()
 	cl.status = resp.StatusCode
 	if resp.ContentLength > lim.MaxResponse {
 		cl.refuse(CodeRequestError, fmt.Sprintf("response of %d bytes, over http_max_response (%d)", resp.ContentLength, lim.MaxResponse))
@@ -576,7 +583,7 @@ func (s *Server) logCall(cl *call, d time.Duration) {
 			cl.g.unlogged.Add(1)
 			return
 		}
-	} else if s.refusedNoGrant.Add(1) > maxLoggedRefusals {
+	} else if !s.logNoGrant() {
 		return
 	}
 	attrs := []any{"id", id, "module", module, "pid", cl.pid, "method", cl.method, "url", cl.url}
@@ -596,4 +603,45 @@ func (s *Server) logCall(cl *call, d time.Duration) {
 		return
 	}
 	s.log.Info("outbound HTTP", attrs...)
+}
+
+// refusalLog bounds the lines logged for calls without a grant (unknown
+// or revoked tokens, frames that do not parse) to maxLoggedRefusals a
+// window, and counts the rest. Per window, not for the proxy's life: a
+// flood (or calls racing Revoke over months) must not leave later
+// attempts unlogged.
+type refusalLog struct {
+	window time.Duration
+
+	mu       sync.Mutex
+	start    time.Time
+	n        int
+	unlogged int64
+}
+
+// allow reports whether one more refusal is logged, and how many were
+// left out in the windows before it (to be logged once, now).
+func (r *refusalLog) allow(now time.Time) (bool, int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var left int64
+	if now.Sub(r.start) >= r.window {
+		left, r.unlogged = r.unlogged, 0
+		r.start, r.n = now, 0
+	}
+	if r.n++; r.n > maxLoggedRefusals {
+		r.unlogged++
+		return false, left
+	}
+	return true, left
+}
+
+// logNoGrant reports whether to log a call without a grant, logging
+// first how many such calls earlier windows left out.
+func (s *Server) logNoGrant() bool {
+	ok, left := s.refusals.allow(time.Now())
+	if left > 0 {
+		s.log.Warn("outbound HTTP proxy: more calls without a grant refused than logged", "unlogged", left)
+	}
+	return ok
 }
