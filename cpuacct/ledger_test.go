@@ -605,21 +605,32 @@ func TestChargeAfterCloseFails(t *testing.T) {
 }
 
 func TestCloseStopsTheBackgroundGoroutine(t *testing.T) {
-	// Counted by its stack, not by runtime.NumGoroutine: goroutines of
-	// earlier tests may still be ending while this one runs.
+	// Counted by its stack, not by runtime.NumGoroutine; and waited for,
+	// since on a loaded machine ledgers of earlier tests may still be
+	// ending while this one runs.
 	running := func() int {
 		buf := make([]byte, 1<<20)
 		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "cpuacct.(*Ledger).run(")
 	}
-	before := running()
+	settle := func(want func(int) bool) int {
+		n := running()
+		for deadline := time.Now().Add(10 * time.Second); !want(n) && time.Now().Before(deadline); n = running() {
+			time.Sleep(time.Millisecond)
+		}
+		return n
+	}
+	before := settle(func(n int) bool { return n == 0 })
+	if before != 0 {
+		t.Fatalf("%d ledger goroutines of earlier tests still run after 10s", before)
+	}
 	l := open(t, ledgerPath(t), cpuacct.LedgerOptions{SyncInterval: time.Millisecond})
 	mustCharge(t, l, "a", day0, time.Second)
-	if running() != before+1 {
-		t.Fatal("no background goroutine")
+	if n := settle(func(n int) bool { return n == 1 }); n != 1 {
+		t.Fatalf("%d ledger goroutines after Open, want 1", n)
 	}
 	mustClose(t, l)
-	if n := running(); n != before {
-		t.Errorf("%d ledger goroutines after Close, %d before Open", n, before)
+	if n := running(); n != 0 {
+		t.Errorf("%d ledger goroutines after Close, want 0", n)
 	}
 }
 
