@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -303,7 +305,10 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		if d.total <= d.max {
 			return
 		}
-		if err := os.Remove(p); err == nil || os.IsNotExist(err) {
+		// A path that now goes through a link is not the file that was
+		// counted: forgotten, not removed.
+		if err := removeInCache(d.cacheDir, p); err == nil || os.IsNotExist(err) ||
+			errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			delete(d.loose, p)
 			d.total -= n
 		}
@@ -322,7 +327,7 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 				}
 			}
 			if e.cache != "" {
-				_ = os.Remove(e.cache)
+				_ = removeInCache(d.cacheDir, e.cache)
 			}
 			removeTextBinary(d.cacheDir, key) // if it was text
 			if err := os.Remove(e.path); err != nil && !os.IsNotExist(err) {
@@ -465,6 +470,34 @@ func treeBytes(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// removeInCache removes the file at p, a path under cacheDir, walking
+// every directory from cacheDir down by descriptor without following a
+// link: the compile user owns them all and may have swapped one for a
+// link to anywhere since p was found, and root must not remove a file
+// through it (ELOOP or ENOTDIR then).
+func removeInCache(cacheDir, p string) error {
+	rel, err := filepath.Rel(cacheDir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("%s is not under %s", p, cacheDir)
+	}
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Open(cacheDir, dirFlags, 0)
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(rel, "/")
+	for _, part := range parts[:len(parts)-1] {
+		next, err := unix.Openat(fd, part, dirFlags, 0)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		fd = next
+	}
+	defer unix.Close(fd)
+	return unix.Unlinkat(fd, parts[len(parts)-1], 0)
 }
 
 // removeTextBinary removes the binary the compile process made of a text

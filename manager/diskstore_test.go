@@ -199,3 +199,58 @@ func TestEvictingATextModuleRemovesNothingThroughALink(t *testing.T) {
 		t.Fatalf("the text module's binary is still there: %v", err)
 	}
 }
+
+// Files of the compilation cache the store found at start are removed when
+// it is over its size; the compile user owns every directory under the
+// cache and can swap one for a link after the scan. Root then removes
+// nothing outside the cache, whatever the file is called.
+func TestEvictingLooseCacheFilesRemovesNothingThroughALink(t *testing.T) {
+	_, _, dir := newTestDiskStore(t, 1<<30)
+	cacheDir := filepath.Join(dir, "compilation-cache")
+	sub := filepath.Join(cacheDir, "wazero-planted")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sub, "passwd"), make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1024 // the loose file alone is over it
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	// After the scan, the directory becomes a link to where root's files are.
+	elsewhere := t.TempDir()
+	victim := filepath.Join(elsewhere, "passwd")
+	if err := os.WriteFile(victim, []byte("root:x:0:0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(sub, sub+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, sub); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.evictLocked(nil)
+	d.mu.Unlock()
+	if _, err := os.Stat(victim); err != nil {
+		t.Fatalf("eviction removed a file through a link the compile user made: %v", err)
+	}
+
+	// A loose file in a real directory of the cache still goes.
+	own := filepath.Join(cacheDir, "wazero-real", "entry")
+	if err := os.MkdirAll(filepath.Dir(own), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(own, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.mu.Lock()
+	d.evictLocked(nil)
+	d.mu.Unlock()
+	if _, err := os.Stat(own); !os.IsNotExist(err) {
+		t.Fatalf("a loose cache file was not evicted: %v", err)
+	}
+}
