@@ -575,7 +575,10 @@ func wasmKind(p string) (string, error) {
 //   - a pattern whose base is the application directory itself ("*.html",
 //     "**/*") or a single file at its top is refused (it would expose the
 //     manifest, the sources, everything), and so is a { source = file }
-//     placement (a volume cannot rename one file).
+//     placement (a volume cannot rename one file);
+//   - a directory outside the application directory (a placement's
+//     "../x" or absolute source), or reached through a symbolic link, is
+//     refused (see outside).
 //
 // Refusals skip the whole component: running it without its files would
 // only fail later, at request time.
@@ -620,6 +623,10 @@ func (c *converter) files(where string, v any, m *module) bool {
 			if base != pattern && !(glob && pattern == base+"/**/*") {
 				c.note(Warning, where, "files: %q is served as the whole directory %q (read-only): the module can read every file in it, not only those the pattern names", f, base)
 			}
+			if why := c.outside(c.abs(base)); why != "" {
+				c.note(Skipped, where, "files: %q: %s", f, why)
+				return false
+			}
 			if !add("/"+base, c.abs(base)) {
 				return false
 			}
@@ -635,6 +642,10 @@ func (c *converter) files(where string, v any, m *module) bool {
 			}
 			dst = path.Clean(dst)
 			host := c.abs(src)
+			if why := c.outside(host); why != "" {
+				c.note(Skipped, where, "files: source %q: %s", src, why)
+				return false
+			}
 			st, err := os.Stat(host)
 			if err != nil {
 				c.note(Skipped, where, "files: source %q: %v", src, err)
@@ -653,6 +664,30 @@ func (c *converter) files(where string, v any, m *module) bool {
 		}
 	}
 	return true
+}
+
+// outside says why host, a directory the manifest names, must not become a
+// volume, or "" when it may: it must lie strictly inside the application
+// directory (a manifest written by someone else must not mount /etc), and
+// be reached without a symbolic link, which could lead anywhere and which
+// volumes never follow.
+func (c *converter) outside(host string) string {
+	rel, err := filepath.Rel(c.root, host)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return "not a path inside the application directory"
+	}
+	root, err := filepath.EvalSymlinks(c.root)
+	if err != nil {
+		return err.Error()
+	}
+	real, err := filepath.EvalSymlinks(host)
+	if err != nil {
+		return err.Error()
+	}
+	if real != filepath.Join(root, rel) {
+		return "it is a symbolic link or goes through one (to " + real + "); volumes never follow links: list the directory itself"
+	}
+	return ""
 }
 
 func hasGlob(p string) bool { return strings.ContainsAny(p, "*?[{") }

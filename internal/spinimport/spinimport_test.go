@@ -416,6 +416,53 @@ source = "hello.wasm"
 	}
 }
 
+// A hostile manifest must not turn into a config that mounts host
+// directories outside the application: a placement's source is held to
+// the same rule as a path entry, and no link is followed out of it.
+func TestFilesOutsideTheApplicationDirectoryAreRefused(t *testing.T) {
+	outside := t.TempDir()
+	tests := []struct{ name, files, note string }{
+		{"a placement climbing out with ..", `[{ source = "../../etc", destination = "/etc" }]`, "not a path inside the application directory"},
+		{"a placement naming an absolute path", `[{ source = "/etc", destination = "/etc" }]`, "not a path inside the application directory"},
+		{"a placement of the application directory itself", `[{ source = ".", destination = "/app" }]`, "not a path inside the application directory"},
+		{"a directory entry that is a link out", `["assets"]`, "symbolic link"},
+		{"a glob under a link out", `["assets/**/*"]`, "symbolic link"},
+		{"a placement whose source is a link out", `[{ source = "assets", destination = "/a" }]`, "symbolic link"},
+		{"a directory inside a link out", `["assets/inner"]`, "symbolic link"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := appDir(t)
+			if err := os.MkdirAll(filepath.Join(outside, "inner"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, filepath.Join(dir, "assets")); err != nil {
+				t.Fatal(err)
+			}
+			manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "hello.wasm", files = ` + tt.files + ` }
+executor = { type = "wagi" }
+`
+			res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var notes []string
+			for _, n := range res.Notes {
+				notes = append(notes, n.String())
+			}
+			if res.Modules != 0 || strings.Contains(string(res.Config), "volumes") {
+				t.Errorf("converted with the volume anyway:\n%s", res.Config)
+			}
+			if all := strings.Join(notes, "\n"); !strings.Contains(all, tt.note) {
+				t.Errorf("notes lack %q:\n%s", tt.note, all)
+			}
+		})
+	}
+}
+
 func TestModulesFollowSpinsRoutePrecedence(t *testing.T) {
 	dir := appDir(t)
 	trigger := func(route, id string) string {
