@@ -1,10 +1,16 @@
 package modsource
 
 import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 )
@@ -54,5 +60,68 @@ func TestOCIReferencesKnowWhetherTheyAreMutable(t *testing.T) {
 				t.Errorf("Resolve(%s) = %q, %v", tt.ref, id, err)
 			}
 		}
+	}
+}
+
+// A registry's 401 names the URL its tokens come from (the realm), which
+// oras-go fetches with the same client, outside checkRedirect. A remote
+// registry must not send the manager (root) to this machine's loopback
+// that way (oras-go v2.7.0 refuses such realms itself: this holds it to
+// that); a registry on loopback may keep its token server there.
+func TestARemoteRegistryCannotSendTheManagerToLoopbackForAToken(t *testing.T) {
+	var hits atomic.Int32
+	canary := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.Error(w, "no", http.StatusForbidden)
+	}))
+	defer canary.Close()
+	registry := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+canary.URL+`/token",service="r",scope="repository:m:pull"`)
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+	}))
+	defer registry.Close()
+
+	const remote = "registry.example:5000"
+	env, err := NewEnv(nil, config.OCI{InsecureRegistries: []string{remote, registry.Listener.Addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The remote name is dialed to the test registry: it is remote as
+	// far as anything but the dialer can tell.
+	tr := env.HTTP.Transport.(*http.Transport)
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if addr == remote {
+			addr = registry.Listener.Addr().String()
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+
+	for _, tt := range []struct {
+		name, ref string
+		reached   bool
+	}{
+		{"a remote registry's loopback realm is refused", "oci:" + remote + "/m:v1", false},
+		{"a loopback registry's loopback realm is asked", "oci:" + registry.Listener.Addr().String() + "/m:v1", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			hits.Store(0)
+			ref, err := config.ParseModuleRef(tt.ref, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := New(ref, "", env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			_, err = s.Resolve(ctx)
+			if err == nil {
+				t.Fatal("Resolve succeeded against a registry that only answers 401")
+			}
+			if got := hits.Load() > 0; got != tt.reached {
+				t.Fatalf("loopback token server reached: %v, want %v (err: %v)", got, tt.reached, err)
+			}
+		})
 	}
 }
