@@ -191,14 +191,9 @@ func ociError(ctx context.Context, err error) error {
 		}
 		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
-	c := classify(ctx, err)
-	for _, ours := range []error{ErrUnavailable, ErrTimeout, ErrNotFound, ErrTooLarge, ErrDigestMismatch, ErrNoModule, ErrRefused} {
-		if errors.Is(c, ours) {
-			return c
-		}
-	}
-	// Anything else is the registry answering what the protocol does
-	// not allow (a body shorter than its Content-Length, a digest of an
-	// unknown algorithm): its fault (502), not the manager's (500).
-	return fmt.Errorf("%w: %v", ErrRefused, err)
+	// Anything classify does not know is the registry answering what the
+	// protocol does not allow (a body shorter than its Content-Length, a
+	// digest of an unknown algorithm): its fault (502), not the manager's
+	// (500).
+	return refusedUnlessKnown(classify(ctx, err))
 }

@@ -57,7 +57,8 @@ func (s *urlSource) Fetch(ctx context.Context, _ string, max int64) ([]byte, err
 	}
 	bin, err := io.ReadAll(body)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", s.url, classify(ctx, err))
+		// A body cut short (unexpected EOF) is the server's fault: 502.
+		return nil, fmt.Errorf("fetch %s: %w", s.url, refusedUnlessKnown(classify(ctx, err)))
 	}
 	if max > 0 && int64(len(bin)) > max {
 		return nil, fmt.Errorf("fetch %s: %w: more than %d bytes", s.url, ErrTooLarge, max)
@@ -109,6 +110,18 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 		return nil
 	}
 	return fmt.Errorf("%w: redirect to %s is not https", ErrRefused, req.URL.Redacted())
+}
+
+// refusedUnlessKnown is err if it is one of this package's errors, else
+// err as ErrRefused: what classify does not recognise while reading an
+// answer is the server breaking the protocol.
+func refusedUnlessKnown(err error) error {
+	for _, known := range []error{ErrUnavailable, ErrTimeout, ErrNotFound, ErrTooLarge, ErrDigestMismatch, ErrNoModule, ErrRefused} {
+		if errors.Is(err, known) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %v", ErrRefused, err)
 }
 
 // loopback reports whether u names this machine: localhost and names

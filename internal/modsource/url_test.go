@@ -38,6 +38,10 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 		case <-time.After(5 * time.Second):
 		}
 	})
+	mux.HandleFunc("/short", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100") // and the connection ends after 8
+		_, _ = w.Write(module[:8])
+	})
 	mux.HandleFunc("/denied", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) })
 	srv := httptest.NewTLSServer(mux)
 	defer srv.Close()
@@ -54,6 +58,7 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 		{name: "a wrong digest is refused", path: "/m.wasm", digest: strings.Repeat("0", 64), want: ErrDigestMismatch, status: 502},
 		{name: "more than max bytes is refused", path: "/big.wasm", digest: digest, want: ErrTooLarge, status: 502},
 		{name: "a missing file is not found", path: "/none.wasm", digest: digest, want: ErrNotFound, status: 502},
+		{name: "a body shorter than its Content-Length is refused", path: "/short", digest: digest, want: ErrRefused, status: 502},
 		{name: "a 403 is refused", path: "/denied", digest: digest, want: ErrRefused, status: 502},
 		{name: "a redirect to plain http elsewhere is refused", path: "/to-plain", digest: digest, want: ErrRefused, status: 502},
 		{name: "a redirect to plain http on loopback is followed", path: "/to-loopback", digest: digest},
