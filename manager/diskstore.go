@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -41,6 +42,7 @@ import (
 type diskStore struct {
 	modDir, dirsDir, indexDir, cacheDir string
 	max                                 int64
+	maxBin                              int64 // max_module_size: the largest binary a text module converts to
 	log                                 *slog.Logger
 
 	mu      sync.Mutex
@@ -83,6 +85,7 @@ func openDiskStore(cfg *config.Config, log *slog.Logger) *diskStore {
 		indexDir:          filepath.Join(cfg.StateDir, "ipfs-index"),
 		cacheDir:          filepath.Join(cfg.StateDir, "compilation-cache"),
 		max:               cfg.IPFS.StoreSize,
+		maxBin:            cfg.IPFS.MaxModuleSize,
 		log:               log,
 		entries:           map[string]*diskEntry{},
 		lru:               list.New(),
@@ -191,7 +194,7 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 	if findCache {
 		// The module's bytes are read again outside the lock; the
 		// compilation cache names its file after them.
-		if bin, err := os.ReadFile(mod.path); err == nil {
+		if bin, err := d.codeBytes(mod.key, mod.path); err == nil {
 			cands = d.cacheCandidates(bin, cpuFlags, et)
 		}
 	}
@@ -322,7 +325,7 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		}
 		if key, ok := strings.CutPrefix(e.id, "m:"); ok {
 			if e.cache == "" {
-				if bin, err := os.ReadFile(e.path); err == nil {
+				if bin, err := d.codeBytes(key, e.path); err == nil {
 					d.adoptCacheLocked(e, d.cacheCandidates(bin, d.cpuFlags, d.ensureTermination))
 				}
 			}
@@ -498,6 +501,59 @@ func removeInCache(cacheDir, p string) error {
 	}
 	defer unix.Close(fd)
 	return unix.Unlinkat(fd, parts[len(parts)-1], 0)
+}
+
+// codeBytes are the bytes the compilation cache names the compiled code of
+// the module with key (stored at path) after: the module's own, or for a
+// text module the binary the compile process made of it. Without these,
+// a text module's compiled code would be neither counted nor evicted.
+func (d *diskStore) codeBytes(key, path string) ([]byte, error) {
+	bin, err := os.ReadFile(path)
+	if err != nil || compiler.IsBinary(bin) {
+		return bin, err
+	}
+	return readTextBinary(d.cacheDir, key, d.maxBin)
+}
+
+// readTextBinary reads the binary the compile process made of the text
+// module with key, to hash it and nothing else (it is never parsed). The
+// compile user owns it and its directory: both are opened by descriptor
+// without following links, without blocking (a FIFO), and only a regular
+// file of at most max bytes is read.
+func readTextBinary(cacheDir, key string, max int64) ([]byte, error) {
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	cache, err := unix.Open(cacheDir, dirFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(cache)
+	rel := compiler.TextBinaryPath("", key)
+	dir, err := unix.Openat(cache, filepath.Dir(rel), dirFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat(dir, filepath.Base(rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || max > 0 && st.Size() > max {
+		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", rel, max)
+	}
+	if max <= 0 {
+		return io.ReadAll(f)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(b)) > max {
+		err = fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	return b, err
 }
 
 // removeTextBinary removes the binary the compile process made of a text

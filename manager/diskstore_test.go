@@ -254,3 +254,44 @@ func TestEvictingLooseCacheFilesRemovesNothingThroughALink(t *testing.T) {
 		t.Fatalf("a loose cache file was not evicted: %v", err)
 	}
 }
+
+// The compiled code of a text module is named after the binary the compile
+// process made of it, not after the text: the store must find it all the
+// same, or store_size does not bound it and eviction leaves it behind
+// (anyone who can have modules compiled, a gateway's clients included,
+// could then fill the disk).
+func TestTheStoreCountsAndEvictsTheCompiledCodeOfATextModule(t *testing.T) {
+	st, d, _ := newTestDiskStore(t, 1<<30)
+	if st.wat2wasm == "" {
+		t.Fatal("wat2wasm (Debian wabt) is needed")
+	}
+	ctx := context.Background()
+	text := func(tag string) []byte {
+		return []byte(`(module (memory 1) (data (i32.const 0) "` + tag + strings.Repeat("x", 5000) + `") (func (export "_start")))`)
+	}
+	mod, err := st.add(ctx, "text", text("a"), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mod.text == "" {
+		t.Fatal("not taken for a text module")
+	}
+	d.useModule(mod, false)
+	e := d.entries[modID(mod.key)]
+	if e == nil || e.cache == "" || !exists(e.cache) {
+		t.Fatalf("the compiled code of text module %s was not found (entry %+v)", mod.key[:12], e)
+	}
+	code := e.cache
+
+	other, err := st.add(ctx, "other", text("b"), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.max = d.total + 1 // the next entry pushes the text module out
+	d.mu.Unlock()
+	d.useModule(other, false)
+	if d.has(mod.key) || exists(mod.path) || exists(mod.text) || exists(code) {
+		t.Errorf("evicted text module left behind: module %v, binary %v, compiled code %v", exists(mod.path), exists(mod.text), exists(code))
+	}
+}
