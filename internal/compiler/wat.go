@@ -19,7 +19,8 @@ import (
 // sandboxed compile process, by wabt's wat2wasm: no maintained pure-Go
 // text compiler is served by the Go module proxy (see RATIONALE.md). The
 // manager only tells text from binary by the first four bytes, as it
-// always did, and never reads a byte of the conversion.
+// always did, and never parses the conversion (its module store hashes
+// it, read without following links, to find its compiled code).
 //
 // wat2wasm runs as a child of this process, under the same limits:
 // address space (compile_memory, set on it before it is given a byte of
