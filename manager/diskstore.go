@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
@@ -148,8 +149,8 @@ func openDiskStore(cfg *config.Config, log *slog.Logger) *diskStore {
 		}
 		if err == nil && de.Type().IsRegular() {
 			if info, err := de.Info(); err == nil {
-				d.loose[p] = info.Size()
-				d.total += info.Size()
+				d.loose[p] = cacheFileBytes(info)
+				d.total += cacheFileBytes(info)
 			}
 		}
 		return nil
@@ -445,7 +446,8 @@ type cacheCandidate struct {
 func (d *diskStore) adoptCacheLocked(e *diskEntry, cands []cacheCandidate) {
 	for _, c := range cands {
 		p := c.path
-		info, err := os.Stat(p)
+		// Not through a link the compile user made (Lstat).
+		info, err := os.Lstat(p)
 		if err != nil || !info.Mode().IsRegular() {
 			continue
 		}
@@ -455,10 +457,22 @@ func (d *diskStore) adoptCacheLocked(e *diskEntry, cands []cacheCandidate) {
 			d.total -= n
 		}
 		e.cache = p
-		e.bytes += info.Size()
-		d.total += info.Size()
+		e.bytes += cacheFileBytes(info)
+		d.total += cacheFileBytes(info)
 		return
 	}
+}
+
+// cacheFileBytes is what a compilation-cache file counts for: its size,
+// or the disk it takes when that is less. The compile user writes these
+// files, and a sparse one of a terabyte must not push every module out of
+// the store.
+func cacheFileBytes(info os.FileInfo) int64 {
+	n := info.Size()
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		n = min(n, st.Blocks*512)
+	}
+	return n
 }
 
 // treeBytes adds up the sizes of the regular files under dir.

@@ -295,3 +295,53 @@ func TestTheStoreCountsAndEvictsTheCompiledCodeOfATextModule(t *testing.T) {
 		t.Errorf("evicted text module left behind: module %v, binary %v, compiled code %v", exists(mod.path), exists(mod.text), exists(code))
 	}
 }
+
+// The compile user writes the compilation cache: a sparse file of a
+// terabyte there, or a cache entry swapped for a link to one, must not
+// count as a terabyte and push every other module out of the store.
+func TestTheCompileUserCannotInflateTheStoreWithSparseFilesOrLinks(t *testing.T) {
+	st, _, dir := newTestDiskStore(t, 1<<30)
+	mod, err := st.add(context.Background(), "a", tinyModule("a", 100), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1 << 30
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.useModule(mod, false)
+	code := d.entries[modID(mod.key)].cache
+	if code == "" {
+		t.Fatal("no compiled code found")
+	}
+	sparse := func(p string) {
+		t.Helper()
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(1 << 40); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	// A loose sparse file, and the module's compiled code replaced by a
+	// link to another.
+	sparse(filepath.Join(dir, "compilation-cache", "huge"))
+	elsewhere := filepath.Join(t.TempDir(), "huge")
+	sparse(elsewhere)
+	if err := os.Remove(code); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, code); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.useModule(mod, false)
+	if d.total > 1<<20 {
+		t.Fatalf("the store counts %d bytes for a 100-byte module and two sparse files", d.total)
+	}
+	if !exists(mod.path) {
+		t.Fatal("the module was evicted")
+	}
+}
