@@ -23,6 +23,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
 
@@ -545,11 +546,17 @@ func (c *converter) source(where string, v any, m *module) bool {
 // wasmKind reads a wasm file's preamble: "module", "component" or "" (not
 // wasm, or .wat text).
 func wasmKind(p string) (string, error) {
-	f, err := os.Open(p)
+	// Without blocking: a FIFO is reported, not waited on.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return "", err
+	} else if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
 	var b [8]byte
 	if _, err := io.ReadFull(f, b[:]); err != nil {
 		return "", nil

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 )
@@ -460,6 +462,41 @@ executor = { type = "wagi" }
 				t.Errorf("notes lack %q:\n%s", tt.note, all)
 			}
 		})
+	}
+}
+
+// A source that is a FIFO (an unpacked archive can hold one) is reported,
+// not waited on: import must finish.
+func TestASourceThatIsAFIFOIsReportedNotWaitedOn(t *testing.T) {
+	dir := appDir(t)
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.wasm"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "fifo.wasm" }
+executor = { type = "wagi" }
+`
+	done := make(chan *Result, 1)
+	go func() {
+		res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	select {
+	case res := <-done:
+		var notes []string
+		for _, n := range res.Notes {
+			notes = append(notes, n.String())
+		}
+		if all := strings.Join(notes, "\n"); !strings.Contains(all, "not a regular file") {
+			t.Errorf("notes do not say the source is not a regular file:\n%s", all)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("import still waiting on the FIFO after 20s")
 	}
 }
 
