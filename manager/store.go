@@ -682,7 +682,9 @@ func (s *store) chownCacheLocked() error {
 }
 
 // chownTree sets owner and mode on the directory open at fd and on all
-// below it, by descriptor, never following a link. It closes fd.
+// below it, by descriptor, never following a link, and leaving alone a
+// file with more than one link (a hard link to a file outside the cache).
+// It closes fd.
 func chownTree(fd, uid, gid, depth int) error {
 	dir := os.NewFile(uintptr(fd), "cache")
 	defer dir.Close()
@@ -718,6 +720,13 @@ func chownTree(fd, uid, gid, depth int) error {
 				return err
 			}
 		case unix.S_IFREG:
+			if st.Nlink != 1 {
+				// A hard link to a file elsewhere (root's, where
+				// fs.protected_hardlinks is 0): not the cache's to
+				// give away. Cache files are written and renamed.
+				unix.Close(cfd)
+				continue
+			}
 			err := unix.Fchown(cfd, uid, gid)
 			if err == nil {
 				err = unix.Fchmod(cfd, 0o644)
