@@ -689,7 +689,10 @@ func chownTree(fd, uid, gid, depth int) error {
 	dir := os.NewFile(uintptr(fd), "cache")
 	defer dir.Close()
 	if depth > 8 {
-		return errors.New("directories nested too deep")
+		// Deeper than anything wazero or the compile process makes:
+		// the compile user's own doing, left as it is (an error here
+		// would stop the manager from starting).
+		return nil
 	}
 	if err := unix.Fchown(fd, uid, gid); err != nil {
 		return err
@@ -703,8 +706,8 @@ func chownTree(fd, uid, gid, depth int) error {
 	}
 	for _, name := range names {
 		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
-			continue // a link (never followed), or gone meanwhile
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO) {
+			continue // a link (never followed), gone meanwhile, or a socket
 		}
 		if err != nil {
 			return err
