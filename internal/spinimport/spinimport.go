@@ -17,6 +17,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
@@ -761,6 +763,9 @@ func (c *converter) hosts(where string, list []string) []string {
 			c.note(Ignored, where, "allowed_outbound_hosts %q: only a leading \"*.\" wildcard has an equivalent; list the hosts", h)
 			continue
 		}
+		if internalHost(rest) {
+			c.note(Warning, where, "allowed_outbound_hosts %q names this machine or a private network (loopback, private, link-local or metadata addresses): the egress proxy lets the module reach it because the entry names it; make sure it should", h)
+		}
 		entry := host
 		if hasPort && port != "*" {
 			entry += ":" + port
@@ -775,6 +780,22 @@ func (c *converter) hosts(where string, list []string) []string {
 		addOnce(scheme + "://" + entry)
 	}
 	return out
+}
+
+// internalHost reports whether hostPort ("host[:port]", IPv6 in brackets)
+// names this machine or a private network: what the egress proxy refuses
+// unless an entry names it.
+func internalHost(hostPort string) bool {
+	u, err := url.Parse("x://" + strings.TrimSuffix(hostPort, "/"))
+	if err != nil {
+		return false
+	}
+	h := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && (ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified())
 }
 
 // abs is a manifest-relative path made absolute.

@@ -500,6 +500,48 @@ executor = { type = "wagi" }
 	}
 }
 
+// The egress proxy refuses loopback, private, link-local and metadata
+// addresses unless allowed_hosts names them: an imported manifest that
+// names one (the cloud metadata service, the kubo API) is converted as
+// Spin would run it, but never silently.
+func TestOutboundHostsOnThisMachineOrAPrivateNetworkAreWarnedOf(t *testing.T) {
+	for _, tt := range []struct {
+		host string
+		warn bool
+	}{
+		{"http://169.254.169.254", true},
+		{"http://127.0.0.1:5001", true},
+		{"https://localhost:8443", true},
+		{"http://10.1.2.3", true},
+		{"https://[fd00::1]:443", true},
+		{"https://api.example.com", false},
+	} {
+		t.Run(tt.host, func(t *testing.T) {
+			dir := appDir(t)
+			manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "hello.wasm", allowed_outbound_hosts = ["` + tt.host + `"] }
+executor = { type = "wagi" }
+`
+			res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Modules != 1 || !strings.Contains(string(res.Config), tt.host) {
+				t.Fatalf("not converted:\n%s", res.Config)
+			}
+			var warned bool
+			for _, n := range res.Notes {
+				warned = warned || n.Level == Warning && strings.Contains(n.Msg, "private network")
+			}
+			if warned != tt.warn {
+				t.Errorf("warned %v, want %v: %v", warned, tt.warn, res.Notes)
+			}
+		})
+	}
+}
+
 func TestModulesFollowSpinsRoutePrecedence(t *testing.T) {
 	dir := appDir(t)
 	trigger := func(route, id string) string {
