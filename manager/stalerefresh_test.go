@@ -93,6 +93,7 @@ module = "oci:`+addr+`/mods/app:stable"
 	start := time.Now()
 	rec := f.do(t, "GET", "/tagged", nil)
 	took := time.Since(start)
+	t.Logf("GET after the TTL, registry stalled: %s", took.Round(time.Millisecond))
 	if rec.Code != 200 || !strings.Contains(rec.Body.String(), "Hello") {
 		t.Fatalf("GET after the TTL = %d %q\n%s", rec.Code, rec.Body, f.log)
 	}
