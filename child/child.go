@@ -237,7 +237,7 @@ func (e *engine) module(ctx context.Context, m *ipc.Run) (wazero.Runtime, wazero
 			return ure.rt, cm, nil
 		}
 	}
-	bin, err := os.ReadFile(m.ModulePath)
+	bin, err := readModuleFile(m.ModulePath)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read module: %w", err)
 	}
@@ -494,4 +494,23 @@ func (f *frameWriter) frame() error {
 	}
 	f.buf = f.buf[:0]
 	return nil
+}
+
+// readModuleFile reads a module's bytes. A text module's binary is in the
+// compilation cache, which the compile user writes: a FIFO there is
+// refused, not waited on (every fresh child preloads every module).
+func readModuleFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file (%s)", path, st.Mode().Type())
+	}
+	return io.ReadAll(f)
 }

@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/child"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
@@ -228,5 +230,33 @@ func BenchmarkRunHello(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// The binary of a text module lives in the compilation cache, which the
+// compile user writes: if it makes that file a FIFO, a child (a fresh
+// one preloads every module) must fail that module, not wait forever.
+func TestAModuleFileThatIsAFIFOFailsInsteadOfBlocking(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "module.wasm")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSession(t, child.Options{})
+	r := runFor(t, "hello")
+	r.ModulePath = fifo
+	done := make(chan result, 1)
+	go func() { done <- s.run(r) }()
+	select {
+	case res := <-done:
+		if res.done.Outcome == ipc.OutcomeOK || !strings.Contains(res.done.Message, "not a regular file") {
+			t.Fatalf("outcome %s %q, want a failure saying the module is not a regular file", res.done.Outcome, res.done.Message)
+		}
+	case <-time.After(20 * time.Second):
+		// Unblock the child so the test can end.
+		if f, err := os.OpenFile(fifo, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("the child was still reading the FIFO after 20s")
 	}
 }

@@ -3,9 +3,11 @@ package config
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Overrides are settings given on the command line (`serve` and `check`);
@@ -99,7 +101,7 @@ func (d *decoder) globalEnv(cfg *Config, fileEnv map[string]string, o Overrides)
 // lines are reported as name:line; an error reading the file is returned
 // for the caller to report where the file was named.
 func (d *decoder) readEnvFile(abs, name string, env map[string]string) error {
-	data, err := os.ReadFile(abs)
+	data, err := readSmallFile(abs, maxEnvFileBytes)
 	if err != nil {
 		return errUnwrapPath(err)
 	}
@@ -109,6 +111,37 @@ func (d *decoder) readEnvFile(abs, name string, env map[string]string) error {
 		env[v.key] = v.value
 	}
 	return nil
+}
+
+// maxEnvFileBytes bounds an env file: its variables go into every
+// request's environment.
+const maxEnvFileBytes = 1 << 20
+
+// readSmallFile reads the regular file at path, at most max bytes. It is
+// opened without blocking, so a FIFO is refused rather than waited on (at
+// every start and SIGHUP), and so is a device such as /dev/zero, which
+// would never end.
+func readSmallFile(path string, max int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return data, nil
 }
 
 // errUnwrapPath drops the path from an *os.PathError: the message names

@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestEnvFilesParseLikeWAGIsButReportBadLines(t *testing.T) {
@@ -254,6 +256,46 @@ func TestGlobalEnvironmentErrorsNameTheirPlace(t *testing.T) {
 					t.Fatalf("error %q does not contain %q (in order)", msg, w)
 				}
 				at += i + len(w)
+			}
+		})
+	}
+}
+
+// An env file is read by the manager at every start and SIGHUP: one that
+// is a FIFO (or a device) must be an error, not a read that never ends,
+// and one that is huge must not be taken into every request's environment.
+func TestEnvFilesThatAreNotSmallRegularFilesAreRefused(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.env")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(dir, "huge.env")
+	if err := os.WriteFile(huge, []byte("A="+strings.Repeat("x", 2<<20)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "wagi.toml")
+	if err := os.WriteFile(cfgPath, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ name, file, want string }{
+		{"a FIFO", fifo, "not a regular file"},
+		{"a device", "/dev/zero", "not a regular file"},
+		{"a file over 1 MiB", huge, "larger than 1048576 bytes"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() {
+				_, err := LoadWith(cfgPath, Overrides{EnvFiles: []string{tt.file}})
+				done <- err
+			}()
+			select {
+			case err := <-done:
+				if err == nil || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("LoadWith = %v, want an error saying %q", err, tt.want)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("LoadWith still reading the env file after 20s")
 			}
 		})
 	}

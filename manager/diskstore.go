@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -12,6 +15,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
@@ -39,6 +43,7 @@ import (
 type diskStore struct {
 	modDir, dirsDir, indexDir, cacheDir string
 	max                                 int64
+	maxBin                              int64 // max_module_size: the largest binary a text module converts to
 	log                                 *slog.Logger
 
 	mu      sync.Mutex
@@ -81,6 +86,7 @@ func openDiskStore(cfg *config.Config, log *slog.Logger) *diskStore {
 		indexDir:          filepath.Join(cfg.StateDir, "ipfs-index"),
 		cacheDir:          filepath.Join(cfg.StateDir, "compilation-cache"),
 		max:               cfg.IPFS.StoreSize,
+		maxBin:            cfg.IPFS.MaxModuleSize,
 		log:               log,
 		entries:           map[string]*diskEntry{},
 		lru:               list.New(),
@@ -143,8 +149,8 @@ func openDiskStore(cfg *config.Config, log *slog.Logger) *diskStore {
 		}
 		if err == nil && de.Type().IsRegular() {
 			if info, err := de.Info(); err == nil {
-				d.loose[p] = info.Size()
-				d.total += info.Size()
+				d.loose[p] = cacheFileBytes(info)
+				d.total += cacheFileBytes(info)
 			}
 		}
 		return nil
@@ -189,7 +195,7 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 	if findCache {
 		// The module's bytes are read again outside the lock; the
 		// compilation cache names its file after them.
-		if bin, err := os.ReadFile(mod.path); err == nil {
+		if bin, err := d.codeBytes(mod.key, mod.path); err == nil {
 			cands = d.cacheCandidates(bin, cpuFlags, et)
 		}
 	}
@@ -303,7 +309,10 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		if d.total <= d.max {
 			return
 		}
-		if err := os.Remove(p); err == nil || os.IsNotExist(err) {
+		// A path that now goes through a link is not the file that was
+		// counted: forgotten, not removed.
+		if err := removeInCache(d.cacheDir, p); err == nil || os.IsNotExist(err) ||
+			errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			delete(d.loose, p)
 			d.total -= n
 		}
@@ -317,12 +326,12 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		}
 		if key, ok := strings.CutPrefix(e.id, "m:"); ok {
 			if e.cache == "" {
-				if bin, err := os.ReadFile(e.path); err == nil {
+				if bin, err := d.codeBytes(key, e.path); err == nil {
 					d.adoptCacheLocked(e, d.cacheCandidates(bin, d.cpuFlags, d.ensureTermination))
 				}
 			}
 			if e.cache != "" {
-				_ = os.Remove(e.cache)
+				_ = removeInCache(d.cacheDir, e.cache)
 			}
 			removeTextBinary(d.cacheDir, key) // if it was text
 			if err := os.Remove(e.path); err != nil && !os.IsNotExist(err) {
@@ -437,7 +446,8 @@ type cacheCandidate struct {
 func (d *diskStore) adoptCacheLocked(e *diskEntry, cands []cacheCandidate) {
 	for _, c := range cands {
 		p := c.path
-		info, err := os.Stat(p)
+		// Not through a link the compile user made (Lstat).
+		info, err := os.Lstat(p)
 		if err != nil || !info.Mode().IsRegular() {
 			continue
 		}
@@ -447,10 +457,22 @@ func (d *diskStore) adoptCacheLocked(e *diskEntry, cands []cacheCandidate) {
 			d.total -= n
 		}
 		e.cache = p
-		e.bytes += info.Size()
-		d.total += info.Size()
+		e.bytes += cacheFileBytes(info)
+		d.total += cacheFileBytes(info)
 		return
 	}
+}
+
+// cacheFileBytes is what a compilation-cache file counts for: its size,
+// or the disk it takes when that is less. The compile user writes these
+// files, and a sparse one of a terabyte must not push every module out of
+// the store.
+func cacheFileBytes(info os.FileInfo) int64 {
+	n := info.Size()
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		n = min(n, st.Blocks*512)
+	}
+	return n
 }
 
 // treeBytes adds up the sizes of the regular files under dir.
@@ -465,6 +487,87 @@ func treeBytes(dir string) int64 {
 		return nil
 	})
 	return n
+}
+
+// removeInCache removes the file at p, a path under cacheDir, walking
+// every directory from cacheDir down by descriptor without following a
+// link: the compile user owns them all and may have swapped one for a
+// link to anywhere since p was found, and root must not remove a file
+// through it (ELOOP or ENOTDIR then).
+func removeInCache(cacheDir, p string) error {
+	rel, err := filepath.Rel(cacheDir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return fmt.Errorf("%s is not under %s", p, cacheDir)
+	}
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := unix.Open(cacheDir, dirFlags, 0)
+	if err != nil {
+		return err
+	}
+	parts := strings.Split(rel, "/")
+	for _, part := range parts[:len(parts)-1] {
+		next, err := unix.Openat(fd, part, dirFlags, 0)
+		unix.Close(fd)
+		if err != nil {
+			return err
+		}
+		fd = next
+	}
+	defer unix.Close(fd)
+	return unix.Unlinkat(fd, parts[len(parts)-1], 0)
+}
+
+// codeBytes are the bytes the compilation cache names the compiled code of
+// the module with key (stored at path) after: the module's own, or for a
+// text module the binary the compile process made of it. Without these,
+// a text module's compiled code would be neither counted nor evicted.
+func (d *diskStore) codeBytes(key, path string) ([]byte, error) {
+	bin, err := os.ReadFile(path)
+	if err != nil || compiler.IsBinary(bin) {
+		return bin, err
+	}
+	return readTextBinary(d.cacheDir, key, d.maxBin)
+}
+
+// readTextBinary reads the binary the compile process made of the text
+// module with key, to hash it and nothing else (it is never parsed). The
+// compile user owns it and its directory: both are opened by descriptor
+// without following links, without blocking (a FIFO), and only a regular
+// file of at most max bytes is read.
+func readTextBinary(cacheDir, key string, max int64) ([]byte, error) {
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	cache, err := unix.Open(cacheDir, dirFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(cache)
+	rel := compiler.TextBinaryPath("", key)
+	dir, err := unix.Openat(cache, filepath.Dir(rel), dirFlags, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat(dir, filepath.Base(rel), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), rel)
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() || max > 0 && st.Size() > max {
+		return nil, fmt.Errorf("%s: not a regular file of at most %d bytes", rel, max)
+	}
+	if max <= 0 {
+		return io.ReadAll(f)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err == nil && int64(len(b)) > max {
+		err = fmt.Errorf("%s: larger than %d bytes", rel, max)
+	}
+	return b, err
 }
 
 // removeTextBinary removes the binary the compile process made of a text

@@ -199,3 +199,149 @@ func TestEvictingATextModuleRemovesNothingThroughALink(t *testing.T) {
 		t.Fatalf("the text module's binary is still there: %v", err)
 	}
 }
+
+// Files of the compilation cache the store found at start are removed when
+// it is over its size; the compile user owns every directory under the
+// cache and can swap one for a link after the scan. Root then removes
+// nothing outside the cache, whatever the file is called.
+func TestEvictingLooseCacheFilesRemovesNothingThroughALink(t *testing.T) {
+	_, _, dir := newTestDiskStore(t, 1<<30)
+	cacheDir := filepath.Join(dir, "compilation-cache")
+	sub := filepath.Join(cacheDir, "wazero-planted")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sub, "passwd"), make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1024 // the loose file alone is over it
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+
+	// After the scan, the directory becomes a link to where root's files are.
+	elsewhere := t.TempDir()
+	victim := filepath.Join(elsewhere, "passwd")
+	if err := os.WriteFile(victim, []byte("root:x:0:0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(sub, sub+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, sub); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.evictLocked(nil)
+	d.mu.Unlock()
+	if _, err := os.Stat(victim); err != nil {
+		t.Fatalf("eviction removed a file through a link the compile user made: %v", err)
+	}
+
+	// A loose file in a real directory of the cache still goes.
+	own := filepath.Join(cacheDir, "wazero-real", "entry")
+	if err := os.MkdirAll(filepath.Dir(own), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(own, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.mu.Lock()
+	d.evictLocked(nil)
+	d.mu.Unlock()
+	if _, err := os.Stat(own); !os.IsNotExist(err) {
+		t.Fatalf("a loose cache file was not evicted: %v", err)
+	}
+}
+
+// The compiled code of a text module is named after the binary the compile
+// process made of it, not after the text: the store must find it all the
+// same, or store_size does not bound it and eviction leaves it behind
+// (anyone who can have modules compiled, a gateway's clients included,
+// could then fill the disk).
+func TestTheStoreCountsAndEvictsTheCompiledCodeOfATextModule(t *testing.T) {
+	st, d, _ := newTestDiskStore(t, 1<<30)
+	if st.wat2wasm == "" {
+		t.Fatal("wat2wasm (Debian wabt) is needed")
+	}
+	ctx := context.Background()
+	text := func(tag string) []byte {
+		return []byte(`(module (memory 1) (data (i32.const 0) "` + tag + strings.Repeat("x", 5000) + `") (func (export "_start")))`)
+	}
+	mod, err := st.add(ctx, "text", text("a"), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mod.text == "" {
+		t.Fatal("not taken for a text module")
+	}
+	d.useModule(mod, false)
+	e := d.entries[modID(mod.key)]
+	if e == nil || e.cache == "" || !exists(e.cache) {
+		t.Fatalf("the compiled code of text module %s was not found (entry %+v)", mod.key[:12], e)
+	}
+	code := e.cache
+
+	other, err := st.add(ctx, "other", text("b"), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.max = d.total + 1 // the next entry pushes the text module out
+	d.mu.Unlock()
+	d.useModule(other, false)
+	if d.has(mod.key) || exists(mod.path) || exists(mod.text) || exists(code) {
+		t.Errorf("evicted text module left behind: module %v, binary %v, compiled code %v", exists(mod.path), exists(mod.text), exists(code))
+	}
+}
+
+// The compile user writes the compilation cache: a sparse file of a
+// terabyte there, or a cache entry swapped for a link to one, must not
+// count as a terabyte and push every other module out of the store.
+func TestTheCompileUserCannotInflateTheStoreWithSparseFilesOrLinks(t *testing.T) {
+	st, _, dir := newTestDiskStore(t, 1<<30)
+	mod, err := st.add(context.Background(), "a", tinyModule("a", 100), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1 << 30
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.useModule(mod, false)
+	code := d.entries[modID(mod.key)].cache
+	if code == "" {
+		t.Fatal("no compiled code found")
+	}
+	sparse := func(p string) {
+		t.Helper()
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Truncate(1 << 40); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	// A loose sparse file, and the module's compiled code replaced by a
+	// link to another.
+	sparse(filepath.Join(dir, "compilation-cache", "huge"))
+	elsewhere := filepath.Join(t.TempDir(), "huge")
+	sparse(elsewhere)
+	if err := os.Remove(code); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(elsewhere, code); err != nil {
+		t.Fatal(err)
+	}
+	d = openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.useModule(mod, false)
+	if d.total > 1<<20 {
+		t.Fatalf("the store counts %d bytes for a 100-byte module and two sparse files", d.total)
+	}
+	if !exists(mod.path) {
+		t.Fatal("the module was evicted")
+	}
+}

@@ -216,7 +216,15 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 			return mod, nil
 		}
 		if c := src.loading; c != nil {
+			old := src.mod
 			src.mu.Unlock()
+			if old != nil && !evicted {
+				// A refresh: wait for it only briefly (see staleWait).
+				if !waitRefresh(ctx, c) {
+					return old, nil
+				}
+				continue
+			}
 			select {
 			case <-c.done:
 				if c.err != nil {
@@ -235,36 +243,79 @@ func (m *Manager) loadModule(ctx context.Context, src *source) (*module, error) 
 		old := src.mod
 		src.mu.Unlock()
 
-		// One client leaving must not fail the load the others wait for.
-		lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.IPFS.FetchTimeout)
-		mod, subs, err := m.loadSource(lctx, src)
-		cancel()
-
-		src.mu.Lock()
-		src.loading = nil
-		if err == nil {
-			src.mod, src.subs, src.resolved = mod, subs, time.Now()
-		} else if old != nil {
-			m.log.Warn("refreshing a module failed; serving the one loaded before", "module", src.ref.Raw, "err", err)
-			src.resolved = time.Now() // try again after another TTL
-		}
-		c.err = err
-		src.mu.Unlock()
-		close(c.done)
-		if err != nil {
-			if old != nil {
+		if old != nil {
+			// A refresh of a module that serves: run on its own, so a
+			// registry or node that stalls holds no request longer than
+			// staleWait (then the old module answers).
+			go m.runLoad(ctx, src, c, old)
+			if !waitRefresh(ctx, c) {
 				return old, nil
 			}
-			return nil, err
+			continue
 		}
-		if old == nil || old.key != mod.key {
-			if old != nil && slices.Contains(m.sources, src) {
-				m.disk.unpin(old.key) // the configured name (IPNS, OCI tag) moved on
-			}
-			m.rebuildRoutes()
+		mod, err := m.runLoad(ctx, src, c, nil)
+		if err != nil {
+			return nil, err
 		}
 		return mod, nil
 	}
+}
+
+// staleWait is how long a request waits for the refresh of a module that
+// already serves (a mutable reference past its TTL) before the module it
+// has answers it. Long enough that a registry or node that answers moves
+// the request to the new module at once; short enough that one that
+// stalls until fetch_timeout does not stall the route with it, every TTL.
+const staleWait = 2 * time.Second
+
+// waitRefresh waits for the refresh c, at most staleWait: true when it
+// finished (the caller looks at the source again), false when the old
+// module should answer.
+func waitRefresh(ctx context.Context, c *loadCall) bool {
+	t := time.NewTimer(staleWait)
+	defer t.Stop()
+	select {
+	case <-c.done:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// runLoad runs the load c of src (whose module so far is old, or nil) and
+// publishes its outcome.
+func (m *Manager) runLoad(ctx context.Context, src *source, c *loadCall, old *module) (*module, error) {
+	// One client leaving must not fail the load the others wait for.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.IPFS.FetchTimeout)
+	mod, subs, err := m.loadSource(lctx, src)
+	cancel()
+
+	src.mu.Lock()
+	src.loading = nil
+	if err == nil {
+		src.mod, src.subs, src.resolved = mod, subs, time.Now()
+	} else if old != nil {
+		m.log.Warn("refreshing a module failed; serving the one loaded before", "module", src.ref.Raw, "err", err)
+		src.resolved = time.Now() // try again after another TTL
+	}
+	c.err = err
+	src.mu.Unlock()
+	close(c.done)
+	if err != nil {
+		if old != nil {
+			return old, nil
+		}
+		return nil, err
+	}
+	if old == nil || old.key != mod.key {
+		if old != nil && slices.Contains(m.sources, src) {
+			m.disk.unpin(old.key) // the configured name (IPNS, OCI tag) moved on
+		}
+		m.rebuildRoutes()
+	}
+	return mod, nil
 }
 
 // loadSource fetches (or finds in the cache), validates and compiles a

@@ -682,12 +682,17 @@ func (s *store) chownCacheLocked() error {
 }
 
 // chownTree sets owner and mode on the directory open at fd and on all
-// below it, by descriptor, never following a link. It closes fd.
+// below it, by descriptor, never following a link, and leaving alone a
+// file with more than one link (a hard link to a file outside the cache).
+// It closes fd.
 func chownTree(fd, uid, gid, depth int) error {
 	dir := os.NewFile(uintptr(fd), "cache")
 	defer dir.Close()
 	if depth > 8 {
-		return errors.New("directories nested too deep")
+		// Deeper than anything wazero or the compile process makes:
+		// the compile user's own doing, left as it is (an error here
+		// would stop the manager from starting).
+		return nil
 	}
 	if err := unix.Fchown(fd, uid, gid); err != nil {
 		return err
@@ -701,8 +706,8 @@ func chownTree(fd, uid, gid, depth int) error {
 	}
 	for _, name := range names {
 		cfd, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
-			continue // a link (never followed), or gone meanwhile
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO) {
+			continue // a link (never followed), gone meanwhile, or a socket
 		}
 		if err != nil {
 			return err
@@ -718,6 +723,13 @@ func chownTree(fd, uid, gid, depth int) error {
 				return err
 			}
 		case unix.S_IFREG:
+			if st.Nlink != 1 {
+				// A hard link to a file elsewhere (root's, where
+				// fs.protected_hardlinks is 0): not the cache's to
+				// give away. Cache files are written and renamed.
+				unix.Close(cfd)
+				continue
+			}
 			err := unix.Fchown(cfd, uid, gid)
 			if err == nil {
 				err = unix.Fchmod(cfd, 0o644)

@@ -393,3 +393,40 @@ func TestTheConversionCPUIsChargedLikeTheCompile(t *testing.T) {
 			textCPU, binCPU, watCPU)
 	}
 }
+
+// A module author's text that crashes wat2wasm (a failed assertion, a
+// stack overflow) is remembered as bad for what it is: the operator is not
+// told to raise compile_memory for it.
+func TestTextThatCrashesWat2wasmIsNotBlamedOnCompileMemory(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	writeFiles(t, dir, map[string]string{
+		"quote.wat": `(module quote "(module)")`,
+		"deep.wat":  "(module (func " + strings.Repeat("(block ", 2_000_000) + strings.Repeat(")", 2_000_000) + "))",
+	})
+	for _, tc := range []struct{ module, signal string }{
+		{"quote.wat", "signal: aborted"},
+		{"deep.wat", "signal: segmentation fault"},
+	} {
+		t.Run(tc.module, func(t *testing.T) {
+			cfg := filepath.Join(dir, "wagi.toml")
+			text := fmt.Sprintf("state_dir = %q\n[[module]]\nroute = \"/x\"\nmodule = %q\n", filepath.Join(dir, "state"), filepath.Join(dir, tc.module))
+			if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(bin, "check", "-c", cfg)
+			out, _ := cmd.CombinedOutput()
+			if code := cmd.ProcessState.ExitCode(); code != 1 {
+				t.Fatalf("exit %d, want 1:\n%s", code, out)
+			}
+			for _, w := range []string{"wagi.toml:2:", tc.module, "wat2wasm crashed on it", tc.signal} {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output lacks %q:\n%s", w, out)
+				}
+			}
+			if strings.Contains(string(out), "compile_memory") {
+				t.Errorf("the crash is blamed on compile_memory:\n%s", out)
+			}
+		})
+	}
+}

@@ -208,3 +208,39 @@ func TestImportedSpinAppsServeBehindNginx(t *testing.T) {
 		}
 	})
 }
+
+// `import -o` is likely run in a shared directory, maybe as root: a link
+// planted where it writes its temporary file must not be followed (the
+// link's target would be overwritten with the config).
+func TestImportDoesNotWriteThroughALinkPlantedBesideItsOutput(t *testing.T) {
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	app := filepath.Join(dir, "app")
+	if err := os.MkdirAll(app, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	manifest := filepath.Join(app, "spin.toml")
+	if err := os.WriteFile(manifest, []byte("spin_manifest_version = 2\n[application]\nname = \"x\"\n[[trigger.http]]\nroute = \"/x\"\ncomponent = { source = \"x.wasm\" }\nexecutor = { type = \"wagi\" }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(dir, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "shared", "wagi.toml")
+	if err := os.MkdirAll(filepath.Dir(out), 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, out+".tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := runBin(t, bin, nil, "import", "-o", out, manifest); code != 0 {
+		t.Fatalf("import: exit %d: %s", code, stderr)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("the link's target was overwritten: %q", b)
+	}
+	if b, err := os.ReadFile(out); err != nil || !strings.Contains(string(b), `route = "/x"`) {
+		t.Fatalf("config not written: %v %q", err, b)
+	}
+}

@@ -402,11 +402,26 @@ func importCmd(args []string, stdout, stderr io.Writer) error {
 		_, err := stdout.Write(res.Config)
 		return err
 	}
-	tmp := *out + ".tmp"
-	if err := os.WriteFile(tmp, res.Config, 0o644); err != nil {
+	// A fresh temporary file (O_EXCL): a name fixed in advance could be a
+	// link planted in a shared directory, and be written through.
+	f, err := os.CreateTemp(filepath.Dir(*out), filepath.Base(*out)+".*.tmp")
+	if err != nil {
 		return err
 	}
-	return os.Rename(tmp, *out)
+	_, err = f.Write(res.Config)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), *out)
+	}
+	if err != nil {
+		_ = os.Remove(f.Name())
+	}
+	return err
 }
 
 func childCmd(ctx context.Context, args []string) error {

@@ -19,7 +19,8 @@ import (
 // sandboxed compile process, by wabt's wat2wasm: no maintained pure-Go
 // text compiler is served by the Go module proxy (see RATIONALE.md). The
 // manager only tells text from binary by the first four bytes, as it
-// always did, and never reads a byte of the conversion.
+// always did, and never parses the conversion (its module store hashes
+// it, read without following links, to find its compiled code).
 //
 // wat2wasm runs as a child of this process, under the same limits:
 // address space (compile_memory, set on it before it is given a byte of
@@ -103,8 +104,18 @@ func convertText(path string, text []byte, lim textLimits) ([]byte, error) {
 	switch {
 	case ws.Signaled() && (ws.Signal() == syscall.SIGXCPU || ws.Signal() == syscall.SIGKILL) || lim.cpu > 0 && cpu > lim.cpu:
 		return nil, fmt.Errorf("converting WebAssembly text used more than compile_cpu (%s) of CPU", lim.cpu)
-	case strings.Contains(stderr.String(), "bad_alloc") || ws.Signaled() && ws.Signal() == syscall.SIGABRT:
+	case strings.Contains(stderr.String(), "bad_alloc"):
+		// What RLIMIT_AS makes of wat2wasm: std::bad_alloc, then abort.
 		return nil, fmt.Errorf("converting WebAssembly text needed more than compile_memory (%d bytes): cannot allocate memory", lim.memory)
+	case ws.Signaled():
+		// Any other abort is a failed assertion (text wabt does not
+		// expect, e.g. `(module quote ...)`), a segfault is deep nesting
+		// overflowing its stack: the text's doing, not a limit to raise.
+		msg := fmt.Sprintf("not a WebAssembly binary (no \\0asm magic), and as WebAssembly text wat2wasm crashed on it (signal: %v)", ws.Signal())
+		if first := strings.TrimSpace(strings.SplitN(stderr.String(), "\n", 2)[0]); first != "" {
+			msg += ": " + first
+		}
+		return nil, errors.New(msg)
 	case out.over:
 		return nil, fmt.Errorf("the binary made of the WebAssembly text is larger than %d bytes", lim.output)
 	case werr != nil:

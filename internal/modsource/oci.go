@@ -155,6 +155,9 @@ func (s *ociSource) Fetch(ctx context.Context, id string, max int64) ([]byte, er
 			strings.Join(wasmLayerTypes, " or "), len(layers))
 	}
 	layer := layers[0]
+	if layer.Size < 0 || layer.Digest.Validate() != nil {
+		return nil, fmt.Errorf("fetch %s: %w: its layer descriptor is invalid (size %d, digest %q)", id, ErrNoModule, layer.Size, layer.Digest)
+	}
 	if max > 0 && layer.Size > max {
 		return nil, fmt.Errorf("fetch %s: %w: layer of %d bytes, over %d", id, ErrTooLarge, layer.Size, max)
 	}
@@ -188,5 +191,9 @@ func ociError(ctx context.Context, err error) error {
 		}
 		return fmt.Errorf("%w: %v", ErrRefused, err)
 	}
-	return classify(ctx, err)
+	// Anything classify does not know is the registry answering what the
+	// protocol does not allow (a body shorter than its Content-Length, a
+	// digest of an unknown algorithm): its fault (502), not the manager's
+	// (500).
+	return refusedUnlessKnown(classify(ctx, err))
 }

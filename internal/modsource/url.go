@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -56,7 +57,8 @@ func (s *urlSource) Fetch(ctx context.Context, _ string, max int64) ([]byte, err
 	}
 	bin, err := io.ReadAll(body)
 	if err != nil {
-		return nil, fmt.Errorf("fetch %s: %w", s.url, classify(ctx, err))
+		// A body cut short (unexpected EOF) is the server's fault: 502.
+		return nil, fmt.Errorf("fetch %s: %w", s.url, refusedUnlessKnown(classify(ctx, err)))
 	}
 	if max > 0 && int64(len(bin)) > max {
 		return nil, fmt.Errorf("fetch %s: %w: more than %d bytes", s.url, ErrTooLarge, max)
@@ -88,10 +90,21 @@ func newHTTPClient() *http.Client {
 
 // checkRedirect follows a redirect only to https://, or to http:// on a
 // loopback host: a module (or a registry's blob) never arrives in clear
-// text from elsewhere, even though its digest would catch a change.
+// text from elsewhere, even though its digest would catch a change. And
+// a redirect reaches this machine's loopback only when every URL before
+// it was on loopback: a remote server must not steer the manager (root)
+// into requests to services that listen on loopback alone (the kubo RPC
+// API, a registry's admin port).
 func checkRedirect(req *http.Request, via []*http.Request) error {
 	if len(via) >= maxRedirects {
 		return fmt.Errorf("%w: more than %d redirects", ErrRefused, maxRedirects)
+	}
+	if loopback(req.URL) {
+		for _, r := range via {
+			if !loopback(r.URL) {
+				return fmt.Errorf("%w: %s redirected to loopback (%s)", ErrRefused, r.URL.Redacted(), req.URL.Redacted())
+			}
+		}
 	}
 	if req.URL.Scheme == "https" || req.URL.Scheme == "http" && loopback(req.URL) {
 		return nil
@@ -99,13 +112,28 @@ func checkRedirect(req *http.Request, via []*http.Request) error {
 	return fmt.Errorf("%w: redirect to %s is not https", ErrRefused, req.URL.Redacted())
 }
 
+// refusedUnlessKnown is err if it is one of this package's errors, else
+// err as ErrRefused: what classify does not recognise while reading an
+// answer is the server breaking the protocol.
+func refusedUnlessKnown(err error) error {
+	for _, known := range []error{ErrUnavailable, ErrTimeout, ErrNotFound, ErrTooLarge, ErrDigestMismatch, ErrNoModule, ErrRefused} {
+		if errors.Is(err, known) {
+			return err
+		}
+	}
+	return fmt.Errorf("%w: %v", ErrRefused, err)
+}
+
+// loopback reports whether u names this machine: localhost and names
+// under it (resolvers map them to loopback), a loopback address, or the
+// unspecified address (connecting to 0.0.0.0 reaches this machine).
 func loopback(u *url.URL) bool {
-	h := u.Hostname()
-	if h == "localhost" {
+	h := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		return true
 	}
 	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
+	return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
 }
 
 // classify turns a transport error into one of this package's errors,

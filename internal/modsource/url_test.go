@@ -38,6 +38,10 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 		case <-time.After(5 * time.Second):
 		}
 	})
+	mux.HandleFunc("/short", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "100") // and the connection ends after 8
+		_, _ = w.Write(module[:8])
+	})
 	mux.HandleFunc("/denied", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) })
 	srv := httptest.NewTLSServer(mux)
 	defer srv.Close()
@@ -54,6 +58,7 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 		{name: "a wrong digest is refused", path: "/m.wasm", digest: strings.Repeat("0", 64), want: ErrDigestMismatch, status: 502},
 		{name: "more than max bytes is refused", path: "/big.wasm", digest: digest, want: ErrTooLarge, status: 502},
 		{name: "a missing file is not found", path: "/none.wasm", digest: digest, want: ErrNotFound, status: 502},
+		{name: "a body shorter than its Content-Length is refused", path: "/short", digest: digest, want: ErrRefused, status: 502},
 		{name: "a 403 is refused", path: "/denied", digest: digest, want: ErrRefused, status: 502},
 		{name: "a redirect to plain http elsewhere is refused", path: "/to-plain", digest: digest, want: ErrRefused, status: 502},
 		{name: "a redirect to plain http on loopback is followed", path: "/to-loopback", digest: digest},
@@ -100,5 +105,51 @@ func TestURLSourceIsUnavailableWhenItsServerIsDown(t *testing.T) {
 	}
 	if status, _, retry, _ := s.Status(err, false); status != 503 || retry == "" {
 		t.Errorf("Status = %d, Retry-After %q; want 503 with a Retry-After", status, retry)
+	}
+}
+
+// A remote server must not steer the manager into plain-HTTP requests on
+// this machine (the kubo RPC API, a registry's admin port, ...): http://
+// on loopback is for a module served from loopback, so a redirect there is
+// followed only from a loopback URL.
+func TestARedirectToLoopbackIsFollowedOnlyFromLoopback(t *testing.T) {
+	req := func(u string) *http.Request {
+		r, err := http.NewRequest(http.MethodGet, u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	tests := []struct {
+		name, from, to string
+		allowed        bool
+	}{
+		{"https anywhere to https anywhere", "https://modules.example/m.wasm", "https://cdn.example/m.wasm", true},
+		{"loopback to loopback over http", "http://127.0.0.1:8080/m.wasm", "http://localhost:9090/m.wasm", true},
+		{"a remote https server to http on 127.0.0.1", "https://modules.example/m.wasm", "http://127.0.0.1:5001/api/v0/shutdown", false},
+		{"a remote https server to http on localhost", "https://modules.example/m.wasm", "http://localhost:5000/v2/", false},
+		{"a remote https server to http on ::1", "https://modules.example/m.wasm", "http://[::1]:80/", false},
+		{"a remote server via loopback https to http on loopback", "https://modules.example/m.wasm", "http://127.0.0.1/", false},
+		{"a remote https server to https on loopback", "https://modules.example/m.wasm", "https://127.0.0.1:8443/m.wasm", false},
+		{"a remote https server to localhost. (trailing dot)", "https://modules.example/m.wasm", "https://localhost.:8443/m.wasm", false},
+		{"a remote https server to a name under localhost", "https://modules.example/m.wasm", "https://kubo.localhost:5001/", false},
+		{"a remote https server to 0.0.0.0 (this machine)", "https://modules.example/m.wasm", "https://0.0.0.0:8443/m.wasm", false},
+		{"a remote https server to an IPv4-mapped loopback", "https://modules.example/m.wasm", "https://[::ffff:127.0.0.1]:8443/m.wasm", false},
+		{"a remote https server to plain http elsewhere", "https://modules.example/m.wasm", "http://cdn.example/m.wasm", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			via := []*http.Request{req(tt.from)}
+			if strings.Contains(tt.name, "via loopback https") {
+				via = append(via, req("https://127.0.0.1:8443/hop"))
+			}
+			err := checkRedirect(req(tt.to), via)
+			if tt.allowed && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tt.allowed && !errors.Is(err, ErrRefused) {
+				t.Fatalf("checkRedirect = %v, want ErrRefused", err)
+			}
+		})
 	}
 }

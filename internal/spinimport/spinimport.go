@@ -17,12 +17,15 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
+	"net/url"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
 
@@ -545,11 +548,17 @@ func (c *converter) source(where string, v any, m *module) bool {
 // wasmKind reads a wasm file's preamble: "module", "component" or "" (not
 // wasm, or .wat text).
 func wasmKind(p string) (string, error) {
-	f, err := os.Open(p)
+	// Without blocking: a FIFO is reported, not waited on.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return "", err
+	} else if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
 	var b [8]byte
 	if _, err := io.ReadFull(f, b[:]); err != nil {
 		return "", nil
@@ -575,7 +584,10 @@ func wasmKind(p string) (string, error) {
 //   - a pattern whose base is the application directory itself ("*.html",
 //     "**/*") or a single file at its top is refused (it would expose the
 //     manifest, the sources, everything), and so is a { source = file }
-//     placement (a volume cannot rename one file).
+//     placement (a volume cannot rename one file);
+//   - a directory outside the application directory (a placement's
+//     "../x" or absolute source), or reached through a symbolic link, is
+//     refused (see outside).
 //
 // Refusals skip the whole component: running it without its files would
 // only fail later, at request time.
@@ -620,6 +632,10 @@ func (c *converter) files(where string, v any, m *module) bool {
 			if base != pattern && !(glob && pattern == base+"/**/*") {
 				c.note(Warning, where, "files: %q is served as the whole directory %q (read-only): the module can read every file in it, not only those the pattern names", f, base)
 			}
+			if why := c.outside(c.abs(base)); why != "" {
+				c.note(Skipped, where, "files: %q: %s", f, why)
+				return false
+			}
 			if !add("/"+base, c.abs(base)) {
 				return false
 			}
@@ -635,6 +651,10 @@ func (c *converter) files(where string, v any, m *module) bool {
 			}
 			dst = path.Clean(dst)
 			host := c.abs(src)
+			if why := c.outside(host); why != "" {
+				c.note(Skipped, where, "files: source %q: %s", src, why)
+				return false
+			}
 			st, err := os.Stat(host)
 			if err != nil {
 				c.note(Skipped, where, "files: source %q: %v", src, err)
@@ -653,6 +673,30 @@ func (c *converter) files(where string, v any, m *module) bool {
 		}
 	}
 	return true
+}
+
+// outside says why host, a directory the manifest names, must not become a
+// volume, or "" when it may: it must lie strictly inside the application
+// directory (a manifest written by someone else must not mount /etc), and
+// be reached without a symbolic link, which could lead anywhere and which
+// volumes never follow.
+func (c *converter) outside(host string) string {
+	rel, err := filepath.Rel(c.root, host)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) {
+		return "not a path inside the application directory"
+	}
+	root, err := filepath.EvalSymlinks(c.root)
+	if err != nil {
+		return err.Error()
+	}
+	real, err := filepath.EvalSymlinks(host)
+	if err != nil {
+		return err.Error()
+	}
+	if real != filepath.Join(root, rel) {
+		return "it is a symbolic link or goes through one (to " + real + "); volumes never follow links: list the directory itself"
+	}
+	return ""
 }
 
 func hasGlob(p string) bool { return strings.ContainsAny(p, "*?[{") }
@@ -719,6 +763,9 @@ func (c *converter) hosts(where string, list []string) []string {
 			c.note(Ignored, where, "allowed_outbound_hosts %q: only a leading \"*.\" wildcard has an equivalent; list the hosts", h)
 			continue
 		}
+		if internalHost(rest) {
+			c.note(Warning, where, "allowed_outbound_hosts %q names this machine or a private network (loopback, private, link-local or metadata addresses): the egress proxy lets the module reach it because the entry names it; make sure it should", h)
+		}
 		entry := host
 		if hasPort && port != "*" {
 			entry += ":" + port
@@ -733,6 +780,22 @@ func (c *converter) hosts(where string, list []string) []string {
 		addOnce(scheme + "://" + entry)
 	}
 	return out
+}
+
+// internalHost reports whether hostPort ("host[:port]", IPv6 in brackets)
+// names this machine or a private network: what the egress proxy refuses
+// unless an entry names it.
+func internalHost(hostPort string) bool {
+	u, err := url.Parse("x://" + strings.TrimSuffix(hostPort, "/"))
+	if err != nil {
+		return false
+	}
+	h := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && (ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || ip.IsUnspecified())
 }
 
 // abs is a manifest-relative path made absolute.

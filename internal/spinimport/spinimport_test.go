@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 )
@@ -411,6 +413,130 @@ source = "hello.wasm"
 			}
 			if len(cfg.Modules) != tt.modules || cfg.Healthz {
 				t.Errorf("loaded %d modules, healthz %v", len(cfg.Modules), cfg.Healthz)
+			}
+		})
+	}
+}
+
+// A hostile manifest must not turn into a config that mounts host
+// directories outside the application: a placement's source is held to
+// the same rule as a path entry, and no link is followed out of it.
+func TestFilesOutsideTheApplicationDirectoryAreRefused(t *testing.T) {
+	outside := t.TempDir()
+	tests := []struct{ name, files, note string }{
+		{"a placement climbing out with ..", `[{ source = "../../etc", destination = "/etc" }]`, "not a path inside the application directory"},
+		{"a placement naming an absolute path", `[{ source = "/etc", destination = "/etc" }]`, "not a path inside the application directory"},
+		{"a placement of the application directory itself", `[{ source = ".", destination = "/app" }]`, "not a path inside the application directory"},
+		{"a directory entry that is a link out", `["assets"]`, "symbolic link"},
+		{"a glob under a link out", `["assets/**/*"]`, "symbolic link"},
+		{"a placement whose source is a link out", `[{ source = "assets", destination = "/a" }]`, "symbolic link"},
+		{"a directory inside a link out", `["assets/inner"]`, "symbolic link"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := appDir(t)
+			if err := os.MkdirAll(filepath.Join(outside, "inner"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(outside, filepath.Join(dir, "assets")); err != nil {
+				t.Fatal(err)
+			}
+			manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "hello.wasm", files = ` + tt.files + ` }
+executor = { type = "wagi" }
+`
+			res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var notes []string
+			for _, n := range res.Notes {
+				notes = append(notes, n.String())
+			}
+			if res.Modules != 0 || strings.Contains(string(res.Config), "volumes") {
+				t.Errorf("converted with the volume anyway:\n%s", res.Config)
+			}
+			if all := strings.Join(notes, "\n"); !strings.Contains(all, tt.note) {
+				t.Errorf("notes lack %q:\n%s", tt.note, all)
+			}
+		})
+	}
+}
+
+// A source that is a FIFO (an unpacked archive can hold one) is reported,
+// not waited on: import must finish.
+func TestASourceThatIsAFIFOIsReportedNotWaitedOn(t *testing.T) {
+	dir := appDir(t)
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.wasm"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "fifo.wasm" }
+executor = { type = "wagi" }
+`
+	done := make(chan *Result, 1)
+	go func() {
+		res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- res
+	}()
+	select {
+	case res := <-done:
+		var notes []string
+		for _, n := range res.Notes {
+			notes = append(notes, n.String())
+		}
+		if all := strings.Join(notes, "\n"); !strings.Contains(all, "not a regular file") {
+			t.Errorf("notes do not say the source is not a regular file:\n%s", all)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("import still waiting on the FIFO after 20s")
+	}
+}
+
+// The egress proxy refuses loopback, private, link-local and metadata
+// addresses unless allowed_hosts names them: an imported manifest that
+// names one (the cloud metadata service, the kubo API) is converted as
+// Spin would run it, but never silently.
+func TestOutboundHostsOnThisMachineOrAPrivateNetworkAreWarnedOf(t *testing.T) {
+	for _, tt := range []struct {
+		host string
+		warn bool
+	}{
+		{"http://169.254.169.254", true},
+		{"http://127.0.0.1:5001", true},
+		{"https://localhost:8443", true},
+		{"http://10.1.2.3", true},
+		{"https://[fd00::1]:443", true},
+		{"https://api.example.com", false},
+	} {
+		t.Run(tt.host, func(t *testing.T) {
+			dir := appDir(t)
+			manifest := v2Head + `
+[[trigger.http]]
+route = "/x"
+component = { source = "hello.wasm", allowed_outbound_hosts = ["` + tt.host + `"] }
+executor = { type = "wagi" }
+`
+			res, err := ConvertBytes([]byte(manifest), filepath.Join(dir, "spin.toml"), Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Modules != 1 || !strings.Contains(string(res.Config), tt.host) {
+				t.Fatalf("not converted:\n%s", res.Config)
+			}
+			var warned bool
+			for _, n := range res.Notes {
+				warned = warned || n.Level == Warning && strings.Contains(n.Msg, "private network")
+			}
+			if warned != tt.warn {
+				t.Errorf("warned %v, want %v: %v", warned, tt.warn, res.Notes)
 			}
 		})
 	}
