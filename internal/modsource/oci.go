@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -110,6 +111,7 @@ func (s *ociSource) Resolve(ctx context.Context) (string, error) {
 	if s.pinned() {
 		return s.Name(), nil
 	}
+	ctx = withOrigin(ctx, registryHost(s.ref.Registry))
 	desc, err := s.c.repo(s.ref).Resolve(ctx, s.ref.Reference)
 	if err != nil {
 		return "", fmt.Errorf("resolve %s: %w", s.Name(), ociError(ctx, err))
@@ -122,6 +124,7 @@ func (s *ociSource) Fetch(ctx context.Context, id string, max int64) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
+	ctx = withOrigin(ctx, registryHost(ref.Registry))
 	repo := s.c.repo(ref)
 	desc, err := repo.Resolve(ctx, ref.Reference)
 	if err != nil {
@@ -196,4 +199,12 @@ func ociError(ctx context.Context, err error) error {
 	// digest of an unknown algorithm): its fault (502), not the manager's
 	// (500).
 	return refusedUnlessKnown(classify(ctx, err))
+}
+
+// registryHost is the host of a registry written host[:port].
+func registryHost(reg string) string {
+	if h, _, err := net.SplitHostPort(reg); err == nil {
+		return h
+	}
+	return reg
 }

@@ -34,6 +34,9 @@ func (s *urlSource) TTL() time.Duration                      { return 0 }
 func (s *urlSource) Resolve(context.Context) (string, error) { return s.Name(), nil }
 
 func (s *urlSource) Fetch(ctx context.Context, _ string, max int64) ([]byte, error) {
+	if u, err := url.Parse(s.url); err == nil {
+		ctx = withOrigin(ctx, u.Hostname())
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("fetch %s: %w", s.url, err)
@@ -85,6 +88,9 @@ const maxRedirects = 5
 func newHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = 30 * time.Second
+	t.Proxy = nil // the manager's environment does not steer its fetches
+	t.DialContext = guardedDial(&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second})
+	t.DisableKeepAlives = true // see dial.go
 	return &http.Client{Transport: t, CheckRedirect: checkRedirect}
 }
 
@@ -128,7 +134,12 @@ func refusedUnlessKnown(err error) error {
 // under it (resolvers map them to loopback), a loopback address, or the
 // unspecified address (connecting to 0.0.0.0 reaches this machine).
 func loopback(u *url.URL) bool {
-	h := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+	return loopbackName(u.Hostname())
+}
+
+// loopbackName is loopback for a host name or address.
+func loopbackName(host string) bool {
+	h := strings.ToLower(strings.TrimSuffix(host, "."))
 	if h == "localhost" || strings.HasSuffix(h, ".localhost") {
 		return true
 	}
