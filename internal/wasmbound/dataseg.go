@@ -147,30 +147,38 @@ func (w *walk) coalesce(bin []byte) []byte {
 		runs = append(runs, segRun{first: i, last: i, lo: uint64(sg.off), hi: end})
 	}
 	markOverlaps(runs)
-	var out []byte
-	count := len(w.segs)
-	for _, r := range runs {
-		if r.last > r.first && !r.overlaps && w.fits(r) {
-			count -= r.last - r.first
+	count, size := len(w.segs), w.dataSec[1]-w.segs[0].at
+	for i, r := range runs {
+		if r.last == r.first || r.overlaps || !w.fits(r) {
+			runs[i].last = r.first // left as it is
+			continue
 		}
+		count -= r.last - r.first
+		size += segmentSize(r) - (w.segs[r.last].end - w.segs[r.first].at)
 	}
 	if count == len(w.segs) {
 		return nil
 	}
+	// The size is what fits allowed: at most half as much again as the
+	// section's own bytes.
+	content := lebSize(uint32(count)) + size
+	out := make([]byte, 0, 1+lebSize(uint32(content))+content)
+	out = append(out, secData)
+	out = appendU32(out, uint32(content))
 	out = appendU32(out, uint32(count))
 	next := 0 // the first segment not yet written
 	for _, r := range runs {
-		if r.last == r.first || r.overlaps || !w.fits(r) {
+		if r.last == r.first {
 			continue
 		}
 		out = append(out, bin[w.segs[next].at:w.segs[r.first].at]...)
 		out = append(out, 0x00, 0x41)
 		out = appendS32(out, int32(r.lo)) // lo < 2^31
 		out = append(out, 0x0b)
-		size := r.hi - r.lo
-		out = appendU32(out, uint32(size))
+		out = appendU32(out, uint32(r.hi-r.lo))
 		image := len(out)
-		out = append(out, make([]byte, size)...)
+		out = out[:image+int(r.hi-r.lo)]
+		clear(out[image:])
 		for _, sg := range w.segs[r.first : r.last+1] {
 			copy(out[image+int(uint64(sg.off)-r.lo):], bin[sg.dataAt:sg.end])
 		}
@@ -179,15 +187,21 @@ func (w *walk) coalesce(bin []byte) []byte {
 	if next < len(w.segs) {
 		out = append(out, bin[w.segs[next].at:w.dataSec[1]]...)
 	}
-	sec := append([]byte{secData}, appendU32(nil, uint32(len(out)))...)
-	return append(sec, out...)
+	return out
 }
+
+// segmentSize is the size of run r's coalesced segment in the binary.
+func segmentSize(r segRun) int {
+	return 3 + len(appendS32(nil, int32(r.lo))) + lebSize(uint32(r.hi-r.lo)) + int(r.hi-r.lo)
+}
+
+func lebSize(v uint32) int { return len(appendU32(nil, v)) }
 
 // fits reports whether run r, coalesced, stays within maxGrowth of the
 // bytes its segments take now.
 func (w *walk) fits(r segRun) bool {
 	in := uint64(w.segs[r.last].end - w.segs[r.first].at)
-	return r.hi-r.lo+16 <= in+in/maxGrowth
+	return r.hi-r.lo+16 <= in+in/maxGrowth // 16: more than a segment's header
 }
 
 // markOverlaps marks the runs whose extent meets another's (empty extents
