@@ -13,6 +13,11 @@
 // within Bounds.TableElements; table.grow past that returns -1, as the
 // spec allows.
 //
+// Apply also coalesces runs of active data segments into one segment each
+// (dataseg.go), keeping the instantiated memory and its bounds traps: the
+// Go linker emits tens of thousands of segments, and wazero evaluates
+// each one's offset on every instantiation.
+//
 // Apply does not decode code: function bodies are skipped by size once
 // their local declarations are counted. What it does parse, it parses the
 // way wazero v1.12.0 does, so that every count wazero allocates by has been
