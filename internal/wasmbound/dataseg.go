@@ -77,9 +77,9 @@ type segRun struct {
 	overlaps    bool
 }
 
-// dataSegment records segment i of the data section, whose encoding spans
-// bin[at:end]; expr is its offset expression (nil for a passive segment),
-// its bytes are bin[dataAt:end].
+// dataSegment records the next segment of the data section, whose
+// encoding spans bin[at:end]; expr is its offset expression (nil for a
+// passive segment), its bytes are bin[dataAt:end].
 func (w *walk) dataSegment(flags uint32, at int, expr []byte, dataAt, end int) {
 	sg := dataSeg{at: at, end: end, dataAt: dataAt, n: uint32(end - dataAt)}
 	switch flags {
@@ -177,8 +177,7 @@ func (w *walk) coalesce(bin []byte) []byte {
 		out = append(out, 0x0b)
 		out = appendU32(out, uint32(r.hi-r.lo))
 		image := len(out)
-		out = out[:image+int(r.hi-r.lo)]
-		clear(out[image:])
+		out = append(out, make([]byte, r.hi-r.lo)...) // within the capacity: no allocation
 		for _, sg := range w.segs[r.first : r.last+1] {
 			copy(out[image+int(uint64(sg.off)-r.lo):], bin[sg.dataAt:sg.end])
 		}
