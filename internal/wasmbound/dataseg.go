@@ -40,6 +40,7 @@ import (
 //     with it. A module that imports its memory could observe those
 //     partial writes, so such a module is left alone (wagi-fcgi's compiler
 //     refuses imported memories anyway).
+//   - A data section of fewer than minSegments segments is left alone.
 //   - Data segment indices change, so a module that could name one is
 //     left alone: one with a passive segment, or with a data count section
 //     (memory.init and data.drop do not validate without it).
@@ -59,6 +60,13 @@ const (
 	// (546,533 zero bytes in gaps, 744,114 bytes of data), and its data
 	// section grows by a third when coalesced.
 	maxGrowth = 2
+	// minSegments: a data section of fewer segments is left as it is.
+	// Coalescing them would save wazero well under a microsecond per
+	// instantiation, and C modules (2 or 3 segments) then compile from
+	// their stored bytes unchanged, which the manager's module store
+	// relies on to find their compiled code by the stored bytes' hash
+	// (manager/diskstore.go, cacheCandidates).
+	minSegments = 16
 )
 
 // dataSeg is a data segment as Apply found it.
@@ -130,7 +138,7 @@ func i32ConstExpr(expr []byte) (uint32, bool) {
 // coalesced, as a replacement of bin[w.dataHdr:w.dataSec[1]], or nil if
 // nothing is to change.
 func (w *walk) coalesce(bin []byte) []byte {
-	if !w.seen[secData] || w.seen[secDataCount] || w.passiveData || w.importedMemory || len(w.segs) < 2 {
+	if !w.seen[secData] || w.seen[secDataCount] || w.passiveData || w.importedMemory || len(w.segs) < max(w.minSegs, 2) {
 		return nil
 	}
 	var runs []segRun

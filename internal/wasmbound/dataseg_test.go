@@ -129,7 +129,7 @@ func TestCoalescingDataSegments(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			out, err := Apply(tc.bin, Default)
+			out, err := apply(tc.bin, Default, 2)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -147,11 +147,30 @@ func TestCoalescingDataSegments(t *testing.T) {
 			if !bytes.Equal(before, after) {
 				t.Error("memory after instantiation differs")
 			}
-			again, err := Apply(out, Default)
+			again, err := apply(out, Default, 2)
 			if err != nil || !bytes.Equal(again, out) {
 				t.Errorf("applying again changed the module: %v", err)
 			}
 		})
+	}
+}
+
+func TestADataSectionOfFewSegmentsIsLeftAsItIs(t *testing.T) {
+	var segs [][]byte
+	for i := range minSegments {
+		segs = append(segs, active(int32(i*44), strings.Repeat("d", 40)))
+	}
+	few := dataModule(segs[:minSegments-1]...)
+	if out, err := Apply(few, Default); err != nil || &out[0] != &few[0] {
+		t.Fatalf("%d segments: not returned as they were (%v)", minSegments-1, err)
+	}
+	enough := dataModule(segs...)
+	out, err := Apply(enough, Default)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(dataSegments(t, out)); got != 1 {
+		t.Fatalf("%d segments coalesced to %d, want 1", minSegments, got)
 	}
 }
 

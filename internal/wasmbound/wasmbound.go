@@ -167,6 +167,7 @@ type walk struct {
 	segs           []dataSeg
 	passiveData    bool
 	importedMemory bool
+	minSegs        int // coalesce data sections of at least this many segments
 }
 
 // Apply checks bin against b and returns the bytes to compile: bin itself
@@ -179,13 +180,18 @@ type walk struct {
 // Errors wrap ErrBound or ErrMalformed and name the item and the numbers.
 // Apply never panics, whatever bin holds.
 func Apply(bin []byte, b Bounds) ([]byte, error) {
+	return apply(bin, b, minSegments)
+}
+
+// apply is Apply, coalescing data sections of at least minSegs segments.
+func apply(bin []byte, b Bounds, minSegs int) ([]byte, error) {
 	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
 		return nil, fmt.Errorf("%w: no \\0asm magic", ErrMalformed)
 	}
 	if string(bin[4:8]) != "\x01\x00\x00\x00" {
 		return nil, fmt.Errorf("%w: binary format version %x, want 1", ErrMalformed, bin[4:8])
 	}
-	w := &walk{b: b}
+	w := &walk{b: b, minSegs: minSegs}
 	r := &reader{b: bin, off: 8}
 	for r.off < len(bin) {
 		hdr := r.off
