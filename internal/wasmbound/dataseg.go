@@ -88,17 +88,24 @@ type segRun struct {
 // dataSegment records the next segment of the data section, whose
 // encoding spans bin[at:end]; expr is its offset expression (nil for a
 // passive segment), its bytes are bin[dataAt:end].
+// Only segments up to the first that is not a candidate are kept (that
+// one included, to mark where coalescing ends), and none once a passive
+// segment is seen: what is kept is at most one entry per 5 bytes of the
+// section.
 func (w *walk) dataSegment(flags uint32, at int, expr []byte, dataAt, end int) {
-	sg := dataSeg{at: at, end: end, dataAt: dataAt, n: uint32(end - dataAt)}
-	switch flags {
-	case 0:
-		if off, ok := i32ConstExpr(expr); ok && uint64(off)+uint64(sg.n) <= 1<<31 {
-			sg.off, sg.known = off, true
-		}
-	case 1:
+	if flags == 1 {
 		w.passiveData = true
+		w.segs, w.segsDone = nil, true
+	}
+	if w.segsDone {
+		return
+	}
+	sg := dataSeg{at: at, end: end, dataAt: dataAt, n: uint32(end - dataAt)}
+	if off, ok := i32ConstExpr(expr); flags == 0 && ok && uint64(off)+uint64(sg.n) <= 1<<31 {
+		sg.off, sg.known = off, true
 	}
 	w.segs = append(w.segs, sg)
+	w.segsDone = !sg.known
 }
 
 // i32ConstExpr returns c if expr is exactly `i32.const c; end`, with c's
@@ -138,7 +145,7 @@ func i32ConstExpr(expr []byte) (uint32, bool) {
 // coalesced, as a replacement of bin[w.dataHdr:w.dataSec[1]], or nil if
 // nothing is to change.
 func (w *walk) coalesce(bin []byte) []byte {
-	if !w.seen[secData] || w.seen[secDataCount] || w.passiveData || w.importedMemory || len(w.segs) < max(w.minSegs, 2) {
+	if !w.seen[secData] || w.seen[secDataCount] || w.passiveData || w.importedMemory || w.nsegs < max(w.minSegs, 2) || len(w.segs) == 0 {
 		return nil
 	}
 	var runs []segRun
@@ -155,7 +162,7 @@ func (w *walk) coalesce(bin []byte) []byte {
 		runs = append(runs, segRun{first: i, last: i, lo: uint64(sg.off), hi: end})
 	}
 	markOverlaps(runs)
-	count, size := len(w.segs), w.dataSec[1]-w.segs[0].at
+	count, size := w.nsegs, w.dataSec[1]-w.segs[0].at
 	for i, r := range runs {
 		if r.last == r.first || r.overlaps || !w.fits(r) {
 			runs[i].last = r.first // left as it is
@@ -164,7 +171,7 @@ func (w *walk) coalesce(bin []byte) []byte {
 		count -= r.last - r.first
 		size += segmentSize(r) - (w.segs[r.last].end - w.segs[r.first].at)
 	}
-	if count == len(w.segs) {
+	if count == w.nsegs {
 		return nil
 	}
 	// The size is what fits allowed: at most half as much again as the

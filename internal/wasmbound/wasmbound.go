@@ -162,9 +162,11 @@ type walk struct {
 	seen                           [secTag + 1]bool
 
 	// For coalescing data segments (dataseg.go).
-	dataSec        [2]int // start and end of the data section's content
-	dataHdr        int    // offset of the data section's id byte
-	segs           []dataSeg
+	dataSec        [2]int    // start and end of the data section's content
+	dataHdr        int       // offset of the data section's id byte
+	segs           []dataSeg // the candidates up to the first other segment
+	nsegs          int       // segments in the data section
+	segsDone       bool      // a segment that ends coalescing was seen
 	passiveData    bool
 	importedMemory bool
 	minSegs        int // coalesce data sections of at least this many segments
@@ -520,7 +522,7 @@ func (w *walk) data(s *reader) error {
 	if err := over("the data section", "data segments", uint64(n), w.b.DataSegments); err != nil {
 		return err
 	}
-	w.segs = make([]dataSeg, 0, n) // n fits in the section, 2 bytes each
+	w.nsegs = int(n)
 	for i := uint32(0); i < n && s.err == nil; i++ {
 		at := s.off
 		expr := -1
