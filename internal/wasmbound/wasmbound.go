@@ -523,6 +523,9 @@ func (w *walk) data(s *reader) error {
 		return err
 	}
 	w.nsegs = int(n)
+	// A candidate for coalescing takes 5 bytes at least, and only
+	// candidates are kept (dataseg.go).
+	w.segs = make([]dataSeg, 0, min(int(n), s.left()/5))
 	for i := uint32(0); i < n && s.err == nil; i++ {
 		at := s.off
 		expr := -1
