@@ -85,15 +85,18 @@ func (r *reader) count(what string, min int) uint32 {
 	return n
 }
 
-// bytes skips a length-prefixed byte vector.
-func (r *reader) bytes(what string) {
+// bytes skips a length-prefixed byte vector and returns where its bytes
+// begin.
+func (r *reader) bytes(what string) int {
 	at := r.off
 	n := r.u32()
 	if r.err == nil && uint64(n) > uint64(r.left()) {
 		r.fail("%s at offset %d declares %d bytes, only %d follow", what, at, n, r.left())
-		return
+		return r.off
 	}
+	start := r.off
 	r.off += int(n)
+	return start
 }
 
 // name reads a length-prefixed name; the result aliases the binary.

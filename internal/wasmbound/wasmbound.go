@@ -13,6 +13,11 @@
 // within Bounds.TableElements; table.grow past that returns -1, as the
 // spec allows.
 //
+// Apply also coalesces runs of active data segments into one segment each
+// (dataseg.go), keeping the instantiated memory and its bounds traps: the
+// Go linker emits tens of thousands of segments, and wazero evaluates
+// each one's offset on every instantiation.
+//
 // Apply does not decode code: function bodies are skipped by size once
 // their local declarations are counted. What it does parse, it parses the
 // way wazero v1.12.0 does, so that every count wazero allocates by has been
@@ -155,24 +160,40 @@ type walk struct {
 	tableHdr                       int    // offset of the table section's id byte
 	tables                         []table
 	seen                           [secTag + 1]bool
+
+	// For coalescing data segments (dataseg.go).
+	dataSec        [2]int    // start and end of the data section's content
+	dataHdr        int       // offset of the data section's id byte
+	segs           []dataSeg // the candidates up to the first other segment
+	nsegs          int       // segments in the data section
+	segsDone       bool      // a segment that ends coalescing was seen
+	passiveData    bool
+	importedMemory bool
+	minSegs        int // coalesce data sections of at least this many segments
 }
 
 // Apply checks bin against b and returns the bytes to compile: bin itself
-// when no table needs a new maximum, otherwise a copy with the table
-// section re-encoded. The result depends only on bin and b, so every
+// when no table needs a new maximum and no data segments can be coalesced
+// (see dataseg.go), otherwise a copy with the table section, the data
+// section or both re-encoded. The result depends only on bin and b, so every
 // process that applies the same bounds to the same module compiles the
 // same bytes (and wazero's compilation cache, keyed by them, hits).
 //
 // Errors wrap ErrBound or ErrMalformed and name the item and the numbers.
 // Apply never panics, whatever bin holds.
 func Apply(bin []byte, b Bounds) ([]byte, error) {
+	return apply(bin, b, minSegments)
+}
+
+// apply is Apply, coalescing data sections of at least minSegs segments.
+func apply(bin []byte, b Bounds, minSegs int) ([]byte, error) {
 	if len(bin) < 8 || string(bin[:4]) != "\x00asm" {
 		return nil, fmt.Errorf("%w: no \\0asm magic", ErrMalformed)
 	}
 	if string(bin[4:8]) != "\x01\x00\x00\x00" {
 		return nil, fmt.Errorf("%w: binary format version %x, want 1", ErrMalformed, bin[4:8])
 	}
-	w := &walk{b: b}
+	w := &walk{b: b, minSegs: minSegs}
 	r := &reader{b: bin, off: 8}
 	for r.off < len(bin) {
 		hdr := r.off
@@ -201,6 +222,40 @@ func Apply(bin []byte, b Bounds) ([]byte, error) {
 		return nil, err
 	}
 	return w.rewrite(bin), nil
+}
+
+// rewrite returns bin with the table and data sections replaced by their
+// rewritten forms, where they have one.
+func (w *walk) rewrite(bin []byte) []byte {
+	type splice struct {
+		from, to int
+		with     []byte
+	}
+	var sp []splice
+	if t := w.tableRewrite(bin); t != nil {
+		sp = append(sp, splice{w.tableHdr, w.tableSec[1], t})
+	}
+	if d := w.coalesce(bin); d != nil {
+		sp = append(sp, splice{w.dataHdr, w.dataSec[1], d})
+	}
+	if len(sp) == 0 {
+		return bin
+	}
+	if len(sp) == 2 && sp[0].from > sp[1].from {
+		sp[0], sp[1] = sp[1], sp[0]
+	}
+	size := len(bin)
+	for _, s := range sp {
+		size += len(s.with) - (s.to - s.from)
+	}
+	out := make([]byte, 0, size)
+	prev := 0
+	for _, s := range sp {
+		out = append(out, bin[prev:s.from]...)
+		out = append(out, s.with...)
+		prev = s.to
+	}
+	return append(out, bin[prev:]...)
 }
 
 // section checks one section; s spans exactly its content.
@@ -234,6 +289,8 @@ func (w *walk) section(id byte, hdr int, s *reader) error {
 	case secCode:
 		err = w.code(s)
 	case secData:
+		w.dataHdr = hdr
+		w.dataSec = [2]int{s.off, len(s.b)}
 		err = w.data(s)
 	case secDataCount:
 		n := s.u32()
@@ -319,6 +376,7 @@ func (w *walk) imports(s *reader) error {
 			w.importedTableElems += uint64(t.min)
 			w.importedTables++
 		case 0x02: // memory
+			w.importedMemory = true
 			switch flag := s.byte1(); flag {
 			case 0x00, 0x02:
 				s.u32()
@@ -464,20 +522,36 @@ func (w *walk) data(s *reader) error {
 	if err := over("the data section", "data segments", uint64(n), w.b.DataSegments); err != nil {
 		return err
 	}
+	w.nsegs = int(n)
+	// A candidate for coalescing takes 5 bytes at least, and only
+	// candidates are kept (dataseg.go).
+	w.segs = make([]dataSeg, 0, min(int(n), s.left()/5))
 	for i := uint32(0); i < n && s.err == nil; i++ {
-		switch flags := s.u32(); flags {
+		at := s.off
+		expr := -1
+		flags := s.u32()
+		switch flags {
 		case 0:
+			expr = s.off
 			s.constExpr()
 		case 1:
 		case 2:
 			s.u32()
+			expr = s.off
 			s.constExpr()
 		default:
 			if s.err == nil {
 				s.fail("data segment %d: flags %d", i, flags)
 			}
 		}
-		s.bytes("data segment")
+		var offset []byte
+		if expr >= 0 && s.err == nil {
+			offset = s.b[expr:s.off]
+		}
+		dataAt := s.bytes("data segment")
+		if s.err == nil {
+			w.dataSegment(flags, at, offset, dataAt, s.off)
+		}
 	}
 	return nil
 }
@@ -565,12 +639,13 @@ func (w *walk) totals() error {
 	return nil
 }
 
-// rewrite gives the tables maxima that keep them within the bound
+// tableRewrite gives the tables maxima that keep them within the bound
 // together: the room left over the minimums goes to the tables in order,
-// each getting what it declares (no maximum: all that is left).
-func (w *walk) rewrite(bin []byte) []byte {
+// each getting what it declares (no maximum: all that is left). It
+// returns the new table section, or nil if no maximum changes.
+func (w *walk) tableRewrite(bin []byte) []byte {
 	if w.b.TableElements == 0 || len(w.tables) == 0 {
-		return bin
+		return nil
 	}
 	room := uint64(w.b.TableElements) - w.importedTableElems
 	for _, t := range w.tables {
@@ -588,7 +663,7 @@ func (w *walk) rewrite(bin []byte) []byte {
 		maxima[i] = t.min + uint32(want)
 	}
 	if !change {
-		return bin
+		return nil
 	}
 	var content []byte
 	prev := w.tableSec[0]
@@ -600,12 +675,10 @@ func (w *walk) rewrite(bin []byte) []byte {
 		prev = t.maxEnd // what follows (an init expression) is kept
 	}
 	content = append(content, bin[prev:w.tableSec[1]]...)
-	out := make([]byte, 0, len(bin)+16)
-	out = append(out, bin[:w.tableHdr]...)
+	out := make([]byte, 0, len(content)+6)
 	out = append(out, secTable)
 	out = appendU32(out, uint32(len(content)))
-	out = append(out, content...)
-	return append(out, bin[w.tableSec[1]:]...)
+	return append(out, content...)
 }
 
 func appendU32(b []byte, v uint32) []byte {
