@@ -35,6 +35,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/internal/peerlisten"
 )
 
 // Bounds of the proxy itself.
@@ -93,7 +95,7 @@ type Server struct {
 	mu       sync.Mutex
 	closed   bool
 	grants   map[string]*grant
-	conns    map[*peerConn]struct{} // open calls, closed by Close
+	conns    map[*peerlisten.Conn]struct{} // open calls, closed by Close
 	handlers sync.WaitGroup
 
 	refusals refusalLog // lines for calls without a grant
@@ -137,10 +139,10 @@ func Start(log *slog.Logger) (*Server, error) {
 	s := &Server{
 		addr:     "unix:" + name,
 		log:      log,
-		ln:       &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
+		ln:       peerlisten.New(ln, MaxConns, MaxConnsPerPID),
 		done:     make(chan struct{}),
 		grants:   map[string]*grant{},
-		conns:    map[*peerConn]struct{}{},
+		conns:    map[*peerlisten.Conn]struct{}{},
 		refusals: refusalLog{window: time.Minute},
 		resolve: func(ctx context.Context, host string) ([]netip.Addr, error) {
 			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
@@ -236,7 +238,7 @@ func (s *Server) serve() {
 			c.Close()
 			continue
 		}
-		pc := c.(*peerConn)
+		pc := c.(*peerlisten.Conn)
 		s.handlers.Add(1)
 		s.conns[pc] = struct{}{}
 		s.mu.Unlock()
@@ -266,7 +268,7 @@ type call struct {
 	started  bool // the response header went to the child
 }
 
-func (s *Server) handle(c *peerConn) {
+func (s *Server) handle(c *peerlisten.Conn) {
 	defer c.Close()
 	start := time.Now()
 	_ = c.SetReadDeadline(start.Add(headerTimeout))
@@ -276,11 +278,11 @@ func (s *Server) handle(c *peerConn) {
 	if err != nil {
 		// Not a call: nothing to answer.
 		if s.logNoGrant() {
-			s.log.Warn("outbound HTTP proxy: malformed call", "pid", c.pid, "err", err)
+			s.log.Warn("outbound HTTP proxy: malformed call", "pid", c.PID, "err", err)
 		}
 		return
 	}
-	cl := &call{pid: c.pid, method: req.Method}
+	cl := &call{pid: c.PID, method: req.Method}
 	cl.url, cl.query = redact(req.URL)
 	s.mu.Lock()
 	cl.g = s.grants[req.Token]
@@ -303,14 +305,14 @@ func (cl *call) refuse(code uint32, reason string) {
 
 // do checks and makes one call, answering a success itself; a refusal or
 // failure is left in cl for handle to answer.
-func (s *Server) do(c *peerConn, br *bufio.Reader, req *Request, bodyLen uint64, cl *call) {
+func (s *Server) do(c *peerlisten.Conn, br *bufio.Reader, req *Request, bodyLen uint64, cl *call) {
 	g := cl.g
 	if g == nil {
 		cl.refuse(CodeRuntimeError, "no grant (missing, unknown or revoked token)")
 		return
 	}
-	if c.pid != g.PID {
-		cl.refuse(CodeRuntimeError, fmt.Sprintf("the grant belongs to pid %d, the caller is pid %d", g.PID, c.pid))
+	if c.PID != g.PID {
+		cl.refuse(CodeRuntimeError, fmt.Sprintf("the grant belongs to pid %d, the caller is pid %d", g.PID, c.PID))
 		return
 	}
 	lim := g.Limits

@@ -36,9 +36,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/peerlisten"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
@@ -174,7 +173,7 @@ func Start(kuboAPI string, log *slog.Logger) (*Proxy, error) {
 		addr:   "unix:" + name,
 		kubo:   u,
 		log:    log,
-		ln:     &limitListener{Listener: ln, sem: make(chan struct{}, MaxConns), perPID: map[int]int{}},
+		ln:     peerlisten.New(ln, MaxConns, MaxConnsPerPID),
 		served: make(chan struct{}),
 		grants: map[string]*grant{},
 		tr: &http.Transport{
@@ -199,8 +198,8 @@ func Start(kuboAPI string, log *slog.Logger) (*Proxy, error) {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pc, ok := c.(*peerConn); ok {
-				return context.WithValue(ctx, peerKey{}, pc.pid)
+			if pc, ok := c.(*peerlisten.Conn); ok {
+				return context.WithValue(ctx, peerKey{}, pc.PID)
 			}
 			return ctx
 		},
@@ -545,92 +544,6 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
-}
-
-// limitListener accepts at most cap(sem) connections at once, and
-// MaxConnsPerPID of one process (more are closed at once), and records
-// each one's peer pid.
-type limitListener struct {
-	net.Listener
-	sem    chan struct{}
-	mu     sync.Mutex
-	perPID map[int]int
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		l.sem <- struct{}{}
-		c, err := l.Listener.Accept()
-		if err != nil {
-			<-l.sem
-			return nil, err
-		}
-		pid, err := peerPID(c)
-		if err == nil && !l.take(pid) {
-			err = errors.New("too many connections")
-		}
-		if err != nil {
-			c.Close()
-			<-l.sem
-			continue
-		}
-		return &peerConn{Conn: c, pid: pid, release: func() { l.give(pid); <-l.sem }}, nil
-	}
-}
-
-func (l *limitListener) take(pid int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.perPID[pid] >= MaxConnsPerPID {
-		return false
-	}
-	l.perPID[pid]++
-	return true
-}
-
-func (l *limitListener) give(pid int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.perPID[pid]--; l.perPID[pid] <= 0 {
-		delete(l.perPID, pid)
-	}
-}
-
-// peerPID is the pid of the process that connected c (SO_PEERCRED).
-func peerPID(c net.Conn) (int, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0, errors.New("not a unix connection")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var cerr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if cerr != nil {
-		return 0, cerr
-	}
-	return int(cred.Pid), nil
-}
-
-// peerConn is an accepted connection with its peer's pid.
-type peerConn struct {
-	net.Conn
-	pid     int
-	once    sync.Once
-	release func()
-}
-
-func (c *peerConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
 }
 
 // RootsOf is what a run's MFS mounts grant: their directories and quotas.
