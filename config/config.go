@@ -229,6 +229,9 @@ type IPFS struct {
 	API string
 	// FetchTimeout bounds fetching one module.
 	FetchTimeout time.Duration
+	// IPNSTTL is how long an IPNS name's resolution is used before it is
+	// resolved again; 0 means modsource's default (a minute).
+	IPNSTTL time.Duration
 	// Gateway, when not "", is the path prefix ("/ipfs/") under which any
 	// allowed CID is served as /ipfs/<cid>/...
 	Gateway string

@@ -738,6 +738,16 @@ func TestErrors(t *testing.T) {
 			want: `modules.toml:4: [[module]] #1 digest: only a URL module takes a digest (an oci: reference pins one as REPO@sha256:...)`,
 		},
 		{
+			name: "a tag TTL of zero is rejected",
+			src:  "[oci]\ntag_ttl = \"0s\"\n",
+			want: `modules.toml:2: [oci] tag_ttl: must be greater than 0, got "0s"`,
+		},
+		{
+			name: "an IPNS TTL that is not a duration is rejected",
+			src:  "[ipfs]\nipns_ttl = \"soon\"\n",
+			want: `modules.toml:2: [ipfs] ipns_ttl: invalid duration "soon" (want a number with a unit: ms, s, m or h, like "30s" or "1h30m")`,
+		},
+		{
 			name: "an insecure registry with a path is rejected",
 			src:  "[oci]\ninsecure_registries = [\"127.0.0.1:5000/x\"]\n",
 			want: `modules.toml:2: [oci] insecure_registries[0]: "127.0.0.1:5000/x" is not a registry host[:port]`,

@@ -618,7 +618,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu", "ipns_ttl"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -633,6 +633,10 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 		case "fetch_timeout":
 			if dur, ok := d.duration(kp, v); ok {
 				c.FetchTimeout = dur
+			}
+		case "ipns_ttl":
+			if dur, ok := d.duration(kp, v); ok {
+				c.IPNSTTL = dur
 			}
 		case "gateway":
 			if s, ok := d.str(kp, v); ok {

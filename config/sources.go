@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"time"
 
 	"oras.land/oras-go/v2/registry"
 )
@@ -18,10 +19,13 @@ type OCI struct {
 	// the credentials for registries; "" pulls anonymously. Credential
 	// helpers (credsStore, credHelpers) are not run.
 	AuthFile string
+	// TagTTL is how long a tag's resolution is used before the registry
+	// is asked again; 0 means modsource's default (a minute).
+	TagTTL time.Duration
 }
 
 func (d *decoder) oci(p keyPath, m map[string]any, c *OCI) {
-	known := []string{"insecure_registries", "auth_file"}
+	known := []string{"insecure_registries", "auth_file", "tag_ttl"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -37,6 +41,10 @@ func (d *decoder) oci(p keyPath, m map[string]any, c *OCI) {
 				if good {
 					c.InsecureRegistries = list
 				}
+			}
+		case "tag_ttl":
+			if dur, ok := d.duration(kp, v); ok {
+				c.TagTTL = dur
 			}
 		case "auth_file":
 			if s, ok := d.str(kp, v); ok {

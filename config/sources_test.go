@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestSourceKindsDecode(t *testing.T) {
@@ -12,6 +13,10 @@ func TestSourceKindsDecode(t *testing.T) {
 [oci]
 insecure_registries = ["127.0.0.1:5000"]
 auth_file = "auth/config.json"
+tag_ttl = "5m"
+
+[ipfs]
+ipns_ttl = "30s"
 
 [[module]]
 route = "/url"
@@ -28,6 +33,9 @@ module = "oci:127.0.0.1:5000/mods/hello:v1"
 	}
 	if !slices.Equal(c.OCI.InsecureRegistries, []string{"127.0.0.1:5000"}) {
 		t.Errorf("insecure_registries = %q", c.OCI.InsecureRegistries)
+	}
+	if c.OCI.TagTTL != 5*time.Minute || c.IPFS.IPNSTTL != 30*time.Second {
+		t.Errorf("tag_ttl = %v, ipns_ttl = %v; want 5m, 30s", c.OCI.TagTTL, c.IPFS.IPNSTTL)
 	}
 	if c.OCI.AuthFile != "/etc/wagi/auth/config.json" {
 		t.Errorf("auth_file = %q, want it relative to the config's directory", c.OCI.AuthFile)

@@ -265,6 +265,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		m.Close()
 		return nil, err
 	}
+	m.srcEnv.IPNSTTL = cfg.IPFS.IPNSTTL
 	for i := range cfg.Modules {
 		mc := &cfg.Modules[i]
 		from, err := modsource.New(mc.Ref, mc.Digest, m.srcEnv)

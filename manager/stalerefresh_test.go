@@ -60,9 +60,9 @@ func (r *stallingRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 }
 
-// A tag is resolved again once a minute. When its registry then stalls,
-// requests keep being served by the module the tag had, at once: they do
-// not wait out fetch_timeout behind the refresh, every minute.
+// A tag is resolved again once its TTL is over. When its registry then
+// stalls, requests keep being served by the module the tag had, at once:
+// they do not wait out fetch_timeout behind the refresh, every TTL.
 func TestAStallingRegistryDoesNotStallItsRouteAfterTheTTL(t *testing.T) {
 	module, err := os.ReadFile(testenv.Module(t, "hello"))
 	if err != nil {
@@ -79,6 +79,7 @@ fetch_timeout = "30s"
 
 [oci]
 insecure_registries = ["`+addr+`"]
+tag_ttl = "3s"
 
 [[module]]
 route = "/tagged"
@@ -89,7 +90,7 @@ module = "oci:`+addr+`/mods/app:stable"
 	}
 	loaded := time.Now()
 	reg.stall.Store(true)
-	time.Sleep(time.Until(loaded.Add(61 * time.Second))) // modsource.RefreshTTL is a minute
+	time.Sleep(time.Until(loaded.Add(4 * time.Second))) // tag_ttl
 	start := time.Now()
 	rec := f.do(t, "GET", "/tagged", nil)
 	took := time.Since(start)

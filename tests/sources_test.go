@@ -570,8 +570,9 @@ digest = "sha256:%[2]s"
 }
 
 // TestAnOCITagIsResolvedAgainAfterItsTTL: a tag that moved serves its new
-// module once the resolution's minute is over; a tag whose registry is
-// down by then keeps serving the module it had (as IPNS names do).
+// module once its resolution's TTL ([oci] tag_ttl, 15s here) is over; a
+// tag whose registry is down by then keeps serving the module it had (as
+// IPNS names do).
 func TestAnOCITagIsResolvedAgainAfterItsTTL(t *testing.T) {
 	dir := t.TempDir()
 	bin := buildBinary(t, dir)
@@ -589,6 +590,7 @@ children = 1
 
 [oci]
 insecure_registries = [%[1]q, %[2]q]
+tag_ttl = "15s"
 
 [[module]]
 route = "/moving"
@@ -614,8 +616,7 @@ module = "oci:%[2]s/mods/app:stable"
 			t.Fatalf("GET /moving = %d %q", r.status, r.body)
 		}
 	})
-	// modsource.RefreshTTL is a minute.
-	time.Sleep(time.Until(loaded.Add(61 * time.Second)))
+	time.Sleep(time.Until(loaded.Add(16 * time.Second)))
 	t.Run("after the TTL a moved tag serves its new module", func(t *testing.T) {
 		if r := c.get("/moving"); r.status != 200 || !strings.Contains(string(r.body), "exiting") {
 			t.Fatalf("GET /moving = %d %q\n%s", r.status, r.body, w.log)

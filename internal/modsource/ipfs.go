@@ -12,9 +12,9 @@ import (
 // ipfsSource is an immutable /ipfs/ path, or a mutable /ipns/ name that
 // resolves to one, fetched from the kubo node.
 type ipfsSource struct {
-	c       *ipfs.Client // nil: no node configured
-	path    string       // /ipfs/CID[/sub] or /ipns/NAME[/sub]
-	mutable bool
+	c    *ipfs.Client  // nil: no node configured
+	path string        // /ipfs/CID[/sub] or /ipns/NAME[/sub]
+	ttl  time.Duration // an IPNS name's; 0 for an immutable path
 }
 
 func (s *ipfsSource) Kind() string { return "IPFS" }
@@ -22,15 +22,10 @@ func (s *ipfsSource) Kind() string { return "IPFS" }
 func (s *ipfsSource) Name() string { return s.path }
 func (s *ipfsSource) Remote() bool { return true }
 
-func (s *ipfsSource) TTL() time.Duration {
-	if s.mutable {
-		return RefreshTTL
-	}
-	return 0
-}
+func (s *ipfsSource) TTL() time.Duration { return s.ttl }
 
 func (s *ipfsSource) Resolve(ctx context.Context) (string, error) {
-	if !s.mutable {
+	if s.ttl == 0 { // immutable
 		return s.path, nil
 	}
 	if s.c == nil {

@@ -46,6 +46,7 @@ const maxManifestBytes = 4 << 20
 type ociClient struct {
 	insecure map[string]bool
 	client   remote.Client
+	tagTTL   time.Duration
 }
 
 func newOCIClient(cfg config.OCI, hc *http.Client) (*ociClient, error) {
@@ -65,7 +66,7 @@ func newOCIClient(cfg config.OCI, hc *http.Client) (*ociClient, error) {
 		}
 		ac.Credential = credentials.Credential(st)
 	}
-	c := &ociClient{insecure: map[string]bool{}, client: ac}
+	c := &ociClient{insecure: map[string]bool{}, client: ac, tagTTL: ttlOr(cfg.TagTTL)}
 	for _, r := range cfg.InsecureRegistries {
 		c.insecure[r] = true
 	}
@@ -104,7 +105,7 @@ func (s *ociSource) TTL() time.Duration {
 	if s.pinned() {
 		return 0
 	}
-	return RefreshTTL
+	return s.c.tagTTL
 }
 
 func (s *ociSource) Resolve(ctx context.Context) (string, error) {

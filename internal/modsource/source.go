@@ -19,9 +19,18 @@ import (
 )
 
 // RefreshTTL is how long the resolution of a mutable reference (an IPNS
-// name, an OCI tag) is used before it is resolved again; new content then
+// name, an OCI tag) is used before it is resolved again, unless the config
+// says otherwise ([ipfs] ipns_ttl, [oci] tag_ttl); new content then
 // becomes a new module (with a fresh budget).
 const RefreshTTL = time.Minute
+
+// ttlOr is d, or RefreshTTL when d is 0.
+func ttlOr(d time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return RefreshTTL
+}
 
 // Source is where one module reference's bytes come from.
 type Source interface {
@@ -62,6 +71,8 @@ type Env struct {
 	IPFS *ipfs.Client
 	// OCI is the [oci] table.
 	OCI config.OCI
+	// IPNSTTL is [ipfs] ipns_ttl; 0: RefreshTTL.
+	IPNSTTL time.Duration
 	// HTTP fetches URL modules and talks to registries; nil: a client
 	// made by NewEnv's rules.
 	HTTP *http.Client
@@ -96,7 +107,7 @@ func New(ref config.ModuleRef, digest string, env *Env) (Source, error) {
 	case config.RefIPFS:
 		return &ipfsSource{c: env.IPFS, path: "/ipfs/" + ref.Path}, nil
 	case config.RefIPNS:
-		return &ipfsSource{c: env.IPFS, path: "/ipns/" + ref.Path, mutable: true}, nil
+		return &ipfsSource{c: env.IPFS, path: "/ipns/" + ref.Path, ttl: ttlOr(env.IPNSTTL)}, nil
 	case config.RefOCI:
 		return newOCISource(ref, env.oci)
 	case config.RefURL:
