@@ -31,7 +31,7 @@ func hostileCompile(mode string) {
 	case "garbage":
 		fmt.Print("wagi-fcgi-compile 1\nkey " + key + "\nok\nexport _start\nend\n")
 	case "other-bytes": // well-formed, for bytes that are not the module's
-		fmt.Print("wagi-fcgi-compile 1\nkey " + key + "\nok\nexport \"_start\"\nend\n")
+		fmt.Print("wagi-fcgi-compile 1\nkey " + key + "\nok\ncode " + strings.Repeat("cd", 32) + "\ncode " + strings.Repeat("ef", 32) + "\nexport \"_start\"\nend\n")
 	case "crash":
 		fmt.Fprintln(os.Stderr, "panic: something the bytes did")
 		os.Exit(2)

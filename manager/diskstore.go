@@ -60,9 +60,10 @@ type diskStore struct {
 
 type diskEntry struct {
 	id      string
-	path    string // the module file or the directory
-	bytes   int64  // its bytes, plus its compiled code for a module
-	cache   string // the module's compilation-cache file, once found
+	path    string   // the module file or the directory
+	bytes   int64    // its bytes, plus its compiled code for a module
+	cache   string   // the module's compilation-cache file, once found
+	code    []string // module IDs of its compiled code, once a compile reported them (module.code)
 	checked time.Time
 	touched time.Time
 	elem    *list.Element // nil while pinned
@@ -188,16 +189,21 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 	id := modID(mod.key)
 	d.mu.Lock()
 	e := d.entries[id]
-	findCache := e == nil || (e.cache == "" && time.Since(e.checked) > touchEvery)
+	findCache := e == nil || (e.cache == "" && (time.Since(e.checked) > touchEvery || e.code == nil && mod.code != nil))
 	cpuFlags, et := d.cpuFlags, d.ensureTermination
 	d.mu.Unlock()
 	var cands []cacheCandidate
 	if findCache {
-		// The module's bytes are read again outside the lock; the
-		// compilation cache names its file after them.
-		if bin, err := d.codeBytes(mod.key, mod.path); err == nil {
-			cands = d.cacheCandidates(bin, cpuFlags, et)
+		ids := mod.code
+		if ids == nil {
+			// No compile reported what it compiled (bytes that were
+			// rejected): the module's bytes are read again, outside
+			// the lock, and named as if compiled as they are.
+			if bin, err := d.codeBytes(mod.key, mod.path); err == nil {
+				ids = compiler.CodeIDs(bin)
+			}
 		}
+		cands = d.cacheCandidates(ids, cpuFlags, et)
 	}
 	var size int64 = -1
 	if e == nil {
@@ -216,6 +222,9 @@ func (d *diskStore) useModule(mod *module, pinned bool) {
 		d.entries[id] = e
 		d.total += size
 		e.elem = d.lru.PushFront(e)
+	}
+	if mod.code != nil {
+		e.code = mod.code
 	}
 	if cands != nil && e.cache == "" {
 		e.checked = time.Now()
@@ -326,9 +335,16 @@ func (d *diskStore) evictLocked(keep *diskEntry) {
 		}
 		if key, ok := strings.CutPrefix(e.id, "m:"); ok {
 			if e.cache == "" {
-				if bin, err := d.codeBytes(key, e.path); err == nil {
-					d.adoptCacheLocked(e, d.cacheCandidates(bin, d.cpuFlags, d.ensureTermination))
+				ids := e.code
+				if ids == nil {
+					// Found at start and not compiled since: named
+					// as if compiled as stored, which finds the code
+					// of modules wasmbound.Apply leaves as they are.
+					if bin, err := d.codeBytes(key, e.path); err == nil {
+						ids = compiler.CodeIDs(bin)
+					}
 				}
+				d.adoptCacheLocked(e, d.cacheCandidates(ids, d.cpuFlags, d.ensureTermination))
 			}
 			if e.cache != "" {
 				_ = removeInCache(d.cacheDir, e.cache)
@@ -391,30 +407,44 @@ func (d *diskStore) dropIndex(keys []string) {
 }
 
 // cacheCandidates lists the paths wazero v1.12.0's file compilation cache
-// may store the compiled code of bin under
+// may store a module's compiled code under
 // (internal/engine/wazevo/engine_cache.go fileCacheKey): the cache key is
 // sha256(moduleID ‖ "WAZEVO" ‖ CPU feature flags as 8 little-endian
-// bytes), with moduleID = sha256(bin ‖ ensureTermination byte) when no
-// function listeners are set (internal/wasm/module.go AssignModuleID).
+// bytes), with moduleID = sha256(bytes compiled ‖ ensureTermination byte)
+// when no function listeners are set (internal/wasm/module.go
+// AssignModuleID). ids are those module IDs, hex, for ensureTermination 0
+// and 1 (compiler.CodeIDs). The bytes compiled are the module within
+// wagi-fcgi's bounds (wasmbound.Apply), which the manager never makes
+// (it does not parse module bytes): the compile process reports the IDs.
 // The feature flags use three bits at most (platform/cpuid_*.go), so
 // every combination is tried until one is found, then the one found is
 // used. A wrong guess removes nothing: the names are hashes.
 //
+// A lying compile process can at worst name the cache file of another
+// module, which the store then counts or removes with this one (each
+// file's bytes are counted once per entry that names it, so the store
+// only errs on the side of holding less). That gives it nothing: it owns
+// the cache and can remove or rewrite any file in it anyway, and a
+// removed entry is compiled again on the next compile. The manager
+// computes the file name itself (a hash), so it stays under a wazero-*
+// directory of the cache, and removeInCache removes it by descriptor
+// without following links.
+//
 // cpuFlags and et are the flags learned so far (-1: not yet).
-func (d *diskStore) cacheCandidates(bin []byte, cpuFlags, et int) []cacheCandidate {
+func (d *diskStore) cacheCandidates(ids []string, cpuFlags, et int) []cacheCandidate {
 	dirs, _ := filepath.Glob(filepath.Join(d.cacheDir, "wazero-*"))
 	if len(dirs) == 0 {
 		return nil
 	}
 	var out []cacheCandidate
-	for t := 0; t < 2; t++ {
+	for t, hexID := range ids {
 		if et >= 0 && t != et {
 			continue
 		}
-		h := sha256.New()
-		h.Write(bin)
-		h.Write([]byte{byte(t)})
-		id := h.Sum(nil)
+		id, err := hex.DecodeString(hexID)
+		if err != nil || len(id) != sha256.Size {
+			continue
+		}
 		for c := 0; c < 8; c++ {
 			if cpuFlags >= 0 && c != cpuFlags {
 				continue

@@ -1,16 +1,19 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/compiler"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 )
 
 // tinyModule is a valid module exporting an empty _start, made distinct by
@@ -343,5 +346,106 @@ func TestTheCompileUserCannotInflateTheStoreWithSparseFilesOrLinks(t *testing.T)
 	}
 	if !exists(mod.path) {
 		t.Fatal("the module was evicted")
+	}
+}
+
+// tableModule is tinyModule with a table that has no maximum, which
+// wasmbound.Apply caps: what the compile process compiles then differs
+// from what the store holds, as for every Go (GOOS=wasip1) module.
+func tableModule(tag string, pad int) []byte {
+	b := tinyModule(tag, pad)
+	const afterFunctions = 8 + 6 + 4                    // header, type section, function section
+	table := []byte{0x04, 0x04, 0x01, 0x70, 0x00, 0x01} // one funcref table, min 1, no max
+	return append(append(append([]byte{}, b[:afterFunctions]...), table...), b[afterFunctions:]...)
+}
+
+// wazero names compiled code after the bytes it compiled, which are the
+// module within wagi-fcgi's bounds; the store finds that code by the IDs
+// the compile process reports, counts it in store_size (also when it was
+// found at start, before the module's first compile) and evicts it with
+// its module.
+func TestTheStoreCountsAndEvictsCompiledCodeThatDiffersFromTheStoredBytes(t *testing.T) {
+	st, _, dir := newTestDiskStore(t, 1<<30)
+	ctx := context.Background()
+	bin := tableModule("a", 20000)
+	bound, err := wasmbound.Apply(bin, wasmbound.Default)
+	if err != nil || bytes.Equal(bound, bin) {
+		t.Fatalf("wasmbound.Apply leaves the test module as it is (%v): the test proves nothing", err)
+	}
+	mod, err := st.add(ctx, "a", bin, 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(mod.code, compiler.CodeIDs(bound)) {
+		t.Fatalf("the compile reported code %v, want the IDs of the bounded bytes %v", mod.code, compiler.CodeIDs(bound))
+	}
+
+	// Found at start, as a loose cache file; the module's use ties it to
+	// the module.
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1 << 30
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	for _, c := range d.cacheCandidates(compiler.CodeIDs(bin), -1, -1) {
+		if exists(c.path) {
+			t.Fatalf("the compiled code is named after the stored bytes (%s): the test proves nothing", c.path)
+		}
+	}
+	if len(d.loose) != 1 {
+		t.Fatalf("%d loose cache files at start, want the module's 1: %v", len(d.loose), d.loose)
+	}
+	d.useModule(mod, false)
+	e := d.entries[modID(mod.key)]
+	if e == nil || e.cache == "" || !exists(e.cache) {
+		t.Fatalf("the compiled code of %s was not found (entry %+v)", mod.key[:12], e)
+	}
+	info, err := os.Stat(e.cache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(mod.size) + cacheFileBytes(info); e.bytes != want || d.total != want || len(d.loose) != 0 {
+		t.Errorf("entry counts %d bytes, store %d (loose %v); want module+compiled code = %d", e.bytes, d.total, d.loose, want)
+	}
+	code := e.cache
+
+	other, err := st.add(ctx, "b", tableModule("b", 20000), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	d.max = d.total + 1 // the next entry pushes the first out
+	d.mu.Unlock()
+	d.useModule(other, false)
+	if d.has(mod.key) || exists(mod.path) || exists(code) {
+		t.Errorf("evicted module left behind: module %v, compiled code %v", exists(mod.path), exists(code))
+	}
+	if oe := d.entries[modID(other.key)]; oe == nil || oe.cache == "" || d.total != oe.bytes {
+		t.Errorf("after eviction the store counts %d bytes, want the remaining entry's (%+v)", d.total, oe)
+	}
+}
+
+// An entry found at start is evicted before its first compile: it has no
+// reported IDs, and the store falls back to naming its code after its
+// stored bytes, which finds the code of modules Apply leaves as they are.
+func TestAnEntryFoundAtStartIsEvictedWithItsCodeBeforeItsFirstCompile(t *testing.T) {
+	st, _, dir := newTestDiskStore(t, 1<<30)
+	mod, err := st.add(context.Background(), "a", tinyModule("a", 20000), 16, config.Default().Limits, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	codes, _ := filepath.Glob(filepath.Join(dir, "compilation-cache", "wazero-*", "*"))
+	if len(codes) != 1 {
+		t.Fatalf("compiled code files %v, want 1", codes)
+	}
+	cfg := config.Default()
+	cfg.StateDir = dir
+	cfg.IPFS.StoreSize = 1 << 30
+	d := openDiskStore(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d.mu.Lock()
+	d.max = 0
+	d.evictLocked(nil)
+	d.mu.Unlock()
+	if exists(mod.path) || exists(codes[0]) || d.total != 0 {
+		t.Errorf("after evicting everything: module %v, compiled code %v, %d bytes counted", exists(mod.path), exists(codes[0]), d.total)
 	}
 }

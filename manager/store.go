@@ -38,6 +38,10 @@ type module struct {
 	text    string          // for a WebAssembly text module: the binary the compile process made of it
 	exports map[string]bool // exported function names
 	size    int
+	// code are the module IDs of what the compile process compiled (the
+	// module within wagi-fcgi's bounds, see compiler.CodeIDs): the
+	// compilation cache names the module's compiled code after them.
+	code []string
 }
 
 // store keeps modules by content hash and has them compiled. It never
@@ -228,6 +232,7 @@ func (s *store) add(ctx context.Context, ref string, bin []byte, pages uint32, l
 		}
 		return nil, err
 	}
+	m.code = res.Code
 	m.exports = map[string]bool{}
 	for _, name := range res.Exports {
 		m.exports[name] = true

@@ -3,6 +3,7 @@ package tests
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io/fs"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
 
@@ -302,4 +304,140 @@ volumes = { "/assets" = "ipfs://%s" }
 			t.Errorf("second request: got %d, want 502", r.status)
 		}
 	})
+}
+
+// goCodeFile is the compilation-cache file wazero v1.12.0 keeps the
+// compiled code of wasm in, as children and compile processes compile it
+// (the module within wagi-fcgi's bounds, ensureTermination off), or ""
+// when there is none. The CPU feature flags in its name are tried.
+func goCodeFile(t *testing.T, state string, wasm []byte) string {
+	t.Helper()
+	bound, err := wasmbound.Apply(wasm, wasmbound.Default)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := sha256.Sum256(append(bound, 0))
+	dirs, _ := filepath.Glob(filepath.Join(state, "compilation-cache", "wazero-*"))
+	for _, dir := range dirs {
+		for flags := range uint64(8) {
+			var le [8]byte
+			binary.LittleEndian.PutUint64(le[:], flags)
+			name := sha256.Sum256(append(append(id[:], "WAZEVO"...), le[:]...))
+			if p := filepath.Join(dir, hex.EncodeToString(name[:])); fileExists(p) {
+				return p
+			}
+		}
+	}
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+// TestTheModuleStoreBoundsTheCompiledCodeOfGoModules serves distinct Go
+// modules (GOOS=wasip1: their table has no maximum, so what is compiled,
+// the module within wagi-fcgi's bounds, is not the stored bytes) in
+// gateway mode through the real binary and a real kubo node: their
+// compiled code counts against store_size and goes with its module.
+func TestTheModuleStoreBoundsTheCompiledCodeOfGoModules(t *testing.T) {
+	k := testenv.StartKubo(t)
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	mods := testenv.Modules(t)
+	gohello, err := os.ReadFile(filepath.Join(mods, "gohello.wasm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bound, err := wasmbound.Apply(gohello, wasmbound.Default); err != nil || bytes.Equal(bound, gohello) {
+		t.Fatalf("wasmbound.Apply leaves the Go hello as it is (%v): the test proves nothing", err)
+	}
+	var variants [][]byte
+	var cids []string
+	for i := range 5 {
+		b := withCustomSection(gohello, fmt.Sprintf("go%02d", i), 0)
+		variants = append(variants, b)
+		cids = append(cids, k.AddBytes(t, b))
+	}
+	// Room for the configured module and one Go module with its compiled
+	// code, not two; the module files alone of four would fit.
+	const storeSize = 16 << 20
+	port := freePort(t)
+	cfg := fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+
+[pool]
+children = 2
+
+[ipfs]
+api = %q
+fetch_timeout = "20s"
+gateway = "/ipfs/"
+allow = ["*"]
+max_module_size = "4MiB"
+max_dir_size = "4MiB"
+store_size = "%d"
+
+[[module]]
+route = "/hello"
+module = %q
+`, k.API, storeSize, filepath.Join(mods, "hello.wasm"))
+	w := startWagi(t, bin, dir, cfg, "--http", fmt.Sprintf("127.0.0.1:%d", port))
+	c := newClient(t, fmt.Sprintf("http://127.0.0.1:%d", port))
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--http did not listen within 20s; log:\n%s", w.log)
+		}
+	}
+	state := filepath.Join(dir, "state")
+	get := func(cid string) {
+		t.Helper()
+		if r := c.get("/ipfs/" + cid + "/"); r.status != 200 || !strings.HasPrefix(string(r.body), "Hello from Go\n") {
+			t.Fatalf("GET /ipfs/%s/: got %d %q; log:\n%s", cid, r.status, r.body, w.log)
+		}
+	}
+
+	get(cids[0])
+	first := goCodeFile(t, state, variants[0])
+	if first == "" {
+		t.Fatal("the compiled code of the first Go module is not in the compilation cache")
+	}
+	info, err := os.Stat(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code := info.Size()
+	t.Logf("Go hello: %d bytes, its compiled code %d bytes", len(gohello), code)
+	if int64(len(variants[0]))*4 > storeSize || int64(len(variants[0]))+code > storeSize || 2*(int64(len(variants[0]))+code) <= storeSize {
+		t.Fatalf("store_size %d does not sit between one Go module with its code (%d) and two: the test proves nothing", storeSize, int64(len(variants[0]))+code)
+	}
+
+	for _, cid := range cids[1:] {
+		get(cid)
+		total, mod, compiled := storeBytes(t, state)
+		if slack := mod + compiled; total > storeSize+slack {
+			t.Fatalf("after %s state_dir holds %d bytes of fetched content, over store_size %d + one module with its code %d",
+				cid, total, storeSize, slack)
+		}
+	}
+	key := sha(variants[0])
+	line := w.log.waitFor(t, 5*time.Second, "evicted from the module store", "entry=m:"+key)
+	if want := fmt.Sprintf("bytes=%d ", int64(len(variants[0]))+code); !strings.Contains(line, want) {
+		t.Errorf("the evicted Go module was not counted with its compiled code (%s): %s", want, line)
+	}
+	if fileExists(filepath.Join(state, "modules", key+".wasm")) {
+		t.Error("the evicted Go module is still in the store")
+	}
+	if fileExists(first) {
+		t.Errorf("the compiled code of the evicted Go module is still there: %s", first)
+	}
+	codes, _ := filepath.Glob(filepath.Join(state, "compilation-cache", "wazero-*", "*"))
+	total, _, _ := storeBytes(t, state)
+	t.Logf("after %d Go modules: %d bytes held in %d compiled code files (store_size %d)", len(cids), total, len(codes), storeSize)
+	if len(codes) > 3 { // the configured module's, and at most two Go modules'
+		t.Errorf("%d compiled code files left after serving %d Go modules: %v", len(codes), len(cids), codes)
+	}
 }

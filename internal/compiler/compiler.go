@@ -246,7 +246,7 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 		return invalid("imports %s, which wagi-fcgi does not provide (modules may import only %s)",
 			strings.Join(bad, ", "), strings.Join(child.HostModuleNames, " and "))
 	}
-	r := &Result{Key: key, Status: Valid}
+	r := &Result{Key: key, Status: Valid, Code: CodeIDs(bin)}
 	for name := range cm.ExportedFunctions() {
 		// A name with control characters cannot be an entrypoint or a
 		// _routes line; leaving it out keeps the result one name a line.
@@ -256,6 +256,25 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	}
 	sort.Strings(r.Exports)
 	return r
+}
+
+// CodeIDs names what was compiled the way wazero v1.12.0 does
+// (internal/wasm/module.go AssignModuleID, no function listeners): the
+// sha256 of the bytes compiled, which are the module within wagi-fcgi's
+// bounds, not the module as stored, followed by one byte, 0 or 1 for
+// RuntimeConfig's ensureTermination; hex, in that order. wazero names the
+// cache file after it (see the manager's diskStore.cacheCandidates), so
+// the manager can find a module's compiled code without reading (let
+// alone bounding) its bytes.
+func CodeIDs(bound []byte) []string {
+	ids := make([]string, CodeIDCount)
+	for t := range ids {
+		h := sha256.New()
+		h.Write(bound)
+		h.Write([]byte{byte(t)})
+		ids[t] = hex.EncodeToString(h.Sum(nil))
+	}
+	return ids
 }
 
 const zeroKey = "0000000000000000000000000000000000000000000000000000000000000000"

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -42,13 +43,23 @@ type Result struct {
 	Status  Status
 	Reason  string   // for Invalid and Failed
 	Exports []string // exported function names, for Valid
+	// Code is, for Valid, the module IDs wazero gave what was compiled,
+	// for ensureTermination 0 and 1 (see CodeIDs): hex, CodeIDCount of
+	// them. What was compiled is the module within wagi-fcgi's bounds
+	// (wasmbound.Apply), whose bytes the manager never sees.
+	Code []string
 }
+
+// CodeIDCount is how many code lines a Valid result has: one per value of
+// wazero's ensureTermination.
+const CodeIDCount = 2
 
 // Encode writes r in the line format Decode reads:
 //
 //	wagi-fcgi-compile 1
 //	key <64 hex digits>
 //	ok | invalid "<reason>" | error "<reason>"
+//	code <64 hex digits>   (Valid only; exactly CodeIDCount lines, distinct, t = 0 first)
 //	export "<name>"        (Valid only; one line per name)
 //	end
 //
@@ -59,6 +70,9 @@ func Encode(w io.Writer, r *Result) error {
 	switch r.Status {
 	case Valid:
 		b.WriteString("ok\n")
+		for _, id := range r.Code {
+			fmt.Fprintf(&b, "code %s\n", id)
+		}
 		for _, e := range r.Exports {
 			fmt.Fprintf(&b, "export %s\n", strconv.Quote(e))
 		}
@@ -143,6 +157,21 @@ func decode(data []byte) (*Result, error) {
 		if l == "end" {
 			break
 		}
+		if id, found := strings.CutPrefix(l, "code "); found {
+			// Before any export, so that a result is read in one pass
+			// and the count is known when the exports start.
+			if r.Status != Valid || len(r.Exports) > 0 || len(r.Code) == CodeIDCount || !isHexKey(id) {
+				return bad("line %d: unexpected %q", line, truncate(l, 80))
+			}
+			if slices.Contains(r.Code, id) {
+				return bad("line %d: code %s listed twice", line, id)
+			}
+			r.Code = append(r.Code, id)
+			continue
+		}
+		if r.Status == Valid && len(r.Code) != CodeIDCount {
+			return bad("line %d: want %d code lines before %q", line, CodeIDCount, truncate(l, 40))
+		}
 		q, found := strings.CutPrefix(l, "export ")
 		if !found || r.Status != Valid {
 			return bad("line %d: unexpected %q", line, truncate(l, 40))
@@ -159,6 +188,9 @@ func decode(data []byte) (*Result, error) {
 	}
 	if sc.Scan() || sc.Err() != nil {
 		return bad("data after the end line")
+	}
+	if r.Status == Valid && len(r.Code) != CodeIDCount {
+		return bad("%d code lines, want %d", len(r.Code), CodeIDCount)
 	}
 	return r, nil
 }
