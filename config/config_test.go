@@ -128,7 +128,7 @@ func TestAWAGIModulesTomlLoads(t *testing.T) {
 	}
 }
 
-// The example in design.md, verbatim but for a real CID in place of
+// The example in docs/design.md, verbatim but for a real CID in place of
 // "bafy...".
 const designExample = `
 listen = "unix:/run/wagi.sock"     # or "tcp:127.0.0.1:9000"; systemd socket activation when started with LISTEN_FDS

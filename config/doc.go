@@ -1,5 +1,5 @@
 // Package config loads and validates the wagi-fcgi config file: a TOML
-// file whose format is the contract in shared/design.md ("Config file").
+// file whose format is the contract in docs/design.md ("Config file").
 // A plain WAGI modules.toml, holding only [[module]] entries, is a valid
 // config; everything else has defaults (see Default).
 //

@@ -22,7 +22,7 @@ import (
 )
 
 // These tests are the "walls" between clients and the manager: whatever
-// clients send, what the manager holds is bounded by config (design.md,
+// clients send, what the manager holds is bounded by config (docs/design.md,
 // trust boundaries, rule 1).
 
 const connsConfig = `

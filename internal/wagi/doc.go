@@ -1,5 +1,5 @@
 // Package wagi implements the CGI contract that WAGI modules rely on, as
-// written down in shared/wagi-compat.md: route patterns and their matching,
+// written down in docs/wagi-compat.md: route patterns and their matching,
 // the `_routes` sub-route protocol, the environment and argv a module sees,
 // and the parsing of the CGI response a module writes to stdout.
 //

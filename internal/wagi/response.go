@@ -79,7 +79,7 @@ func invalid(line int, format string, args ...any) error {
 // up to and including the first empty line. Lines end in "\n" or "\r\n".
 // The body, if any, is left unread in r.
 //
-// The rules (shared/wagi-compat.md): a Content-Type, Status or Location
+// The rules (docs/wagi-compat.md): a Content-Type, Status or Location
 // header must appear. "Status: 404 Not Found" or just "Status: 404" sets
 // the code (three digits, 100-999, then optionally white space and a
 // reason); Location without Status means 302; with both, Status wins;
