@@ -180,13 +180,9 @@ func httpHeaderGet(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func headerGet(ctx context.Context, mod api.Module, s []uint64) uint32 {
-	mem := guestMemory(mod)
-	if mem == nil {
-		return egress.CodeMemoryNotFound
-	}
-	r := httpOf(ctx).handles[uint32(s[0])]
-	if r == nil {
-		return egress.CodeInvalidHandle
+	mem, r, code := openHandle(ctx, mod, s[0])
+	if code != egress.CodeOK {
+		return code
 	}
 	name, code := readString(mem, s[1], s[2])
 	if code != egress.CodeOK {
@@ -203,13 +199,7 @@ func headerGet(ctx context.Context, mod api.Module, s []uint64) uint32 {
 	if !found {
 		return egress.CodeHeaderNotFound
 	}
-	if uint64(len(value)) > uint64(uint32(s[4])) {
-		return egress.CodeBufferTooSmall
-	}
-	if !mem.WriteString(uint32(s[3]), value) || !mem.WriteUint32Le(uint32(s[5]), uint32(len(value))) {
-		return egress.CodeMemoryAccessError
-	}
-	return egress.CodeOK
+	return writeWhole(mem, value, s[3], s[4], s[5])
 }
 
 func httpHeadersGetAll(ctx context.Context, mod api.Module, stack []uint64) {
@@ -217,21 +207,11 @@ func httpHeadersGetAll(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func headersGetAll(ctx context.Context, mod api.Module, s []uint64) uint32 {
-	mem := guestMemory(mod)
-	if mem == nil {
-		return egress.CodeMemoryNotFound
+	mem, r, code := openHandle(ctx, mod, s[0])
+	if code != egress.CodeOK {
+		return code
 	}
-	r := httpOf(ctx).handles[uint32(s[0])]
-	if r == nil {
-		return egress.CodeInvalidHandle
-	}
-	if uint64(len(r.headers)) > uint64(uint32(s[2])) {
-		return egress.CodeBufferTooSmall
-	}
-	if !mem.WriteString(uint32(s[1]), r.headers) || !mem.WriteUint32Le(uint32(s[3]), uint32(len(r.headers))) {
-		return egress.CodeMemoryAccessError
-	}
-	return egress.CodeOK
+	return writeWhole(mem, r.headers, s[1], s[2], s[3])
 }
 
 func httpBodyRead(ctx context.Context, mod api.Module, stack []uint64) {
@@ -239,18 +219,41 @@ func httpBodyRead(ctx context.Context, mod api.Module, stack []uint64) {
 }
 
 func bodyRead(ctx context.Context, mod api.Module, s []uint64) uint32 {
-	mem := guestMemory(mod)
-	if mem == nil {
-		return egress.CodeMemoryNotFound
-	}
-	r := httpOf(ctx).handles[uint32(s[0])]
-	if r == nil {
-		return egress.CodeInvalidHandle
+	mem, r, code := openHandle(ctx, mod, s[0])
+	if code != egress.CodeOK {
+		return code
 	}
 	n := min(uint64(len(r.body)-r.pos), uint64(uint32(s[2])))
 	if !mem.Write(uint32(s[1]), r.body[r.pos:r.pos+int(n)]) || !mem.WriteUint32Le(uint32(s[3]), uint32(n)) {
 		return egress.CodeMemoryAccessError
 	}
 	r.pos += int(n)
+	return egress.CodeOK
+}
+
+// openHandle is the guest's memory and the open response with handle h,
+// or the WAGI error code saying which is missing.
+func openHandle(ctx context.Context, mod api.Module, h uint64) (api.Memory, *httpResponse, uint32) {
+	mem := guestMemory(mod)
+	if mem == nil {
+		return nil, nil, egress.CodeMemoryNotFound
+	}
+	r := httpOf(ctx).handles[uint32(h)]
+	if r == nil {
+		return nil, nil, egress.CodeInvalidHandle
+	}
+	return mem, r, egress.CodeOK
+}
+
+// writeWhole writes all of v into the guest's buffer (buf, bufLen) and its
+// length at written, or nothing if it does not fit (BufferTooSmall, as
+// WAGI: a header value or the header list is never cut).
+func writeWhole(mem api.Memory, v string, buf, bufLen, written uint64) uint32 {
+	if uint64(len(v)) > uint64(uint32(bufLen)) {
+		return egress.CodeBufferTooSmall
+	}
+	if !mem.WriteString(uint32(buf), v) || !mem.WriteUint32Le(uint32(written), uint32(len(v))) {
+		return egress.CodeMemoryAccessError
+	}
 	return egress.CodeOK
 }
