@@ -371,24 +371,10 @@ ServerName localhost
 			t.Logf("Apache's error log:\n%s", a.errorLog())
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
 	for _, s := range a.sites {
-		for {
-			c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", s.port))
-			if err == nil {
-				c.Close()
-				break
-			}
-			select {
-			case <-a.done:
-				t.Fatalf("apache2 exited: %s\n%s\nerror log:\n%s", a.cmd.ProcessState, out.String(), a.errorLog())
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("apache2 did not listen within 10s: %s\nerror log:\n%s", out.String(), a.errorLog())
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+		waitListening(t, "tcp", fmt.Sprintf("127.0.0.1:%d", s.port), a.done, 10*time.Second, "apache2", func() string {
+			return fmt.Sprintf("%v\n%s\nerror log:\n%s", a.cmd.ProcessState, out.String(), a.errorLog())
+		})
 	}
 	return a
 }

@@ -152,22 +152,10 @@ func startWagi(t testing.TB, bin, dir, config string, extraArgs ...string) *wagi
 	}
 	go func() { _ = w.cmd.Wait(); close(w.done) }()
 	t.Cleanup(func() { w.stop(t) })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.Dial("unix", w.sock); err == nil {
-			c.Close()
-			return w
-		}
-		select {
-		case <-w.done:
-			t.Fatalf("wagi-fcgi exited during start: %v\n%s", w.cmd.ProcessState, w.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("wagi-fcgi did not listen within 20s; log:\n%s", w.log)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitListening(t, "unix", w.sock, w.done, 20*time.Second, "wagi-fcgi", func() string {
+		return fmt.Sprintf("%v; log:\n%s", w.cmd.ProcessState, w.log)
+	})
+	return w
 }
 
 func (w *wagiProc) stop(t testing.TB) {
@@ -319,20 +307,32 @@ http {
 			<-n.done
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
+	waitListening(t, "tcp", fmt.Sprintf("127.0.0.1:%d", port), n.done, 10*time.Second, "nginx", func() string {
+		el, _ := os.ReadFile(filepath.Join(ndir, "logs/error.log"))
+		return fmt.Sprintf("%v\n%s\n%s", n.cmd.ProcessState, out.String(), el)
+	})
+	return n
+}
+
+// waitListening waits until something accepts connections at addr,
+// failing the test with what why() says when the process first ends (done
+// closes; nil: never) or when timeout passes. The timeout is wall time on
+// purpose: it only bounds how long a broken start takes to report.
+func waitListening(t testing.TB, network, addr string, done <-chan struct{}, timeout time.Duration, what string, why func() string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
 	for {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+		if c, err := net.Dial(network, addr); err == nil {
 			c.Close()
-			return n
+			return
 		}
 		select {
-		case <-n.done:
-			el, _ := os.ReadFile(filepath.Join(ndir, "logs/error.log"))
-			t.Fatalf("nginx exited: %s\n%s\n%s", n.cmd.ProcessState, out.String(), el)
+		case <-done:
+			t.Fatalf("%s exited before it listened on %s: %s", what, addr, why())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nginx did not listen within 10s: %s", out.String())
+			t.Fatalf("%s did not listen on %s within %s: %s", what, addr, timeout, why())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -97,22 +97,10 @@ http:
 	}
 	go func() { _ = r.cmd.Wait(); close(r.done) }()
 	t.Cleanup(r.stop)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", r.addr); err == nil {
-			c.Close()
-			return r
-		}
-		select {
-		case <-r.done:
-			t.Fatalf("docker-registry exited: %s\n%s", r.cmd.ProcessState, r.log)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not listen within 15s: %s", r.log)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitListening(t, "tcp", r.addr, r.done, 15*time.Second, "docker-registry", func() string {
+		return fmt.Sprintf("%v\n%s", r.cmd.ProcessState, r.log)
+	})
+	return r
 }
 
 func (r *ociRegistry) stop() {
@@ -430,23 +418,11 @@ http {
 		}
 	}
 	t.Cleanup(stop)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			c.Close()
-			return fmt.Sprintf("https://127.0.0.1:%d", port), stop
-		}
-		select {
-		case <-done:
-			el, _ := os.ReadFile(filepath.Join(ndir, "logs/error.log"))
-			t.Fatalf("nginx (https) exited: %s\n%s\n%s", cmd.ProcessState, out, el)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nginx (https) did not listen within 10s: %s", out)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitListening(t, "tcp", fmt.Sprintf("127.0.0.1:%d", port), done, 10*time.Second, "nginx (https)", func() string {
+		el, _ := os.ReadFile(filepath.Join(ndir, "logs/error.log"))
+		return fmt.Sprintf("%v\n%s\n%s", cmd.ProcessState, out, el)
+	})
+	return fmt.Sprintf("https://127.0.0.1:%d", port), stop
 }
 
 // TestURLModulesNeedTheirDigest fetches modules from a real nginx over

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -179,15 +178,7 @@ volumes = { "/assets" = "ipfs://%s" }
 	w := startWagi(t, bin, dir, cfg, "--http", fmt.Sprintf("127.0.0.1:%d", port))
 	c := newClient(t, fmt.Sprintf("http://127.0.0.1:%d", port))
 	// startWagi waits for the FastCGI socket; --http may come up after it.
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			conn.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("--http did not listen within 20s; log:\n%s", w.log)
-		}
-	}
+	waitListening(t, "tcp", fmt.Sprintf("127.0.0.1:%d", port), w.done, 20*time.Second, "--http", func() string { return "log:\n" + w.log.String() })
 	state := filepath.Join(dir, "state")
 
 	expect := func(path string, status int, body string) {
@@ -383,15 +374,7 @@ module = %q
 `, k.API, storeSize, filepath.Join(mods, "hello.wasm"))
 	w := startWagi(t, bin, dir, cfg, "--http", fmt.Sprintf("127.0.0.1:%d", port))
 	c := newClient(t, fmt.Sprintf("http://127.0.0.1:%d", port))
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
-			conn.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("--http did not listen within 20s; log:\n%s", w.log)
-		}
-	}
+	waitListening(t, "tcp", fmt.Sprintf("127.0.0.1:%d", port), w.done, 20*time.Second, "--http", func() string { return "log:\n" + w.log.String() })
 	state := filepath.Join(dir, "state")
 	get := func(cid string) {
 		t.Helper()
