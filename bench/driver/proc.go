@@ -268,6 +268,25 @@ func treeCPU(pid int) time.Duration {
 	return total
 }
 
+// selfCPU returns the CPU time (user + system) of pid alone: for
+// wagi-fcgi and the prototypes, the manager without its children.
+func selfCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	var ticks int64
+	for _, i := range []int{11, 12} {
+		if i < len(f) {
+			v, _ := strconv.ParseInt(f[i], 10, 64)
+			ticks += v
+		}
+	}
+	return time.Duration(ticks) * clockTick
+}
+
 // treeSwitches returns the context switches (voluntary and not) of every
 // thread of pid and of every live process below it. Processes that already
 // exited are not counted.

@@ -22,6 +22,7 @@ type wrkResult struct {
 	// CPU used during the measured run per request, by process: nginx,
 	// the backend's process tree, and wrk itself.
 	cpuNginx, cpuBackend, cpuWrk time.Duration
+	cpuManager                   time.Duration // the backend's main process alone
 	// switches is the context switches of nginx and the backend's
 	// processes during the measured run, per request.
 	switches float64
