@@ -316,6 +316,10 @@ module = "%[3]s/gohello.wasm"
 	for _, be := range backends {
 		be.res = medianResult(be.rounds)
 	}
+	idle, err := b.measureIdle(ctx, backends, daemons, 10*time.Second)
+	if err != nil {
+		return "", err
+	}
 
 	var sb strings.Builder
 	sb.WriteString(hdr)
@@ -347,6 +351,46 @@ module = "%[3]s/gohello.wasm"
 		"of which the backend's main process: php-fpm's master, wagi-fcgi's manager, the prototypes' supervisor, alone. " +
 		"Context switches per request: of every thread of nginx and of the backend's live processes (CGI processes that " +
 		"already exited are not counted, so the CGI rows are too low).\n")
+	sb.WriteString(idle)
+	return sb.String(), nil
+}
+
+// measureIdle is what each measured backend's processes cost while no
+// request comes, over d, starting 2 s after the last run (kept-alive
+// connections stay open: nginx keeps them).
+func (b *bench) measureIdle(ctx context.Context, backends []*backend, daemons map[string]*daemon, d time.Duration) (string, error) {
+	var names []string
+	seen := map[string]bool{}
+	for _, be := range backends {
+		if be.svc != "" && !seen[be.svc] && daemons[be.svc] != nil {
+			seen[be.svc] = true
+			names = append(names, be.svc)
+		}
+	}
+	select {
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	type sample struct{ self, tree time.Duration }
+	before := map[string]sample{}
+	for _, n := range names {
+		pid := daemons[n].cmd.Process.Pid
+		before[n] = sample{selfCPU(pid), treeCPU(pid)}
+	}
+	logf("measuring idle CPU for %s", d)
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "\nIdle, over %s with no request (after the runs; nginx keeps its connections): CPU of the main process / of every process of the backend (10 ms ticks: 0 means under 10 ms).\n\n", d)
+	sb.WriteString("| backend | main process | all its processes |\n|---|---:|---:|\n")
+	for _, n := range names {
+		pid := daemons[n].cmd.Process.Pid
+		fmt.Fprintf(&sb, "| %s | %s | %s |\n", n, (selfCPU(pid) - before[n].self).String(), (treeCPU(pid) - before[n].tree).String())
+	}
 	return sb.String(), nil
 }
 
