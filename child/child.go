@@ -47,6 +47,11 @@ type Options struct {
 	// recently used one is closed beyond it. 0 means 64.
 	MaxModules int
 	Logger     *slog.Logger
+	// Fast, when set, puts the child on the fast path: between frames of
+	// the manager it answers requests from the web server's connections
+	// itself (see FastFDs). IPCFD is conn's descriptor.
+	Fast  *FastFDs
+	IPCFD int
 }
 
 // ioBufferSize is how much guest output a child collects before it sends a
@@ -77,9 +82,21 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("child: send ready: %w", err)
 	}
+	var fp *fastPath
+	if opts.Fast != nil {
+		if fp, err = newFastPath(e, *opts.Fast, opts.IPCFD); err != nil {
+			return fmt.Errorf("child: fast path: %w", err)
+		}
+	}
 	var run ipc.Run
 	var doneBuf []byte
+	held := false // borrowed: no request from a connection until the next Done
 	for {
+		if fp != nil && !held && r.Buffered() == 0 {
+			if err := fp.waitIPC(ctx); err != nil {
+				return err
+			}
+		}
 		t, p, err := r.ReadFrame()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -99,6 +116,28 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 				return fmt.Errorf("child: %w", err)
 			}
 			done = e.run(ctx, &run, w)
+		case ipc.TypeRoutes:
+			routes, err := ipc.DecodeRoutes(p)
+			if err != nil || fp == nil {
+				return fmt.Errorf("child: routes: %v", err)
+			}
+			fp.setRoutes(routes)
+			done = ipc.Done{Outcome: ipc.OutcomeOK}
+		case ipc.TypeBorrow:
+			// The manager wants this child: answer once the request
+			// that was running is done (it is: frames are read between
+			// requests), and serve frames until the next Done.
+			if fp != nil {
+				fp.slot.SetHeld(true)
+			}
+			if err := w.WriteFrame(ipc.TypeHeld, nil); err != nil {
+				return fmt.Errorf("child: send held: %w", err)
+			}
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("child: send held: %w", err)
+			}
+			held = true
+			continue
 		case ipc.TypePreload:
 			mods, err := ipc.DecodePreload(p)
 			if err != nil {
@@ -115,8 +154,13 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("child: send done: %w", err)
 		}
+		if fp != nil && held {
+			held = false
+			fp.slot.SetHeld(false)
+		}
 	}
 }
+
 
 // engine owns the wazero runtimes of a child. Memory limits are a property
 // of a wazero Runtime (applied when a module is compiled), so there is one
@@ -319,12 +363,10 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
 	}
 
-	cfg := e.base.WithArgs(m.Args...)
-	ctx = withEnviron(ctx, m.Env)
-	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	var stdout, stderr *frameWriter
+	var done ipc.Done
 	if m.InheritStdio {
-		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)
+		done = e.runWith(ctx, rt, cm, m, os.Stdin, os.Stdout, os.Stderr)
 	} else {
 		// The writers and their buffers are the engine's, reused by
 		// every request: a fresh 32 KiB buffer per request was most of
@@ -332,8 +374,34 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		stdout, stderr = &e.stdout, &e.stderr
 		stdout.reset(ipc.TypeStdout, w, -1)
 		stderr.reset(ipc.TypeStderr, w, int64(m.StderrCap))
-		cfg = cfg.WithStdin(bytes.NewReader(m.Stdin)).WithStdout(stdout).WithStderr(stderr)
+		done = e.runWith(ctx, rt, cm, m, bytes.NewReader(m.Stdin), stdout, stderr)
 	}
+	if stdout != nil {
+		// A failed flush means the manager is gone; Serve notices on the
+		// next frame it writes.
+		// The last output goes out with Done, in one write: Serve
+		// flushes after the Done frame.
+		_ = stdout.frame()
+		_ = stderr.frame()
+	}
+	return done
+}
+
+// runTo runs m with the guest's stdout and stderr going to the given
+// writers (the fast path's).
+func (e *engine) runTo(ctx context.Context, m *ipc.Run, stdout, stderr io.Writer) ipc.Done {
+	rt, cm, err := e.module(ctx, m)
+	if err != nil {
+		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
+	}
+	return e.runWith(ctx, rt, cm, m, bytes.NewReader(m.Stdin), stdout, stderr)
+}
+
+// runWith runs m in a fresh instance of cm with the given stdio.
+func (e *engine) runWith(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, m *ipc.Run, stdin io.Reader, stdout, stderr io.Writer) ipc.Done {
+	cfg := e.base.WithArgs(m.Args...).WithStdin(stdin).WithStdout(stdout).WithStderr(stderr)
+	ctx = withEnviron(ctx, m.Env)
+	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	if len(m.Mounts) > 0 {
 		// Volumes are jailed: wazero's own DirFS follows symlinks out of
 		// the directory (see volumefs.go).
@@ -348,16 +416,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		cfg = cfg.WithFSConfig(fsc)
 	}
 
-	done := e.call(ctx, rt, cm, cfg, m.Entrypoint)
-	if stdout != nil {
-		// A failed flush means the manager is gone; Serve notices on the
-		// next frame it writes.
-		// The last output goes out with Done, in one write: Serve
-		// flushes after the Done frame.
-		_ = stdout.frame()
-		_ = stderr.frame()
-	}
-	return done
+	return e.call(ctx, rt, cm, cfg, m.Entrypoint)
 }
 
 // volume returns the file system for a mount: a jailed host directory, or

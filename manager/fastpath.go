@@ -1,0 +1,572 @@
+package manager
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+)
+
+// fastTick is how often the manager looks at its children while requests
+// run on the fast path: the per-request limits are overshot by at most
+// about this much (like cpuPoll on the manager's own path).
+const fastTick = 5 * time.Millisecond
+
+// FastPath holds the web server's connections on the fast path
+// (RATIONALE.md, "Taking the manager out of the per-request path"): every
+// child has a descriptor of each, and the children take requests from
+// them through one epoll set, with EPOLLONESHOT. The manager keeps its
+// own descriptor of each connection, watches the children on a tick while
+// requests run, answers for a child it kills, and takes a connection back
+// whenever a request needs it (Handback), serving it from then on through
+// the ordinary FastCGI server. It outlives reloads: every generation's
+// children join it.
+type FastPath struct {
+	log         *slog.Logger
+	epfd        int
+	page        *scoreboard.Page
+	back        chan net.Conn
+	maxConns    int
+	idleTimeout time.Duration
+
+	mu    sync.Mutex
+	conns []fastConn // by number
+	kids  map[int]*fastKid
+	wake  chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+type fastConn struct {
+	used       bool
+	gen        uint32
+	opened     time.Time
+	lastActive time.Time
+	lastFCGIID uint16
+	seenReady  int // ticks in a row it was readable and held by no child
+}
+
+// fastKid is one child on the fast path.
+type fastKid struct {
+	idx  int
+	p    *proc
+	gen  *fastGen
+	slot *scoreboard.Slot
+	ctl  int // manager's end of the control socket
+
+	// Touched by the tick (under FastPath.mu).
+	seq       uint64
+	since     time.Time
+	cpuBase   time.Duration
+	lastCPU   time.Duration
+	lastRoute int
+	demoted   bool
+	abortAt   time.Time
+	held      bool
+	lastSnap  scoreboard.Snapshot
+}
+
+// NewFastPath makes the fast path's connection table and shared epoll set.
+func NewFastPath(log *slog.Logger, maxConns int, idleTimeout time.Duration) (*FastPath, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("fast path: epoll: %w", err)
+	}
+	page, err := scoreboard.NewPage()
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("fast path: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &FastPath{log: log, epfd: epfd, page: page, back: make(chan net.Conn),
+		maxConns: min(max(maxConns, 1), scoreboard.MaxConns), idleTimeout: idleTimeout,
+		conns: make([]fastConn, scoreboard.MaxConns), kids: map[int]*fastKid{}, wake: make(chan struct{}, 1),
+		ctx: ctx, cancel: cancel}
+	f.wg.Add(1)
+	go f.tick()
+	return f, nil
+}
+
+// Listener wraps l: connections it accepts join the fast path, and what
+// Accept returns are the connections handed back to the manager.
+func (f *FastPath) Listener(l net.Listener) net.Listener {
+	fl := &fastListener{Listener: l, f: f, errc: make(chan error, 1)}
+	f.wg.Add(1)
+	go fl.acceptLoop()
+	return fl
+}
+
+type fastListener struct {
+	net.Listener
+	f    *FastPath
+	errc chan error
+}
+
+func (l *fastListener) acceptLoop() {
+	defer l.f.wg.Done()
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			l.errc <- err
+			return
+		}
+		l.f.add(c)
+	}
+}
+
+func (l *fastListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.f.back:
+		return c, nil
+	case err := <-l.errc:
+		l.errc <- err
+		return nil, err
+	}
+}
+
+// Close stops the fast path's accepting too.
+func (l *fastListener) Close() error { return l.Listener.Close() }
+
+// Close stops the tick and closes every connection.
+func (f *FastPath) Close() {
+	f.cancel()
+	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for c := range f.conns {
+		if f.conns[c].used {
+			f.dropLocked(c)
+		}
+	}
+}
+
+// add registers a new connection: a descriptor at ConnBase+c for the
+// manager, one for every child, then the shared epoll set.
+func (f *FastPath) add(nc net.Conn) {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		f.back <- nc
+		return
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		nc.Close()
+		return
+	}
+	dupFD := -1
+	_ = raw.Control(func(fd uintptr) { dupFD, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) })
+	nc.Close()
+	if err != nil || dupFD < 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	c, used := -1, 0
+	for i := range f.conns {
+		if f.conns[i].used {
+			used++
+		} else if c < 0 {
+			c = i
+		}
+	}
+	if c < 0 || used >= f.maxConns {
+		// Full: the connection idle the longest makes room, as nginx
+		// does with its kept-alive connections.
+		if old := f.oldestIdleLocked(); old >= 0 {
+			f.dropLocked(old)
+			c = old
+		} else {
+			unix.Close(dupFD)
+			return
+		}
+	}
+	fd := child.ConnBase + c
+	if err := unix.Dup3(dupFD, fd, unix.O_CLOEXEC); err != nil {
+		unix.Close(dupFD)
+		f.log.Error("fast path: dup3", "err", err)
+		return
+	}
+	unix.Close(dupFD)
+	fc := &f.conns[c]
+	fc.used, fc.opened, fc.lastActive, fc.seenReady = true, now, now, 0
+	fc.gen++
+	for _, k := range f.kids {
+		f.sendConnLocked(k, c)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(fc.gen)}
+	if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		f.log.Error("fast path: epoll add", "err", err)
+		f.dropLocked(c)
+	}
+}
+
+func (f *FastPath) oldestIdleLocked() int {
+	held := f.heldLocked()
+	best := -1
+	for i := range f.conns {
+		if f.conns[i].used && !held[i] && (best < 0 || f.conns[i].lastActive.Before(f.conns[best].lastActive)) {
+			best = i
+		}
+	}
+	return best
+}
+
+// heldLocked is the set of connections a child says it holds.
+func (f *FastPath) heldLocked() map[int]bool {
+	held := map[int]bool{}
+	for _, k := range f.kids {
+		if s := k.slot.Read(); s.State == scoreboard.Holding || s.State == scoreboard.Running {
+			if s.Conn >= 0 {
+				held[s.Conn] = true
+			}
+		}
+	}
+	return held
+}
+
+func (f *FastPath) sendConnLocked(k *fastKid, c int) {
+	var msg [9]byte
+	msg[0] = child.CtlConn
+	binary.LittleEndian.PutUint32(msg[1:], uint32(c))
+	binary.LittleEndian.PutUint32(msg[5:], f.conns[c].gen)
+	if err := unix.Sendmsg(k.ctl, msg[:], unix.UnixRights(child.ConnBase+c), nil, unix.MSG_DONTWAIT); err != nil {
+		// A child that does not read its control socket cannot serve:
+		// it is replaced.
+		f.log.Warn("fast path: a child's control socket is full; killing it", "pid", k.p.pid, "err", err)
+		k.p.kill(killIPC)
+		return
+	}
+	f.page.Sent(k.idx)
+}
+
+// dropLocked closes connection c: shut down (the children's copies would
+// keep it open otherwise) and forgotten.
+func (f *FastPath) dropLocked(c int) {
+	fd := child.ConnBase + c
+	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+	_ = unix.Close(fd)
+	f.conns[c].used = false
+}
+
+// handbackLocked takes connection c off the fast path and gives it to the
+// FastCGI server, with the bytes a child already read of it.
+func (f *FastPath) handbackLocked(c int, prefix []byte) {
+	fd := child.ConnBase + c
+	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	_ = unix.Close(fd)
+	f.conns[c].used = false
+	if err != nil {
+		_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+		return
+	}
+	file := os.NewFile(uintptr(nfd), "fastcgi")
+	nc, err := net.FileConn(file)
+	file.Close()
+	if err != nil {
+		return
+	}
+	conn := &handedConn{Conn: nc, prefix: append([]byte(nil), prefix...)}
+	go func() {
+		select {
+		case f.back <- conn:
+		case <-f.ctx.Done():
+			conn.Close()
+		}
+	}()
+}
+
+// handedConn is a connection the fast path gave back: the bytes a child
+// read come first, and closing it shuts the socket down (children may
+// still hold copies of its descriptor).
+type handedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (h *handedConn) Read(p []byte) (int, error) {
+	if len(h.prefix) > 0 {
+		n := copy(p, h.prefix)
+		h.prefix = h.prefix[n:]
+		return n, nil
+	}
+	return h.Conn.Read(p)
+}
+
+func (h *handedConn) Close() error {
+	if sc, ok := h.Conn.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+		}
+	}
+	return h.Conn.Close()
+}
+
+// fastGen is one generation's side of the fast path: its route table as
+// sent to its children (fixed for the generation, so route numbers mean
+// the same thing to both sides) and what a finished request does.
+type fastGen struct {
+	f       *FastPath
+	m       *Manager
+	routes  *ipc.Routes
+	targets []*target
+}
+
+// newFastGen builds the routes a generation's children may answer alone.
+func (m *Manager) newFastGen(f *FastPath) *fastGen {
+	g := &fastGen{f: f, m: m, routes: &ipc.Routes{ServerSoftware: m.software, IDPrefix: m.idPrefix + "f"}}
+	for _, t := range m.routes.Load().All() {
+		r := ipc.Route{Pattern: t.route.Pattern}
+		mod, _ := t.src.loaded()
+		if mod != nil && len(t.cfg.Volumes) == 0 && len(t.cfg.AllowedHosts) == 0 && t.slots == nil && missingEntrypoint(t, mod) == "" {
+			env := make([]string, 0, len(t.cfg.Environment))
+			for k, v := range t.cfg.Environment {
+				env = append(env, k+"="+v)
+			}
+			r = ipc.Route{Pattern: t.route.Pattern, Fast: true, ModuleKey: mod.key, ModulePath: mod.binary(),
+				MemoryPages: t.pages, Entrypoint: t.entry, ArgvTemplate: t.cfg.Argv, Env: env,
+				MaxBody: t.limits.MaxBody, MaxOutput: t.limits.MaxOutput, StderrCap: stderrCap}
+		}
+		g.routes.Routes = append(g.routes.Routes, r)
+		g.targets = append(g.targets, t)
+		if len(g.targets) == scoreboard.MaxRoutes {
+			break
+		}
+	}
+	return g
+}
+
+// enter puts a started child on the fast path: the connections, then its
+// routes. It reports false if the child failed at it (it is killed).
+func (g *fastGen) enter(p *proc, ctl int, slot *scoreboard.Slot, idx int) bool {
+	f := g.f
+	k := &fastKid{idx: idx, p: p, gen: g, slot: slot, ctl: ctl, lastRoute: -1, lastCPU: p.cpu()}
+	f.mu.Lock()
+	f.kids[idx] = k
+	for c := range f.conns {
+		if f.conns[c].used {
+			f.sendConnLocked(k, c)
+		}
+	}
+	f.mu.Unlock()
+	p.fast = k
+	if err := p.w.WriteFrame(ipc.TypeRoutes, ipc.AppendRoutes(nil, g.routes)); err != nil {
+		p.kill(killIPC)
+		return false
+	}
+	if err := p.w.Flush(); err != nil {
+		p.kill(killIPC)
+		return false
+	}
+	t, payload, err := p.recv(context.Background(), time.Now().Add(10*time.Second))
+	var d ipc.Done
+	if err != nil || t != ipc.TypeDone || ipc.DecodeDone(payload, &d) != nil || d.Outcome != ipc.OutcomeOK {
+		g.m.log.Error("child did not take the fast path's routes", "pid", p.pid, "err", err)
+		p.kill(killIPC)
+		return false
+	}
+	f.wg.Add(1)
+	go f.readCtl(k)
+	f.poke()
+	return true
+}
+
+// poke wakes the tick.
+func (f *FastPath) poke() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readCtl takes a child's control messages: closed connections,
+// handbacks, wake-ups and guest stderr. All of it is bounded and checked:
+// the child is hostile.
+func (f *FastPath) readCtl(k *fastKid) {
+	defer f.wg.Done()
+	buf := make([]byte, 128<<10)
+	for {
+		n, err := unix.Read(k.ctl, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			return
+		}
+		if n < 9 {
+			continue
+		}
+		c, gen := int(binary.LittleEndian.Uint32(buf[1:])), binary.LittleEndian.Uint32(buf[5:])
+		switch buf[0] {
+		case child.CtlWake:
+			f.poke()
+		case child.CtlClosed, child.CtlHandback:
+			if c < 0 || c >= scoreboard.MaxConns {
+				continue
+			}
+			f.mu.Lock()
+			if fc := &f.conns[c]; fc.used && fc.gen == gen {
+				if buf[0] == child.CtlClosed {
+					f.dropLocked(c)
+				} else {
+					f.handbackLocked(c, buf[9:n])
+				}
+			}
+			f.mu.Unlock()
+		case child.CtlStderr:
+			id, text, ok := cutByte(buf[9:n], 0)
+			if ok {
+				k.gen.m.fastStderr(string(id), text)
+			}
+		}
+	}
+}
+
+func cutByte(b []byte, sep byte) ([]byte, []byte, bool) {
+	for i, x := range b {
+		if x == sep {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
+}
+
+// borrow takes a child off the fast path for the manager's own dispatch:
+// it waits until the child has finished the request it may be running.
+func (f *FastPath) borrow(p *proc, timeout time.Duration) error {
+	k := p.fast
+	if err := p.w.WriteFrame(ipc.TypeBorrow, nil); err != nil {
+		return err
+	}
+	if err := p.w.Flush(); err != nil {
+		return err
+	}
+	t, _, err := p.recv(context.Background(), time.Now().Add(timeout))
+	if err != nil {
+		return err
+	}
+	if t != ipc.TypeHeld {
+		return fmt.Errorf("child answered %s to borrow", t)
+	}
+	f.mu.Lock()
+	f.chargeLocked(k, time.Now())
+	k.held = true
+	f.mu.Unlock()
+	return nil
+}
+
+// unborrow hands the child back to the fast path after its run; its CPU
+// until now was the holder's to charge.
+func (f *FastPath) unborrow(p *proc) {
+	k := p.fast
+	f.mu.Lock()
+	k.held = false
+	k.lastCPU = p.cpu()
+	f.mu.Unlock()
+}
+
+// leave is called when a child has exited: if it died on a request from
+// a connection, the manager answers that request for it (or cuts the
+// stream it had begun) and gives the connection to the other children.
+func (f *FastPath) leave(p *proc) {
+	k := p.fast
+	if k == nil {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.kids, k.idx)
+	_ = unix.Close(k.ctl)
+	s := k.slot.Read()
+	defer k.slot.Close()
+	if s.State != scoreboard.Running && s.State != scoreboard.Holding {
+		return
+	}
+	c := s.Conn
+	if c < 0 || !f.conns[c].used || f.conns[c].gen != s.Gen {
+		return
+	}
+	reason := p.killReason()
+	if s.Committed || reason == killAbort {
+		f.dropLocked(c)
+		return
+	}
+	status, msg := 502, "the worker process failed"
+	switch reason {
+	case killTimeout:
+		status, msg = 504, "the module ran past its time limit"
+	case killCPU:
+		status, msg = 504, "the module used more CPU time than allowed"
+	case killBudget:
+		status, msg = 503, "this module has used its CPU time for today"
+	}
+	id := s.ID
+	if id == "" || s.State == scoreboard.Holding {
+		id = k.gen.m.newID()
+	}
+	fcgiID := s.FCGIID
+	if s.State == scoreboard.Holding {
+		fcgiID = f.conns[c].lastFCGIID
+	}
+	if fcgiID == 0 {
+		fcgiID = 1
+	}
+	resp := fcgi.AppendResponse(nil, fcgiID, wagi.AppendErrorResponse(nil, id, status, msg, ""))
+	fd := child.ConnBase + c
+	if err := writeFull(fd, resp); err != nil {
+		f.dropLocked(c)
+		return
+	}
+	m := k.gen.m
+	route := ""
+	if s.Route >= 0 && s.Route < len(k.gen.targets) {
+		route = k.gen.targets[s.Route].route.Pattern
+	}
+	m.log.Error("module failed", "id", id, "route", route, "status", status, "err", "killed: "+reason)
+	m.log.Info("request", "id", id, "status", status, "route", route, "killed", reason)
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(f.conns[c].gen)}
+	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
+
+func writeFull(fd int, p []byte) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for len(p) > 0 {
+		n, err := unix.Write(fd, p)
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			if time.Now().After(deadline) {
+				return err
+			}
+			_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 100)
+		case err != nil:
+			return err
+		default:
+			p = p[n:]
+		}
+	}
+	return nil
+}

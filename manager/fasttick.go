@@ -1,0 +1,272 @@
+package manager
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
+)
+
+// tick watches the children while any request runs on the fast path, and
+// sleeps when none does (a child that begins one wakes it, see
+// scoreboard.Page.Sleep); once a second it also closes connections idle
+// past idle_timeout.
+func (f *FastPath) tick() {
+	defer f.wg.Done()
+	t := time.NewTicker(fastTick)
+	defer t.Stop()
+	for f.ctx.Err() == nil {
+		if f.scan() {
+			select {
+			case <-t.C:
+			case <-f.ctx.Done():
+			}
+			continue
+		}
+		f.page.Sleep() // odd: asleep
+		if !f.scan() {
+			select {
+			case <-f.wake:
+			case <-time.After(time.Second):
+			case <-f.ctx.Done():
+			}
+		}
+		f.page.Sleep()
+	}
+}
+
+// scan is one tick: it charges what the children used, logs the requests
+// they finished, enforces the limits of those running, takes back
+// connections that waited too long, and reports whether any request runs.
+func (f *FastPath) scan() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	now := time.Now()
+	busy, allBusy := false, len(f.kids) > 0
+	for _, k := range f.kids {
+		if k.held {
+			continue // its holder watches it
+		}
+		f.chargeLocked(k, now)
+		s := k.slot.Read()
+		k.lastSnap = s
+		switch s.State {
+		case scoreboard.Running:
+			busy = true
+			f.watchLocked(k, s, now)
+		case scoreboard.Holding:
+			busy = true
+		default:
+			allBusy = false
+			if k.demoted {
+				k.demoted = false
+				if k.p.setNice(0) != nil {
+					k.p.kill("recycle") // see execute: niceness cannot be lowered without privilege
+				}
+			}
+		}
+	}
+	if allBusy {
+		f.takeoverLocked(now)
+	} else {
+		for c := range f.conns {
+			f.conns[c].seenReady = 0
+		}
+	}
+	if f.idleTimeout > 0 {
+		held := f.heldLocked()
+		for c := range f.conns {
+			if fc := &f.conns[c]; fc.used && !held[c] && now.Sub(fc.lastActive) > f.idleTimeout {
+				f.dropLocked(c)
+			}
+		}
+	}
+	return busy
+}
+
+// chargeLocked charges a child's CPU since the last look: to the requests
+// it reports as finished (each at most what it says it used, all together
+// at most what its clock says), the rest to the request it runs or ran
+// last. The clock is the kernel's; only the split is the child's word.
+func (f *FastPath) chargeLocked(k *fastKid, now time.Time) {
+	if !k.p.alive() {
+		return
+	}
+	cpu := k.p.cpu()
+	delta := cpu - k.lastCPU
+	k.lastCPU = cpu
+	var used time.Duration
+	lost := k.slot.Drain(func(r *scoreboard.Record) {
+		share := min(max(r.CPU, 0), max(delta-used, 0))
+		used += share
+		if r.Conn >= 0 && r.Conn < len(f.conns) && f.conns[r.Conn].used {
+			f.conns[r.Conn].lastActive = now
+		}
+		k.lastRoute = r.Route
+		k.gen.finished(r, share)
+	})
+	if lost > 0 {
+		k.gen.m.log.Warn("fast path: request lines lost (the child wrote faster than the manager read)", "pid", k.p.pid, "lost", lost)
+	}
+	if rest := delta - used; rest > 0 {
+		r := k.lastRoute
+		if s := k.slot.Read(); s.State == scoreboard.Running {
+			r = s.Route
+		}
+		k.gen.chargeRoute(r, rest)
+	}
+}
+
+// watchLocked enforces a running request's limits, as execute does on the
+// manager's path.
+func (f *FastPath) watchLocked(k *fastKid, s scoreboard.Snapshot, now time.Time) {
+	if s.Seq != k.seq {
+		k.seq, k.since, k.cpuBase, k.abortAt = s.Seq, now, k.lastCPU, time.Time{}
+	}
+	t := k.gen.target(s.Route)
+	if t == nil {
+		k.p.kill(killIPC) // a route it was never given
+		return
+	}
+	used := k.lastCPU - k.cpuBase
+	switch {
+	case now.Sub(k.since) > t.limits.Timeout:
+		k.p.kill(killTimeout)
+		return
+	case used > t.limits.CPU:
+		k.p.kill(killCPU)
+		return
+	}
+	if !k.demoted && used > demoteAfter && k.p.setNice(demoteNice) == nil {
+		k.demoted = true
+	}
+	if a, spent := k.gen.m.budgets.exhausted(k.gen.m.chargeTo(t.modKey(), t.limits, false, now)); spent {
+		_ = a
+		k.p.kill(killBudget)
+		return
+	}
+	if s.Conn >= 0 {
+		pfd := []unix.PollFd{{Fd: int32(child.ConnBase + s.Conn), Events: unix.POLLRDHUP}}
+		if n, _ := unix.Poll(pfd, 0); n == 1 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0 {
+			if k.abortAt.IsZero() {
+				k.abortAt = now
+			} else if now.Sub(k.abortAt) >= abortGrace {
+				k.p.kill(killAbort)
+			}
+		}
+	}
+}
+
+// takeoverLocked runs while every child is busy: a connection with a
+// request that no child holds, seen so on two ticks in a row, is taken
+// back by the manager, whose queue (queue, queue_timeout, the status page)
+// then answers it.
+func (f *FastPath) takeoverLocked(now time.Time) {
+	held := f.heldLocked()
+	var pfds []unix.PollFd
+	for c := range f.conns {
+		if f.conns[c].used && !held[c] {
+			pfds = append(pfds, unix.PollFd{Fd: int32(child.ConnBase + c), Events: unix.POLLIN})
+		}
+	}
+	if len(pfds) == 0 {
+		return
+	}
+	if n, _ := unix.Poll(pfds, 0); n <= 0 {
+		return
+	}
+	for _, p := range pfds {
+		c := int(p.Fd) - child.ConnBase
+		fc := &f.conns[c]
+		if p.Revents&unix.POLLIN == 0 {
+			fc.seenReady = 0
+			continue
+		}
+		if fc.seenReady++; fc.seenReady < 2 {
+			continue
+		}
+		// Dekker's handshake with the children (scoreboard.Slot.Hold).
+		f.page.SetTaking(c, true)
+		if f.heldLocked()[c] {
+			f.page.SetTaking(c, false)
+			continue
+		}
+		f.handbackLocked(c, nil)
+		f.page.SetTaking(c, false)
+	}
+}
+
+func (g *fastGen) target(r int) *target {
+	if r < 0 || r >= len(g.targets) {
+		return nil
+	}
+	return g.targets[r]
+}
+
+// modKey is the loaded module's key ("" if not loaded).
+func (t *target) modKey() string {
+	if mod, _ := t.src.loaded(); mod != nil {
+		return mod.key
+	}
+	return ""
+}
+
+// chargeRoute charges d of a fast-path child's CPU to route r's module.
+func (g *fastGen) chargeRoute(r int, d time.Duration) {
+	t := g.target(r)
+	if t == nil || d <= 0 {
+		return
+	}
+	m := g.m
+	m.charge(m.log, m.chargeTo(t.modKey(), t.limits, false, time.Now()), d)
+}
+
+// finished logs and counts one request a child answered by itself.
+func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
+	m := g.m
+	id := r.ID
+	if id == "" {
+		id = m.newID()
+	}
+	log := m.log.With("id", id)
+	t := g.target(r.Route)
+	if t == nil {
+		log.Warn("fast path: a child reported a route it was never given", "route", r.Route)
+		return
+	}
+	mod, _ := t.src.loaded()
+	modKey, modRef := "", ""
+	if mod != nil {
+		modKey, modRef = mod.key, mod.ref
+	}
+	if r.Outcome&0x80 != 0 {
+		log.Warn("module output: headers the web server would act on were dropped")
+	}
+	if o := ipc.Outcome(r.Outcome &^ 0x80); o != ipc.OutcomeOK {
+		log.Error("module failed", "module", modRef, "status", r.Status, "err", o.String())
+	}
+	g.chargeRoute(r.Route, cpu)
+	m.requests.Add(1)
+	m.status.observe(modKey, modRef, t.route.Pattern, t.limits.DailyCPU, r.Status, r.Wall, "")
+	attrs := []any{"method", r.Method, "path", r.Path, "status", r.Status,
+		"wall", r.Wall.Round(time.Microsecond), "bytes", r.BytesOut, "route", t.route.Pattern}
+	if len(modKey) >= 12 {
+		attrs = append(attrs, "module", modKey[:12], "cpu", cpu.Round(time.Microsecond))
+	}
+	log.Info("request", attrs...)
+}
+
+// fastStderr logs a fast request's guest stderr as the manager's own path
+// does.
+func (m *Manager) fastStderr(id string, text []byte) {
+	if len(text) > stderrCap+stderrSlack {
+		text = text[:stderrCap+stderrSlack]
+	}
+	log := m.log.With("id", id)
+	var st stderrLog
+	logStderr(log, &st, text, false)
+	logStderr(log, &st, nil, true)
+}
