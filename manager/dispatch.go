@@ -45,17 +45,6 @@ const (
 	abortGrace = 20 * time.Millisecond
 )
 
-// Kill reasons, as logged and counted.
-const (
-	killTimeout = "timeout"
-	killCPU     = "cpu"
-	killOutput  = "max_output"
-	killInvalid = "invalid output"
-	killAbort   = "client abort"
-	killIPC     = "ipc error"
-	killBudget  = "daily_cpu" // a daily budget ran out during the request
-)
-
 // ServeFCGI answers one FastCGI request.
 func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if !m.enter() {
@@ -75,7 +64,8 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	status, bytesOut := 0, int64(0)
 	var cpu time.Duration
 	var t *target
-	var modKey, modRef, killed string
+	var modKey, modRef string
+	var killed killReason
 	var budget time.Duration
 	defer func() {
 		if t != nil {
@@ -375,7 +365,7 @@ type execResult struct {
 	err    error         // nil: the module ended successfully
 	status int           // the status to answer when err != nil
 	public string        // the short text for the client
-	killed string        // why the manager killed the child, if it did
+	killed killReason    // why the manager killed the child, if it did
 	cpu    time.Duration // CPU charged to the request
 	// reusable means the child finished cleanly and may take another
 	// request; the caller gives it back.
@@ -449,7 +439,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	var graceAt time.Time
 	var outErr error
 	var budgetOut account
-	kill := func(reason string) {
+	kill := func(reason killReason) {
 		p.kill(reason)
 		watching = false
 	}
@@ -562,7 +552,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				p.kill(killIPC) // its slot drains and replaces it
 				return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
 			}
-			if p.killReason() != "" {
+			if p.killReason() != notKilled {
 				// Done crossed our kill on the way: the kill decides.
 				<-p.exited
 				res := deadChildResult(p, p.cpu()-startCPU, outErr)
@@ -578,7 +568,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 				// Lowering niceness again needs privilege; a child that
 				// cannot get it back is retired instead, and its
 				// replacement is this module's (running stays set).
-				p.kill("recycle")
+				p.kill(killRecycle)
 				res.reusable = false
 			} else {
 				p.setRunning(chargeTo{})
