@@ -48,7 +48,7 @@ const (
 // ServeFCGI answers one FastCGI request.
 func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if !m.enter() {
-		errorResponse(w, m.newID(), 503, "the server is restarting; try again", "1")
+		fail(restarting).write(w, m.newID())
 		return
 	}
 	defer m.leave()
@@ -100,11 +100,10 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	var ok bool
 	gw := false
 	if m.gateway != nil && strings.HasPrefix(rawPath, m.gateway.prefix) {
-		var code int
-		var why string
-		if t, code, why = m.gateway.lookup(rawPath); t == nil {
-			status = code
-			errorResponse(w, id, status, why, "")
+		var f failure
+		if t, f = m.gateway.lookup(rawPath); f.failed() {
+			status = f.status()
+			f.write(w, id)
 			return
 		}
 		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
@@ -115,40 +114,44 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		gwOnly := m.chargeTo("", t.limits, true, now)
 		gwOnly.accts = gwOnly.accts[1:]
 		if a, spent := m.budgets.exhausted(gwOnly); spent {
-			status = 503
-			errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+			f := budgetFailure(a, now)
+			status = f.status()
+			f.write(w, id)
 			return
 		}
 	} else {
 		t, scriptName, rawPathInfo, matched, ok = m.routes.Load().Lookup(rawPath)
 		if !ok {
 			t = nil
-			status = 404
-			errorResponse(w, id, status, "no route matches this path", "")
+			f := fail(noRoute)
+			status = f.status()
+			f.write(w, id)
 			return
 		}
 	}
 	mod, err := m.module(r.Context(), t.src)
 	if err != nil {
-		var retry string
-		var msg string
-		status, msg, retry = loadFailure(err, t.src.from.Status, gw)
+		f := loadFailure(err, t.src.from.Classify, gw)
+		status = f.status()
 		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
-		errorResponse(w, id, status, msg, retry)
+		f.write(w, id)
 		return
 	}
 	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
 	if why := missingEntrypoint(t, mod); why != "" {
-		status = 500
+		f := fail(moduleFailed)
+		status = f.status()
 		log.Error("module cannot run on this route", "module", mod.ref, "status", status, "err", why)
-		errorResponse(w, id, status, "the module failed", "")
+		f.write(w, id)
 		return
 	}
 	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
 	if err != nil {
-		status, msg, retry := loadFailure(err, modsource.IPFSStatus, false)
+		f := loadFailure(err, modsource.IPFSFailure, false)
+		f.text = "a volume of this module is not available: " + f.public()
+		status = f.status()
 		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
-		errorResponse(w, id, status, "a volume of this module is not available: "+msg, retry)
+		f.write(w, id)
 		return
 	}
 
@@ -158,31 +161,32 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	now := m.opts.Now()
 	owner := m.chargeTo(mod.key, lim, gw, now)
 	if a, spent := m.budgets.exhausted(owner); spent {
-		status = 503
-		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+		f := budgetFailure(a, now)
+		status = f.status()
+		f.write(w, id)
 		return
 	}
 
 	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
 	if err != nil {
 		var serr *spoolError
+		var f failure
 		switch {
 		case errors.Is(err, errBodyTooLarge):
-			status = 413
-			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody), "")
+			f = failWith(bodyTooLarge, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
 		case errors.Is(err, errSpoolFull):
-			status = 503
+			f = fail(spoolFull)
 			log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
-			errorResponse(w, id, status, "the server holds too many request bodies; try again shortly", "1")
 		case errors.As(err, &serr):
-			status = 503
+			f = fail(spoolFailed)
 			log.Error("request body", "err", err)
-			errorResponse(w, id, status, "the request body could not be stored; try again shortly", "1")
 		default:
 			// The front end went away while sending the body.
-			status = 499
+			f = fail(clientGone)
 			log.Warn("reading request body", "err", err)
 		}
+		status = f.status()
+		f.write(w, id)
 		return
 	}
 	defer body.Release()
@@ -216,33 +220,34 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if t.slots != nil {
 		release, err := acquireSlot(ctx, t.slots, m.cfg.Pool.QueueTimeout)
 		if err != nil {
+			f := fail(clientGone)
 			if errors.Is(err, errQueueTimeout) {
-				status = 503
-				errorResponse(w, id, status, "this module is already using all the workers it may (max_concurrency); try again shortly", "1")
-			} else {
-				status = 499
+				f = fail(concurrencyFull)
 			}
+			status = f.status()
+			f.write(w, id)
 			return
 		}
 		defer release()
 	}
 	p, err := m.pool.acquire(ctx, m.cfg.Pool.QueueTimeout)
 	if err != nil {
+		f := fail(clientGone) // the client left while queued
 		switch {
 		case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
-			status = 503
-			errorResponse(w, id, status, "all workers are busy ("+err.Error()+"); try again shortly", "1")
-		default:
-			status = 499 // the client left while queued
+			f = failWith(queueFull, "all workers are busy ("+err.Error()+"); try again shortly")
 		}
+		status = f.status()
+		f.write(w, id)
 		return
 	}
 
 	// Budgets again: others may have spent them while this one queued.
 	if a, spent := m.budgets.exhausted(owner); spent {
 		m.pool.release(p)
-		status = 503
-		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
+		f := budgetFailure(a, now)
+		status = f.status()
+		f.write(w, id)
 		return
 	}
 	claim := m.budgets.open(owner)
@@ -261,18 +266,18 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)
 	if res.killed == killBudget {
-		res.status, res.public = 503, budgetMessage(res.budget)
-		res.retryAfter = retryAfter(now, res.budget.next)
+		res.fail = budgetFailure(res.budget, now)
 	}
 	bytesOut = resp.sent
 	switch {
 	case res.killed == killAbort || res.aborted:
-		status = 499
+		status = fail(clientGone).status()
 	case res.err == nil:
 		if err := resp.finish(); err != nil {
-			status = 502
+			f := fail(invalidOutput)
+			status = f.status()
 			log.Error("module output", "module", mod.ref, "err", err)
-			errorResponse(w, id, status, "the module's output is not a valid CGI response", "")
+			f.write(w, id)
 			return
 		}
 		status = resp.status
@@ -284,9 +289,9 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		status = resp.status
 		log.Error("module failed after its response was committed; stream cut", "module", mod.ref, "err", res.err)
 	default:
-		status = res.status
+		status = res.fail.status()
 		log.Error("module failed", "module", mod.ref, "status", status, "err", res.err)
-		errorResponse(w, id, status, res.public, res.retryAfter)
+		res.fail.write(w, id)
 	}
 }
 
@@ -363,8 +368,7 @@ func contentLength(params map[string]string) int64 {
 // execResult is how a run on a child ended.
 type execResult struct {
 	err    error         // nil: the module ended successfully
-	status int           // the status to answer when err != nil
-	public string        // the short text for the client
+	fail   failure       // what to answer when err != nil
 	killed killReason    // why the manager killed the child, if it did
 	cpu    time.Duration // CPU charged to the request
 	// reusable means the child finished cleanly and may take another
@@ -374,8 +378,6 @@ type execResult struct {
 	// one, owed by idleOwner (the module it ran for then).
 	idle      time.Duration
 	idleOwner chargeTo
-	// retryAfter is the Retry-After value of a 503.
-	retryAfter string
 	// aborted: the client left, but the request ended within abortGrace.
 	aborted  bool
 	exitCode uint32 // the guest's exit code, for wagi-fcgi run
@@ -407,8 +409,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	if err := p.send(run); err != nil {
 		p.kill(killIPC)
 		<-p.exited
-		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), status: 502,
-			public: "the worker process failed", killed: killIPC}
+		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), fail: fail(workerFailed), killed: killIPC}
 	}
 
 	// The holder waits for the child's frames itself, with a read deadline
@@ -550,7 +551,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			logStderr(log, &stderrLine, nil, true)
 			if err := ipc.DecodeDone(payload, &d); err != nil {
 				p.kill(killIPC) // its slot drains and replaces it
-				return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
+				return execResult{err: err, fail: fail(workerFailed), killed: killIPC, cpu: cpu}
 			}
 			if p.killReason() != notKilled {
 				// Done crossed our kill on the way: the kill decides.
@@ -562,7 +563,7 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			p.owner, p.endCPU = owner, startCPU+cpu
 			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
 			if aborted {
-				res.aborted, res.err, res.status = true, errors.New("client went away"), 499
+				res.aborted, res.err, res.fail = true, errors.New("client went away"), fail(clientGone)
 			}
 			if demoted && p.setNice(0) != nil {
 				// Lowering niceness again needs privilege; a child that
@@ -576,9 +577,9 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 			switch d.Outcome {
 			case ipc.OutcomeOK:
 			case ipc.OutcomeExit:
-				res.err, res.status, res.public = fmt.Errorf("module exited with code %d", d.ExitCode), 500, "the module failed"
+				res.err, res.fail = fmt.Errorf("module exited with code %d", d.ExitCode), fail(moduleFailed)
 			default:
-				res.err, res.status, res.public = fmt.Errorf("%s: %s", d.Outcome, d.Message), 500, "the module failed"
+				res.err, res.fail = fmt.Errorf("%s: %s", d.Outcome, d.Message), fail(moduleFailed)
 			}
 			return res
 		default:
@@ -602,25 +603,25 @@ func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
 	res := execResult{killed: why, cpu: cpu, err: outErr}
 	switch why {
 	case killTimeout:
-		res.status, res.public = 504, "the module ran past its time limit"
+		res.fail = fail(wallLimit)
 		res.err = fmt.Errorf("wall-clock limit reached; child %d killed", p.pid)
 	case killCPU:
-		res.status, res.public = 504, "the module used more CPU time than allowed"
+		res.fail = fail(cpuLimit)
 		res.err = fmt.Errorf("CPU limit reached (%s used); child %d killed", cpu.Round(time.Millisecond), p.pid)
 	case killOutput:
-		res.status, res.public = 502, "the module's output is too large"
+		res.fail = fail(outputTooLarge)
 	case killInvalid:
-		res.status, res.public = 502, "the module's output is not a valid CGI response"
+		res.fail = fail(invalidOutput)
 	case killBudget:
-		res.status, res.public = 503, "this module has used its CPU time for today"
+		res.fail = fail(budgetSpent) // the caller knows which budget, and when it resets
 		res.err = fmt.Errorf("daily CPU budget spent (%s used by this request); child %d killed", cpu.Round(time.Millisecond), p.pid)
 	case killAbort:
-		res.status = 499
+		res.fail = fail(clientGone)
 		if res.err == nil {
 			res.err = errors.New("client went away")
 		}
 	default:
-		res.status, res.public = 502, "the worker process failed"
+		res.fail = fail(workerFailed)
 		res.err = fmt.Errorf("child %d died: %s", p.pid, exitText(p.state))
 	}
 	return res

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
@@ -130,55 +129,4 @@ func (r *cgiResponse) finish() error {
 		return &invalidOutputError{fmt.Errorf("no empty line after the headers")}
 	}
 	return r.commit(false)
-}
-
-// errorResponse writes a response that wagi-fcgi produces itself: a status,
-// a short plain-text body and the request id, which the log line carries
-// too, and Retry-After when retryAfter is not "". Details stay in the log.
-func errorResponse(w io.Writer, id string, status int, msg, retryAfter string) {
-	var b []byte
-	b = append(b, "Status: "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Request-Id: "...)
-	b = append(b, id...)
-	b = append(b, "\r\n"...)
-	if retryAfter != "" {
-		b = append(b, "Retry-After: "...)
-		b = append(b, retryAfter...)
-		b = append(b, "\r\n"...)
-	}
-	b = append(b, "\r\n"...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, ": "...)
-	b = append(b, msg...)
-	b = append(b, "\nrequest id: "...)
-	b = append(b, id...)
-	b = append(b, '\n')
-	_, _ = w.Write(b)
-}
-
-func statusText(code int) string {
-	switch code {
-	case 200:
-		return "OK"
-	case 403:
-		return "Forbidden"
-	case 404:
-		return "Not Found"
-	case 413:
-		return "Content Too Large"
-	case 500:
-		return "Internal Server Error"
-	case 502:
-		return "Bad Gateway"
-	case 503:
-		return "Service Unavailable"
-	case 504:
-		return "Gateway Timeout"
-	}
-	return "Error"
 }
