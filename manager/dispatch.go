@@ -55,153 +55,230 @@ func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	m.serve(w, r)
 }
 
+// served is what the request's log line and the status page say about a
+// request; each step of serve fills in what it learns.
+type served struct {
+	start  time.Time
+	status int
+	bytes  int64         // body bytes sent
+	cpu    time.Duration // CPU charged
+	t      *target       // nil until routed
+	mod    *module       // nil until loaded
+	killed killReason
+}
+
 // serve answers a request the manager has admitted.
 func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
-	start := time.Now()
 	id := m.newID()
 	rawPath := wagi.RawPath(r.Params)
 	log := m.log.With("id", id)
-	status, bytesOut := 0, int64(0)
-	var cpu time.Duration
-	var t *target
-	var modKey, modRef string
-	var killed killReason
-	var budget time.Duration
-	defer func() {
-		if t != nil {
-			m.status.observe(modKey, modRef, t.route.Pattern, budget, status, time.Since(start), killed)
-		}
-		attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", status,
-			"wall", time.Since(start).Round(time.Microsecond), "bytes", bytesOut}
-		if t != nil {
-			attrs = append(attrs, "route", t.route.Pattern)
-		}
-		if modKey != "" {
-			attrs = append(attrs, "module", modKey[:12], "cpu", cpu.Round(time.Microsecond))
-		}
-		log.Info("request", attrs...)
-	}()
+	rec := &served{start: time.Now()}
+	defer m.record(log, r, rawPath, rec)
+	if m.serveOwnPage(w, r, rawPath, log, rec) {
+		return
+	}
+	if f := m.serveModule(w, r, id, rawPath, log, rec); f.failed() {
+		rec.status = f.status()
+		f.write(w, id)
+	}
+}
 
-	if m.cfg.StatusPath != "" && rawPath == m.cfg.StatusPath {
+// record logs the request's line and counts it on the status page.
+func (m *Manager) record(log *slog.Logger, r *fcgi.Request, rawPath string, rec *served) {
+	var modKey, modRef string
+	var budget time.Duration
+	if rec.mod != nil {
+		modKey, modRef, budget = rec.mod.key, rec.mod.ref, rec.t.limits.DailyCPU
+	}
+	if rec.t != nil {
+		m.status.observe(modKey, modRef, rec.t.route.Pattern, budget, rec.status, time.Since(rec.start), rec.killed)
+	}
+	attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", rec.status,
+		"wall", time.Since(rec.start).Round(time.Microsecond), "bytes", rec.bytes}
+	if rec.t != nil {
+		attrs = append(attrs, "route", rec.t.route.Pattern)
+	}
+	if modKey != "" {
+		attrs = append(attrs, "module", modKey[:12], "cpu", rec.cpu.Round(time.Microsecond))
+	}
+	log.Info("request", attrs...)
+}
+
+// serveOwnPage answers the status page and /healthz, if the request is for
+// one of them.
+func (m *Manager) serveOwnPage(w io.Writer, r *fcgi.Request, rawPath string, log *slog.Logger, rec *served) bool {
+	switch {
+	case m.cfg.StatusPath != "" && rawPath == m.cfg.StatusPath:
 		// Answered here, not by a child: it works when every child is busy.
-		status = 200
+		rec.status = 200
 		if err := m.writeStatus(w, wagi.QueryString(r.Params)); err != nil {
 			log.Error("status page", "err", err)
 		}
-		return
-	}
-	if m.cfg.Healthz && rawPath == "/healthz" {
-		status = 200
+		return true
+	case m.cfg.Healthz && rawPath == "/healthz":
+		rec.status = 200
 		_, _ = io.WriteString(w, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
-		return
+		return true
 	}
-	var scriptName, rawPathInfo string
-	var matched wagi.Route
-	var ok bool
-	gw := false
+	return false
+}
+
+// routed is where a request goes.
+type routed struct {
+	t           *target
+	scriptName  string
+	rawPathInfo string
+	matched     wagi.Route
+	gateway     bool // a CID of the open-edge gateway
+}
+
+// route finds the target of a path: a gateway CID, or a route.
+func (m *Manager) route(rawPath string) (routed, failure) {
 	if m.gateway != nil && strings.HasPrefix(rawPath, m.gateway.prefix) {
-		var f failure
-		if t, f = m.gateway.lookup(rawPath); f.failed() {
-			status = f.status()
-			f.write(w, id)
-			return
+		t, f := m.gateway.lookup(rawPath)
+		if f.failed() {
+			return routed{}, f
 		}
-		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
-		matched, gw = t.route, true
-		// A spent gateway budget turns a CID away before it is fetched
-		// or compiled: both are CPU that the gateway would pay for.
-		now := m.opts.Now()
-		gwOnly := m.chargeTo("", t.limits, true, now)
-		gwOnly.accts = gwOnly.accts[1:]
-		if a, spent := m.budgets.exhausted(gwOnly); spent {
-			f := budgetFailure(a, now)
-			status = f.status()
-			f.write(w, id)
-			return
-		}
-	} else {
-		t, scriptName, rawPathInfo, matched, ok = m.routes.Load().Lookup(rawPath)
-		if !ok {
-			t = nil
-			f := fail(noRoute)
-			status = f.status()
-			f.write(w, id)
-			return
+		scriptName, rawPathInfo, _ := t.route.Match(rawPath)
+		return routed{t: t, scriptName: scriptName, rawPathInfo: rawPathInfo, matched: t.route, gateway: true}, failure{}
+	}
+	t, scriptName, rawPathInfo, matched, ok := m.routes.Load().Lookup(rawPath)
+	if !ok {
+		return routed{}, fail(noRoute)
+	}
+	return routed{t: t, scriptName: scriptName, rawPathInfo: rawPathInfo, matched: matched}, failure{}
+}
+
+// gatewayBudget turns a gateway CID away while the gateway's budget is
+// spent, before it is fetched or compiled: both are CPU that the gateway
+// would pay for.
+func (m *Manager) gatewayBudget(t *target) failure {
+	now := m.opts.Now()
+	gwOnly := m.chargeTo("", t.limits, true, now)
+	gwOnly.accts = gwOnly.accts[1:]
+	if a, spent := m.budgets.exhausted(gwOnly); spent {
+		return budgetFailure(a, now)
+	}
+	return failure{}
+}
+
+// serveModule answers a request with its module, run on a child, or says
+// why wagi-fcgi answers it itself.
+func (m *Manager) serveModule(w *fcgi.ResponseWriter, r *fcgi.Request, id, rawPath string, log *slog.Logger, rec *served) failure {
+	rt, f := m.route(rawPath)
+	rec.t = rt.t
+	if f.failed() {
+		return f
+	}
+	t := rt.t
+	if rt.gateway {
+		if f := m.gatewayBudget(t); f.failed() {
+			return f
 		}
 	}
-	mod, err := m.module(r.Context(), t.src)
-	if err != nil {
-		f := loadFailure(err, t.src.from.Classify, gw)
-		status = f.status()
-		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
-		f.write(w, id)
-		return
-	}
-	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
-	if why := missingEntrypoint(t, mod); why != "" {
-		f := fail(moduleFailed)
-		status = f.status()
-		log.Error("module cannot run on this route", "module", mod.ref, "status", status, "err", why)
-		f.write(w, id)
-		return
-	}
-	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
-	if err != nil {
-		f := loadFailure(err, modsource.IPFSFailure, false)
-		f.text = "a volume of this module is not available: " + f.public()
-		status = f.status()
-		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
-		f.write(w, id)
-		return
+	mod, mounts, f := m.prepare(r.Context(), t, rt.gateway, log)
+	rec.mod = mod // nil if it could not be loaded
+	if f.failed() {
+		return f
 	}
 
 	// The daily budgets: spent means 503 until the reset. What running
 	// requests of the module use counts too (see budgets).
 	lim := t.limits
 	now := m.opts.Now()
-	owner := m.chargeTo(mod.key, lim, gw, now)
+	owner := m.chargeTo(mod.key, lim, rt.gateway, now)
 	if a, spent := m.budgets.exhausted(owner); spent {
-		f := budgetFailure(a, now)
-		status = f.status()
-		f.write(w, id)
-		return
+		return budgetFailure(a, now)
 	}
-
-	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
-	if err != nil {
-		var serr *spoolError
-		var f failure
-		switch {
-		case errors.Is(err, errBodyTooLarge):
-			f = failWith(bodyTooLarge, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
-		case errors.Is(err, errSpoolFull):
-			f = fail(spoolFull)
-			log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
-		case errors.As(err, &serr):
-			f = fail(spoolFailed)
-			log.Error("request body", "err", err)
-		default:
-			// The front end went away while sending the body.
-			f = fail(clientGone)
-			log.Warn("reading request body", "err", err)
-		}
-		status = f.status()
-		f.write(w, id)
-		return
+	body, f := m.readBody(r, lim, log)
+	if f.failed() {
+		return f
 	}
 	defer body.Release()
+	run := m.newRun(id, r, rt, mod, mounts, body)
 
+	ctx := r.Context()
+	p, done, f := m.takeChild(ctx, t)
+	defer done()
+	if f.failed() {
+		return f
+	}
+	// Budgets again: others may have spent them while this one queued.
+	if a, spent := m.budgets.exhausted(owner); spent {
+		m.pool.release(p)
+		return budgetFailure(a, now)
+	}
+	resp := &cgiResponse{w: w, log: log}
+	res := m.runOnChild(ctx, log, p, run, t, mod, resp, owner)
+	rec.cpu, rec.killed = res.cpu, res.killed
+	if res.killed == killBudget {
+		res.fail = budgetFailure(res.budget, now)
+	}
+	rec.bytes = resp.sent
+	return m.answer(w, log, mod, res, resp, rec)
+}
+
+// prepare gets what a request's child needs ready: the module, loaded (and
+// able to run on this route), and its volumes.
+func (m *Manager) prepare(ctx context.Context, t *target, gw bool, log *slog.Logger) (*module, []ipc.Mount, failure) {
+	mod, err := m.module(ctx, t.src)
+	if err != nil {
+		f := loadFailure(err, t.src.from.Classify, gw)
+		log.Error("module not available", "module", t.src.ref.Raw, "status", f.status(), "err", err)
+		return nil, nil, f
+	}
+	if why := missingEntrypoint(t, mod); why != "" {
+		f := fail(moduleFailed)
+		log.Error("module cannot run on this route", "module", mod.ref, "status", f.status(), "err", why)
+		return mod, nil, f
+	}
+	mounts, err := m.mounts(ctx, t.cfg.Volumes)
+	if err != nil {
+		f := loadFailure(err, modsource.IPFSFailure, false)
+		f.text = "a volume of this module is not available: " + f.public()
+		log.Error("volume not available", "module", mod.ref, "status", f.status(), "err", err)
+		return mod, nil, f
+	}
+	return mod, mounts, failure{}
+}
+
+// readBody reads the whole request body, within max_body.
+func (m *Manager) readBody(r *fcgi.Request, lim config.Limits, log *slog.Logger) (*reqBody, failure) {
+	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
+	if err == nil {
+		return body, failure{}
+	}
+	var serr *spoolError
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return nil, failWith(bodyTooLarge, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
+	case errors.Is(err, errSpoolFull):
+		log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
+		return nil, fail(spoolFull)
+	case errors.As(err, &serr):
+		log.Error("request body", "err", err)
+		return nil, fail(spoolFailed)
+	default:
+		// The front end went away while sending the body.
+		log.Warn("reading request body", "err", err)
+		return nil, fail(clientGone)
+	}
+}
+
+// newRun is the Run frame of a request.
+func (m *Manager) newRun(id string, r *fcgi.Request, rt routed, mod *module, mounts []ipc.Mount, body *reqBody) *ipc.Run {
+	t := rt.t
 	ri := &wagi.RequestInfo{
 		Params:         r.Params,
-		ScriptName:     scriptName,
-		RawPathInfo:    rawPathInfo,
-		MatchedRoute:   matched.Pattern,
+		ScriptName:     rt.scriptName,
+		RawPathInfo:    rt.rawPathInfo,
+		MatchedRoute:   rt.matched.Pattern,
 		ContentLength:  body.Len(),
 		ServerSoftware: m.software,
 		ModuleEnv:      t.cfg.Environment,
 		ArgvTemplate:   t.cfg.Argv,
 	}
-	run := &ipc.Run{
+	return &ipc.Run{
 		ID:          id,
 		ModuleKey:   mod.key,
 		ModulePath:  mod.binary(),
@@ -215,43 +292,40 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		Body:        body.Reader(),
 		StderrCap:   stderrCap,
 	}
+}
 
-	ctx := r.Context()
+// takeChild waits, within queue_timeout, for one of the module's
+// max_concurrency slots (if it has a limit) and for an idle child. done
+// gives the slot back; the caller calls it whatever the outcome.
+func (m *Manager) takeChild(ctx context.Context, t *target) (p *proc, done func(), f failure) {
+	done = func() {}
 	if t.slots != nil {
 		release, err := acquireSlot(ctx, t.slots, m.cfg.Pool.QueueTimeout)
 		if err != nil {
-			f := fail(clientGone)
 			if errors.Is(err, errQueueTimeout) {
-				f = fail(concurrencyFull)
+				return nil, done, fail(concurrencyFull)
 			}
-			status = f.status()
-			f.write(w, id)
-			return
+			return nil, done, fail(clientGone)
 		}
-		defer release()
+		done = release
 	}
 	p, err := m.pool.acquire(ctx, m.cfg.Pool.QueueTimeout)
 	if err != nil {
-		f := fail(clientGone) // the client left while queued
 		switch {
 		case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
-			f = failWith(queueFull, "all workers are busy ("+err.Error()+"); try again shortly")
+			return nil, done, failWith(queueFull, "all workers are busy ("+err.Error()+"); try again shortly")
+		default:
+			return nil, done, fail(clientGone) // the client left while queued
 		}
-		status = f.status()
-		f.write(w, id)
-		return
 	}
+	return p, done, failure{}
+}
 
-	// Budgets again: others may have spent them while this one queued.
-	if a, spent := m.budgets.exhausted(owner); spent {
-		m.pool.release(p)
-		f := budgetFailure(a, now)
-		status = f.status()
-		f.write(w, id)
-		return
-	}
+// runOnChild runs a request on child p with its grants, gives the child
+// back if it may serve again, and charges the CPU.
+func (m *Manager) runOnChild(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, t *target, mod *module, resp *cgiResponse, owner chargeTo) execResult {
+	lim := t.limits
 	claim := m.budgets.open(owner)
-	resp := &cgiResponse{w: w, log: log}
 	m.mfsGrant(p, run) // MFS calls of this child, for this request only
 	m.egressGrant(p, run, mod.ref, t.cfg, lim)
 	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
@@ -260,38 +334,36 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if res.reusable {
 		m.pool.release(p)
 	}
-	cpu, killed = res.cpu, res.killed
 	m.charge(log, owner, res.cpu)
 	claim.close() // after the charge: the spend is never seen short
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)
-	if res.killed == killBudget {
-		res.fail = budgetFailure(res.budget, now)
-	}
-	bytesOut = resp.sent
+	return res
+}
+
+// answer finishes a request that ran on a child: the module's response, or
+// what wagi-fcgi answers instead.
+func (m *Manager) answer(w *fcgi.ResponseWriter, log *slog.Logger, mod *module, res execResult, resp *cgiResponse, rec *served) failure {
 	switch {
 	case res.killed == killAbort || res.aborted:
-		status = fail(clientGone).status()
+		return fail(clientGone)
 	case res.err == nil:
 		if err := resp.finish(); err != nil {
-			f := fail(invalidOutput)
-			status = f.status()
 			log.Error("module output", "module", mod.ref, "err", err)
-			f.write(w, id)
-			return
+			return fail(invalidOutput)
 		}
-		status = resp.status
-		bytesOut = resp.sent
+		rec.status, rec.bytes = resp.status, resp.sent
+		return failure{}
 	case resp.committed:
 		// Headers are gone; all that is left is to end the stream early,
 		// in a way the web server cannot mistake for a complete response.
 		w.Abort()
-		status = resp.status
+		rec.status = resp.status
 		log.Error("module failed after its response was committed; stream cut", "module", mod.ref, "err", res.err)
+		return failure{}
 	default:
-		status = res.fail.status()
-		log.Error("module failed", "module", mod.ref, "status", status, "err", res.err)
-		res.fail.write(w, id)
+		log.Error("module failed", "module", mod.ref, "status", res.fail.status(), "err", res.err)
+		return res.fail
 	}
 }
 
