@@ -488,9 +488,8 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	// at the next thing to check: the wall-clock limit, the next CPU
 	// poll, or the end of the abort grace. The end of ctx (the client
 	// went away) wakes the read.
-	start := time.Now()
-	wallAt, pollAt := start.Add(lim.Timeout), start.Add(cpuPoll)
-	watching := true // limits are enforced until the child is killed
+	h := newHolding(log, p, run, lim, out, claim, startCPU)
+	h.idle, h.idleOwner = idle, idleOwner
 	stopWake := context.AfterFunc(ctx, p.wake)
 	defer stopWake()
 	// The loop below checks the limits between frames; while it is
@@ -506,159 +505,230 @@ func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim c
 	defer p.endRun(runSeq)
 	waitCtx := ctx // replaced once the abort is seen, so recv waits again
 
-	var stdoutBytes, stderrBytes int64
-	var stderrLine stderrLog
-	demoted, demoteFailed, aborted := false, false, false
-	var graceAt time.Time
-	var outErr error
-	var budgetOut account
-	kill := func(reason killReason) {
-		p.kill(reason)
-		watching = false
-	}
 	for {
-		var deadline time.Time
-		if watching {
-			deadline = pollAt
-			if wallAt.Before(deadline) {
-				deadline = wallAt
-			}
-			if aborted && graceAt.Before(deadline) {
-				deadline = graceAt
-			}
-		}
-		t, payload, err := p.recv(waitCtx, deadline)
-		if err != nil && timedOut(err) {
+		t, payload, err := p.recv(waitCtx, h.deadline())
+		switch {
+		case err != nil && timedOut(err):
 			now := time.Now()
-			if waitCtx.Err() != nil && !aborted {
-				// The client is gone. A request about to end anyway
-				// finishes (its child is kept: a new one costs far more
-				// than a few milliseconds of CPU); one still running
-				// after abortGrace is killed.
-				aborted, graceAt, waitCtx = true, now.Add(abortGrace), context.Background()
+			if waitCtx.Err() != nil && !h.aborted {
+				h.clientLeft(now)
+				waitCtx = context.Background()
 			}
-			if !watching {
-				continue
-			}
-			switch {
-			case !now.Before(wallAt):
-				kill(killTimeout)
-			case aborted && !now.Before(graceAt):
-				kill(killAbort)
-			case !now.Before(pollAt):
-				pollAt = now.Add(cpuPoll)
-				used := p.cpu() - startCPU
-				if lim.CPU > 0 && used > lim.CPU {
-					kill(killCPU)
-				} else if a, spent := claimReport(claim, used); spent {
-					budgetOut = a
-					kill(killBudget)
-				} else if !demoted && !demoteFailed && used > demoteAfter {
-					// demoted only if it took: a child that was never
-					// reniced needs no privilege to give back (without
-					// CAP_SYS_NICE every such child was retired, and
-					// its replacement charged to nobody).
-					if err := p.setNice(demoteNice); err != nil {
-						demoteFailed = true
-						log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
-					} else {
-						demoted = true
-					}
-				}
-			}
-			continue
-		}
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && watching {
-			// A frame the protocol does not allow (too large): the
-			// child is not to be trusted with anything more.
-			kill(killIPC)
-			outErr = fmt.Errorf("child %d broke the protocol: %w", p.pid, err)
-		}
-		if err != nil {
-			// The child is gone: killed by us, or crashed.
-			<-p.exited
-			cpu := p.cpu() - startCPU
-			logStderr(log, &stderrLine, nil, true)
-			res := deadChildResult(p, cpu, outErr)
-			res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
-			return res
-		}
-		switch t {
-		case ipc.TypeStdout:
-			if outErr != nil {
-				continue
-			}
-			stdoutBytes += int64(len(payload))
-			if lim.MaxOutput > 0 && stdoutBytes > lim.MaxOutput {
-				outErr = fmt.Errorf("output passed max_output (%d bytes)", lim.MaxOutput)
-				kill(killOutput)
-				continue
-			}
-			if aborted {
-				continue // nobody to send it to
-			}
-			if err := out.write(payload); err != nil {
-				outErr = err
-				var inv *invalidOutputError
-				if errors.As(err, &inv) {
-					kill(killInvalid)
-				} else {
-					// Writing to the front end failed: it is gone.
-					kill(killAbort)
-				}
-			}
-		case ipc.TypeStderr:
-			// The child was told to forward at most StderrCap bytes
-			// (and a note that it dropped the rest); more is a child
-			// that no longer follows the protocol, flooding the log.
-			if stderrBytes += int64(len(payload)); stderrBytes > int64(run.StderrCap)+stderrSlack {
-				outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", p.pid, stderrBytes, run.StderrCap)
-				kill(killIPC)
-				continue
-			}
-			logStderr(log, &stderrLine, payload, false)
-		case ipc.TypeDone:
-			var d ipc.Done
-			cpu := p.cpu() - startCPU
-			logStderr(log, &stderrLine, nil, true)
-			if err := ipc.DecodeDone(payload, &d); err != nil {
-				p.kill(killIPC) // its slot drains and replaces it
-				return execResult{err: err, fail: fail(workerFailed), killed: killIPC, cpu: cpu}
-			}
-			if p.killReason() != notKilled {
-				// Done crossed our kill on the way: the kill decides.
-				<-p.exited
-				res := deadChildResult(p, p.cpu()-startCPU, outErr)
-				res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
-				return res
-			}
-			p.owner, p.endCPU = owner, startCPU+cpu
-			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
-			if aborted {
-				res.aborted, res.err, res.fail = true, errors.New("client went away"), fail(clientGone)
-			}
-			if demoted && p.setNice(0) != nil {
-				// Lowering niceness again needs privilege; a child that
-				// cannot get it back is retired instead, and its
-				// replacement is this module's (running stays set).
-				p.kill(killRecycle)
-				res.reusable = false
-			} else {
-				p.setRunning(chargeTo{})
-			}
-			switch d.Outcome {
-			case ipc.OutcomeOK:
-			case ipc.OutcomeExit:
-				res.err, res.fail = fmt.Errorf("module exited with code %d", d.ExitCode), fail(moduleFailed)
-			default:
-				res.err, res.fail = fmt.Errorf("%s: %s", d.Outcome, d.Message), fail(moduleFailed)
-			}
-			return res
+			h.check(now)
+		case err != nil:
+			return h.childGone(err)
+		case t == ipc.TypeDone:
+			return h.done(payload, owner)
 		default:
-			kill(killIPC)
-			outErr = fmt.Errorf("unexpected %s frame from child", t)
+			h.frame(t, payload)
 		}
 	}
+}
+
+// holding is the state of one run on a child while execute holds it.
+type holding struct {
+	log      *slog.Logger
+	p        *proc
+	run      *ipc.Run
+	lim      config.Limits
+	out      output
+	claim    *claim
+	startCPU time.Duration // the child's CPU clock at dispatch
+	// idle is the child's CPU since its previous request, owed by
+	// idleOwner.
+	idle      time.Duration
+	idleOwner chargeTo
+
+	wallAt, pollAt, graceAt time.Time
+	watching                bool // limits are enforced until the child is killed
+	aborted                 bool // the client went away
+	demoted, demoteFailed   bool
+	stdoutBytes             int64
+	stderrBytes             int64
+	stderrLine              stderrLog
+	outErr                  error   // why the output or the child failed
+	budgetOut               account // the budget that ran out, if one did
+}
+
+func newHolding(log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, claim *claim, startCPU time.Duration) *holding {
+	start := time.Now()
+	return &holding{log: log, p: p, run: run, lim: lim, out: out, claim: claim, startCPU: startCPU,
+		wallAt: start.Add(lim.Timeout), pollAt: start.Add(cpuPoll), watching: true}
+}
+
+// kill kills the child; its limits are no longer watched.
+func (h *holding) kill(reason killReason) {
+	h.p.kill(reason)
+	h.watching = false
+}
+
+// deadline is when the next limit is to be checked: the wall-clock limit,
+// the next CPU poll, or the end of the abort grace. The zero time once the
+// child is killed: only its end is awaited.
+func (h *holding) deadline() time.Time {
+	if !h.watching {
+		return time.Time{}
+	}
+	deadline := h.pollAt
+	if h.wallAt.Before(deadline) {
+		deadline = h.wallAt
+	}
+	if h.aborted && h.graceAt.Before(deadline) {
+		deadline = h.graceAt
+	}
+	return deadline
+}
+
+// clientLeft notes that the client is gone. A request about to end anyway
+// finishes (its child is kept: a new one costs far more than a few
+// milliseconds of CPU); one still running after abortGrace is killed.
+func (h *holding) clientLeft(now time.Time) {
+	h.aborted, h.graceAt = true, now.Add(abortGrace)
+}
+
+// check enforces the limits at a deadline: the wall clock, the abort
+// grace, the CPU limit and the daily budgets; and demotes a CPU-bound
+// child.
+func (h *holding) check(now time.Time) {
+	if !h.watching {
+		return
+	}
+	switch {
+	case !now.Before(h.wallAt):
+		h.kill(killTimeout)
+	case h.aborted && !now.Before(h.graceAt):
+		h.kill(killAbort)
+	case !now.Before(h.pollAt):
+		h.pollAt = now.Add(cpuPoll)
+		used := h.p.cpu() - h.startCPU
+		if h.lim.CPU > 0 && used > h.lim.CPU {
+			h.kill(killCPU)
+		} else if a, spent := claimReport(h.claim, used); spent {
+			h.budgetOut = a
+			h.kill(killBudget)
+		} else if !h.demoted && !h.demoteFailed && used > demoteAfter {
+			h.demote()
+		}
+	}
+}
+
+// demote renices a CPU-bound child, so it yields to short requests. It
+// counts as demoted only if it took: a child that was never reniced needs
+// no privilege to give back (without CAP_SYS_NICE every such child was
+// retired, and its replacement charged to nobody).
+func (h *holding) demote() {
+	if err := h.p.setNice(demoteNice); err != nil {
+		h.demoteFailed = true
+		h.log.Debug("demoting a CPU-bound child", "pid", h.p.pid, "err", err)
+	} else {
+		h.demoted = true
+	}
+}
+
+// frame takes a frame of the running request: output or stderr.
+func (h *holding) frame(t ipc.Type, payload []byte) {
+	switch t {
+	case ipc.TypeStdout:
+		h.stdout(payload)
+	case ipc.TypeStderr:
+		// The child was told to forward at most StderrCap bytes
+		// (and a note that it dropped the rest); more is a child
+		// that no longer follows the protocol, flooding the log.
+		if h.stderrBytes += int64(len(payload)); h.stderrBytes > int64(h.run.StderrCap)+stderrSlack {
+			h.outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", h.p.pid, h.stderrBytes, h.run.StderrCap)
+			h.kill(killIPC)
+			return
+		}
+		logStderr(h.log, &h.stderrLine, payload, false)
+	default:
+		h.kill(killIPC)
+		h.outErr = fmt.Errorf("unexpected %s frame from child", t)
+	}
+}
+
+// stdout passes output on within max_output, unless the output has
+// failed or nobody is left to send it to.
+func (h *holding) stdout(payload []byte) {
+	if h.outErr != nil {
+		return
+	}
+	h.stdoutBytes += int64(len(payload))
+	if h.lim.MaxOutput > 0 && h.stdoutBytes > h.lim.MaxOutput {
+		h.outErr = fmt.Errorf("output passed max_output (%d bytes)", h.lim.MaxOutput)
+		h.kill(killOutput)
+		return
+	}
+	if h.aborted {
+		return // nobody to send it to
+	}
+	if err := h.out.write(payload); err != nil {
+		h.outErr = err
+		var inv *invalidOutputError
+		if errors.As(err, &inv) {
+			h.kill(killInvalid)
+		} else {
+			// Writing to the front end failed: it is gone.
+			h.kill(killAbort)
+		}
+	}
+}
+
+// childGone ends a run whose stream ended (err) before Done: the child was
+// killed by us, crashed, or broke the protocol.
+func (h *holding) childGone(err error) execResult {
+	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && h.watching {
+		// A frame the protocol does not allow (too large): the
+		// child is not to be trusted with anything more.
+		h.kill(killIPC)
+		h.outErr = fmt.Errorf("child %d broke the protocol: %w", h.p.pid, err)
+	}
+	<-h.p.exited
+	cpu := h.p.cpu() - h.startCPU
+	logStderr(h.log, &h.stderrLine, nil, true)
+	res := deadChildResult(h.p, cpu, h.outErr)
+	res.idle, res.idleOwner, res.budget = h.idle, h.idleOwner, h.budgetOut
+	return res
+}
+
+// done ends a run with the child's Done frame.
+func (h *holding) done(payload []byte, owner chargeTo) execResult {
+	p := h.p
+	var d ipc.Done
+	cpu := p.cpu() - h.startCPU
+	logStderr(h.log, &h.stderrLine, nil, true)
+	if err := ipc.DecodeDone(payload, &d); err != nil {
+		p.kill(killIPC) // its slot drains and replaces it
+		return execResult{err: err, fail: fail(workerFailed), killed: killIPC, cpu: cpu}
+	}
+	if p.killReason() != notKilled {
+		// Done crossed our kill on the way: the kill decides.
+		<-p.exited
+		res := deadChildResult(p, p.cpu()-h.startCPU, h.outErr)
+		res.idle, res.idleOwner, res.budget = h.idle, h.idleOwner, h.budgetOut
+		return res
+	}
+	p.owner, p.endCPU = owner, h.startCPU+cpu
+	res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: h.idle, idleOwner: h.idleOwner}
+	if h.aborted {
+		res.aborted, res.err, res.fail = true, errors.New("client went away"), fail(clientGone)
+	}
+	if h.demoted && p.setNice(0) != nil {
+		// Lowering niceness again needs privilege; a child that
+		// cannot get it back is retired instead, and its
+		// replacement is this module's (running stays set).
+		p.kill(killRecycle)
+		res.reusable = false
+	} else {
+		p.setRunning(chargeTo{})
+	}
+	switch d.Outcome {
+	case ipc.OutcomeOK:
+	case ipc.OutcomeExit:
+		res.err, res.fail = fmt.Errorf("module exited with code %d", d.ExitCode), fail(moduleFailed)
+	default:
+		res.err, res.fail = fmt.Errorf("%s: %s", d.Outcome, d.Message), fail(moduleFailed)
+	}
+	return res
 }
 
 // claimReport reports CPU to a claim, if there is one.
