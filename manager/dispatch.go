@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,32 +16,12 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 const (
 	// stderrCap bounds the guest stderr logged per request.
 	stderrCap = 64 << 10
-	// stderrSlack is what a child may send past StderrCap: its note that
-	// the rest was dropped.
-	stderrSlack = 256
-	// maxStderrLine bounds one logged line of guest stderr: a longer one
-	// is logged in pieces, so an endless line costs the manager no more.
-	maxStderrLine = 4 << 10
-	// maxStderrLines bounds the guest stderr lines logged per request;
-	// the rest are counted in one line.
-	maxStderrLines = 200
-	// cpuPoll is how often a running child's CPU clock is read. The
-	// per-request CPU limit is overshot by at most about this much.
-	cpuPoll = 5 * time.Millisecond
-	// demoteAfter is the CPU time after which a request's child is
-	// reniced to demoteNice: a long CPU-bound request then yields to the
-	// many short ones (hello-world pages take well under a millisecond),
-	// and a module burning CPU cannot double its neighbours' latency.
-	demoteAfter = 20 * time.Millisecond
-	demoteNice  = 19
-	// abortGrace is how long a request whose client went away may still
-	// run before its child is killed.
-	abortGrace = 20 * time.Millisecond
 )
 
 // ServeFCGI answers one FastCGI request.
@@ -450,7 +429,8 @@ type execResult struct {
 	// one, owed by idleOwner (the module it ran for then).
 	idle      time.Duration
 	idleOwner chargeTo
-	// aborted: the client left, but the request ended within abortGrace.
+	// aborted: the client left, but the request ended within the runner's
+	// abort grace.
 	aborted  bool
 	exitCode uint32 // the guest's exit code, for wagi-fcgi run
 	// budget is the account that ran out, when killed is killBudget.
@@ -462,361 +442,65 @@ type output interface {
 	write(p []byte) error
 }
 
-// execute runs one request on child p. It enforces the wall-clock, CPU and
-// output limits from outside: the child cannot pre-empt a spinning guest, so
-// the manager kills it. A killed child is replaced by its pool slot; a
-// reusable one is the caller's to give back.
+// execute runs one request on child p (see runner.Run) and settles the
+// child's accounts: the CPU it used since its previous request is owed by
+// the module that ran then (idle, idleOwner), and a child that ended the
+// run cleanly is charged to nobody until its next one. A killed child is
+// replaced by its pool slot; a reusable one is the caller's to give back.
 //
 // claim, when not nil, is the request's draw on its daily budgets: at every
 // CPU poll the child's CPU so far is reported to it, and the child is killed
 // once a budget is spent (by this request and the others running for the
 // same module together).
 func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, owner chargeTo, claim *claim) execResult {
-	startCPU := p.cpu()
-	idle, idleOwner := time.Duration(0), p.owner
-	if !idleOwner.empty() {
-		idle = startCPU - p.endCPU
-	}
+	idleOwner, idleSince := p.owner, p.endCPU
 	p.setRunning(owner)
-	if err := p.send(run); err != nil {
-		p.kill(killIPC)
-		<-p.exited
-		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), fail: fail(workerFailed), killed: killIPC}
+	var budget runner.Budget
+	var cb *claimBudget
+	if claim != nil {
+		cb = &claimBudget{c: claim}
+		budget = cb
 	}
-
-	// The holder waits for the child's frames itself, with a read deadline
-	// at the next thing to check: the wall-clock limit, the next CPU
-	// poll, or the end of the abort grace. The end of ctx (the client
-	// went away) wakes the read.
-	h := newHolding(log, p, run, lim, out, claim, startCPU)
-	h.idle, h.idleOwner = idle, idleOwner
-	stopWake := context.AfterFunc(ctx, p.wake)
-	defer stopWake()
-	// The loop below checks the limits between frames; while it is
-	// blocked handing output to a client that reads slowly (Apache
-	// streams), it checks nothing. This timer still ends the run at its
-	// wall-clock limit then, so a slow reader cannot hold a child past
-	// `timeout`. It acts only while this run is the child's.
-	runSeq := p.beginRun()
-	if lim.Timeout > 0 {
-		backstop := time.AfterFunc(lim.Timeout, func() { p.killRun(runSeq, killTimeout) })
-		defer backstop.Stop()
+	r := runner.Run(ctx, log, procChild{p}, run, runner.Limits{Timeout: lim.Timeout, CPU: lim.CPU, MaxOutput: lim.MaxOutput}, runnerOutput{out}, budget)
+	res := execResult{err: r.Err, fail: runFailure(r), killed: r.Killed, cpu: r.CPU, reusable: r.Reusable, aborted: r.Aborted, exitCode: r.ExitCode}
+	if cb != nil {
+		res.budget = cb.spent
 	}
-	defer p.endRun(runSeq)
-	waitCtx := ctx // replaced once the abort is seen, so recv waits again
-
-	for {
-		t, payload, err := p.recv(waitCtx, h.deadline())
-		switch {
-		case err != nil && timedOut(err):
-			now := time.Now()
-			if waitCtx.Err() != nil && !h.aborted {
-				h.clientLeft(now)
-				waitCtx = context.Background()
-			}
-			h.check(now)
-		case err != nil:
-			return h.childGone(err)
-		case t == ipc.TypeDone:
-			return h.done(payload, owner)
-		default:
-			h.frame(t, payload)
-		}
-	}
-}
-
-// holding is the state of one run on a child while execute holds it.
-type holding struct {
-	log      *slog.Logger
-	p        *proc
-	run      *ipc.Run
-	lim      config.Limits
-	out      output
-	claim    *claim
-	startCPU time.Duration // the child's CPU clock at dispatch
-	// idle is the child's CPU since its previous request, owed by
-	// idleOwner.
-	idle      time.Duration
-	idleOwner chargeTo
-
-	wallAt, pollAt, graceAt time.Time
-	watching                bool // limits are enforced until the child is killed
-	aborted                 bool // the client went away
-	demoted, demoteFailed   bool
-	stdoutBytes             int64
-	stderrBytes             int64
-	stderrLine              stderrLog
-	outErr                  error   // why the output or the child failed
-	budgetOut               account // the budget that ran out, if one did
-}
-
-func newHolding(log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, claim *claim, startCPU time.Duration) *holding {
-	start := time.Now()
-	return &holding{log: log, p: p, run: run, lim: lim, out: out, claim: claim, startCPU: startCPU,
-		wallAt: start.Add(lim.Timeout), pollAt: start.Add(cpuPoll), watching: true}
-}
-
-// kill kills the child; its limits are no longer watched.
-func (h *holding) kill(reason killReason) {
-	h.p.kill(reason)
-	h.watching = false
-}
-
-// deadline is when the next limit is to be checked: the wall-clock limit,
-// the next CPU poll, or the end of the abort grace. The zero time once the
-// child is killed: only its end is awaited.
-func (h *holding) deadline() time.Time {
-	if !h.watching {
-		return time.Time{}
-	}
-	deadline := h.pollAt
-	if h.wallAt.Before(deadline) {
-		deadline = h.wallAt
-	}
-	if h.aborted && h.graceAt.Before(deadline) {
-		deadline = h.graceAt
-	}
-	return deadline
-}
-
-// clientLeft notes that the client is gone. A request about to end anyway
-// finishes (its child is kept: a new one costs far more than a few
-// milliseconds of CPU); one still running after abortGrace is killed.
-func (h *holding) clientLeft(now time.Time) {
-	h.aborted, h.graceAt = true, now.Add(abortGrace)
-}
-
-// check enforces the limits at a deadline: the wall clock, the abort
-// grace, the CPU limit and the daily budgets; and demotes a CPU-bound
-// child.
-func (h *holding) check(now time.Time) {
-	if !h.watching {
-		return
-	}
-	switch {
-	case !now.Before(h.wallAt):
-		h.kill(killTimeout)
-	case h.aborted && !now.Before(h.graceAt):
-		h.kill(killAbort)
-	case !now.Before(h.pollAt):
-		h.pollAt = now.Add(cpuPoll)
-		used := h.p.cpu() - h.startCPU
-		if h.lim.CPU > 0 && used > h.lim.CPU {
-			h.kill(killCPU)
-		} else if a, spent := claimReport(h.claim, used); spent {
-			h.budgetOut = a
-			h.kill(killBudget)
-		} else if !h.demoted && !h.demoteFailed && used > demoteAfter {
-			h.demote()
-		}
-	}
-}
-
-// demote renices a CPU-bound child, so it yields to short requests. It
-// counts as demoted only if it took: a child that was never reniced needs
-// no privilege to give back (without CAP_SYS_NICE every such child was
-// retired, and its replacement charged to nobody).
-func (h *holding) demote() {
-	if err := h.p.setNice(demoteNice); err != nil {
-		h.demoteFailed = true
-		h.log.Debug("demoting a CPU-bound child", "pid", h.p.pid, "err", err)
-	} else {
-		h.demoted = true
-	}
-}
-
-// frame takes a frame of the running request: output or stderr.
-func (h *holding) frame(t ipc.Type, payload []byte) {
-	switch t {
-	case ipc.TypeStdout:
-		h.stdout(payload)
-	case ipc.TypeStderr:
-		// The child was told to forward at most StderrCap bytes
-		// (and a note that it dropped the rest); more is a child
-		// that no longer follows the protocol, flooding the log.
-		if h.stderrBytes += int64(len(payload)); h.stderrBytes > int64(h.run.StderrCap)+stderrSlack {
-			h.outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", h.p.pid, h.stderrBytes, h.run.StderrCap)
-			h.kill(killIPC)
-			return
-		}
-		logStderr(h.log, &h.stderrLine, payload, false)
-	default:
-		h.kill(killIPC)
-		h.outErr = fmt.Errorf("unexpected %s frame from child", t)
-	}
-}
-
-// stdout passes output on within max_output, unless the output has
-// failed or nobody is left to send it to.
-func (h *holding) stdout(payload []byte) {
-	if h.outErr != nil {
-		return
-	}
-	h.stdoutBytes += int64(len(payload))
-	if h.lim.MaxOutput > 0 && h.stdoutBytes > h.lim.MaxOutput {
-		h.outErr = fmt.Errorf("output passed max_output (%d bytes)", h.lim.MaxOutput)
-		h.kill(killOutput)
-		return
-	}
-	if h.aborted {
-		return // nobody to send it to
-	}
-	if err := h.out.write(payload); err != nil {
-		h.outErr = err
-		var inv *invalidOutputError
-		if errors.As(err, &inv) {
-			h.kill(killInvalid)
-		} else {
-			// Writing to the front end failed: it is gone.
-			h.kill(killAbort)
-		}
-	}
-}
-
-// childGone ends a run whose stream ended (err) before Done: the child was
-// killed by us, crashed, or broke the protocol.
-func (h *holding) childGone(err error) execResult {
-	if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && h.watching {
-		// A frame the protocol does not allow (too large): the
-		// child is not to be trusted with anything more.
-		h.kill(killIPC)
-		h.outErr = fmt.Errorf("child %d broke the protocol: %w", h.p.pid, err)
-	}
-	<-h.p.exited
-	cpu := h.p.cpu() - h.startCPU
-	logStderr(h.log, &h.stderrLine, nil, true)
-	res := deadChildResult(h.p, cpu, h.outErr)
-	res.idle, res.idleOwner, res.budget = h.idle, h.idleOwner, h.budgetOut
-	return res
-}
-
-// done ends a run with the child's Done frame.
-func (h *holding) done(payload []byte, owner chargeTo) execResult {
-	p := h.p
-	var d ipc.Done
-	cpu := p.cpu() - h.startCPU
-	logStderr(h.log, &h.stderrLine, nil, true)
-	if err := ipc.DecodeDone(payload, &d); err != nil {
-		p.kill(killIPC) // its slot drains and replaces it
-		return execResult{err: err, fail: fail(workerFailed), killed: killIPC, cpu: cpu}
-	}
-	if p.killReason() != notKilled {
-		// Done crossed our kill on the way: the kill decides.
-		<-p.exited
-		res := deadChildResult(p, p.cpu()-h.startCPU, h.outErr)
-		res.idle, res.idleOwner, res.budget = h.idle, h.idleOwner, h.budgetOut
+	switch r.Outcome {
+	case runner.NotSent, runner.BadDone:
 		return res
+	case runner.Succeeded, runner.ModuleFailed:
+		p.owner, p.endCPU = owner, r.StartCPU+r.CPU
+		if r.Reusable {
+			p.setRunning(chargeTo{})
+		} // else retired: its replacement is this module's (running stays set)
 	}
-	p.owner, p.endCPU = owner, h.startCPU+cpu
-	res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: h.idle, idleOwner: h.idleOwner}
-	if h.aborted {
-		res.aborted, res.err, res.fail = true, errors.New("client went away"), fail(clientGone)
-	}
-	if h.demoted && p.setNice(0) != nil {
-		// Lowering niceness again needs privilege; a child that
-		// cannot get it back is retired instead, and its
-		// replacement is this module's (running stays set).
-		p.kill(killRecycle)
-		res.reusable = false
-	} else {
-		p.setRunning(chargeTo{})
-	}
-	switch d.Outcome {
-	case ipc.OutcomeOK:
-	case ipc.OutcomeExit:
-		res.err, res.fail = fmt.Errorf("module exited with code %d", d.ExitCode), fail(moduleFailed)
-	default:
-		res.err, res.fail = fmt.Errorf("%s: %s", d.Outcome, d.Message), fail(moduleFailed)
+	res.idleOwner = idleOwner
+	if !idleOwner.empty() {
+		res.idle = r.StartCPU - idleSince
 	}
 	return res
 }
 
-// claimReport reports CPU to a claim, if there is one.
-func claimReport(c *claim, used time.Duration) (account, bool) {
-	if c == nil {
-		return account{}, false
-	}
-	return c.report(used)
+// claimBudget is a claim as the runner reports to it; it keeps the account
+// that ran out.
+type claimBudget struct {
+	c     *claim
+	spent account
 }
 
-// deadChildResult describes a request whose child died before Done.
-func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
-	why := p.killReason()
-	res := execResult{killed: why, cpu: cpu, err: outErr}
-	switch why {
-	case killTimeout:
-		res.fail = fail(wallLimit)
-		res.err = fmt.Errorf("wall-clock limit reached; child %d killed", p.pid)
-	case killCPU:
-		res.fail = fail(cpuLimit)
-		res.err = fmt.Errorf("CPU limit reached (%s used); child %d killed", cpu.Round(time.Millisecond), p.pid)
-	case killOutput:
-		res.fail = fail(outputTooLarge)
-	case killInvalid:
-		res.fail = fail(invalidOutput)
-	case killBudget:
-		res.fail = fail(budgetSpent) // the caller knows which budget, and when it resets
-		res.err = fmt.Errorf("daily CPU budget spent (%s used by this request); child %d killed", cpu.Round(time.Millisecond), p.pid)
-	case killAbort:
-		res.fail = fail(clientGone)
-		if res.err == nil {
-			res.err = errors.New("client went away")
-		}
-	default:
-		res.fail = fail(workerFailed)
-		res.err = fmt.Errorf("child %d died: %s", p.pid, exitText(p.state))
+func (b *claimBudget) Spent(used time.Duration) bool {
+	a, spent := b.c.report(used)
+	if spent {
+		b.spent = a
 	}
-	return res
+	return spent
 }
 
-// logStderr logs guest stderr line by line. A partial line is kept until
-// its newline arrives or the request ends.
-func logStderr(log *slog.Logger, st *stderrLog, p []byte, end bool) {
-	carry := &st.carry
-	*carry = append(*carry, p...)
-	for {
-		i := bytes.IndexByte(*carry, '\n')
-		if i < 0 {
-			break
-		}
-		st.line(log, string(bytes.TrimRight((*carry)[:i], "\r")))
-		*carry = (*carry)[i+1:]
-	}
-	for len(*carry) >= maxStderrLine {
-		st.line(log, string((*carry)[:maxStderrLine]))
-		*carry = (*carry)[maxStderrLine:]
-	}
-	if end && len(*carry) > 0 {
-		st.line(log, string(*carry))
-		*carry = nil
-	}
-	if end && st.dropped > 0 {
-		log.Warn("module stderr", "dropped_lines", st.dropped, "last", st.last,
-			"note", fmt.Sprintf("only the first %d lines of a request are logged, and its last", maxStderrLines))
-		st.dropped, st.last = 0, ""
-	}
-}
+// runnerOutput is an output as the runner writes to it.
+type runnerOutput struct{ output }
 
-// stderrLog is a request's guest stderr on its way to the log.
-type stderrLog struct {
-	carry   []byte // a line not ended yet
-	lines   int    // lines logged
-	dropped int    // lines past maxStderrLines
-	last    string // the last of them: how a flood ended
-}
-
-// line logs one line, unless the request has logged maxStderrLines: 64 KiB
-// of empty lines would otherwise be 65,536 log records, costing the manager
-// CPU that nobody pays for and crowding out its own lines.
-func (st *stderrLog) line(log *slog.Logger, s string) {
-	if st.lines >= maxStderrLines {
-		st.dropped++
-		st.last = s
-		return
-	}
-	st.lines++
-	log.Warn("module stderr", "line", s)
-}
+func (o runnerOutput) Write(p []byte) error { return o.write(p) }
 
 // captureWriter collects output up to a limit (for _routes).
 type captureWriter struct {
@@ -826,7 +510,7 @@ type captureWriter struct {
 
 func (c *captureWriter) write(p []byte) error {
 	if len(c.buf)+len(p) > c.limit {
-		return &invalidOutputError{errors.New("_routes output over " + strconv.Itoa(c.limit) + " bytes")}
+		return &invalidOutputError{Err: errors.New("_routes output over " + strconv.Itoa(c.limit) + " bytes")}
 	}
 	c.buf = append(c.buf, p...)
 	return nil

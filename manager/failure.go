@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // failureKind is a situation in which wagi-fcgi answers a request itself
@@ -181,4 +182,35 @@ func statusText(code int) string {
 		return "Gateway Timeout"
 	}
 	return "Error"
+}
+
+// killFailures are the situations of a run whose child was killed for one
+// of its limits; a child killed for anything else, or dead of its own
+// accord, is a workerFailed.
+var killFailures = map[killReason]failureKind{
+	killTimeout: wallLimit,
+	killCPU:     cpuLimit,
+	killOutput:  outputTooLarge,
+	killInvalid: invalidOutput,
+	killBudget:  budgetSpent, // the caller knows which budget, and when it resets
+	killAbort:   clientGone,
+}
+
+// runFailure is the answer to a run that ended as r says; the zero
+// failure for a module that succeeded for a client still there.
+func runFailure(r runner.Result) failure {
+	switch r.Outcome {
+	case runner.Succeeded:
+		if r.Aborted {
+			return fail(clientGone)
+		}
+		return failure{}
+	case runner.ModuleFailed:
+		return fail(moduleFailed)
+	case runner.Died:
+		if kind, ok := killFailures[r.Killed]; ok {
+			return fail(kind)
+		}
+	}
+	return fail(workerFailed) // not sent, a bad Done, a crash, a broken protocol
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // designContract is each row of the HTTP status contract in
@@ -185,6 +186,35 @@ func TestAFailureIsWrittenAsStatusTextRequestIDAndRetryAfter(t *testing.T) {
 			tt.f.write(&b, "ab-1")
 			if b.String() != tt.want {
 				t.Errorf("wrote\n%q\nwant\n%q", b.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestARunsTypedResultIsAnsweredByTheTable(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		r    runner.Result
+		want failureKind // 0: the module's own response
+	}{
+		{"a module that succeeded answers itself", runner.Result{Outcome: runner.Succeeded}, 0},
+		{"a module that succeeded for a client that left answers nobody", runner.Result{Outcome: runner.Succeeded, Aborted: true}, clientGone},
+		{"a module that exited non-zero is a 500", runner.Result{Outcome: runner.ModuleFailed}, moduleFailed},
+		{"a module that failed for a client that left is still a module failure", runner.Result{Outcome: runner.ModuleFailed, Aborted: true}, moduleFailed},
+		{"a child killed for its wall-clock limit is a 504", runner.Result{Outcome: runner.Died, Killed: runner.KillTimeout}, wallLimit},
+		{"a child killed for its CPU limit is a 504", runner.Result{Outcome: runner.Died, Killed: runner.KillCPU}, cpuLimit},
+		{"a child killed for max_output is a 502", runner.Result{Outcome: runner.Died, Killed: runner.KillOutput}, outputTooLarge},
+		{"a child killed for invalid output is a 502", runner.Result{Outcome: runner.Died, Killed: runner.KillInvalid}, invalidOutput},
+		{"a child killed for a spent budget is a 503", runner.Result{Outcome: runner.Died, Killed: runner.KillBudget}, budgetSpent},
+		{"a child killed because its client left answers nobody", runner.Result{Outcome: runner.Died, Killed: runner.KillAbort}, clientGone},
+		{"a child killed for an ipc error is a bad worker", runner.Result{Outcome: runner.Died, Killed: runner.KillIPC}, workerFailed},
+		{"a child that crashed is a bad worker", runner.Result{Outcome: runner.Died}, workerFailed},
+		{"a run that could not be sent is a bad worker", runner.Result{Outcome: runner.NotSent, Killed: runner.KillIPC}, workerFailed},
+		{"a Done that does not decode is a bad worker", runner.Result{Outcome: runner.BadDone, Killed: runner.KillIPC}, workerFailed},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := runFailure(tt.r); got.kind != tt.want {
+				t.Errorf("failure %d, want %d", got.kind, tt.want)
 			}
 		})
 	}

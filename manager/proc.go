@@ -514,3 +514,22 @@ func exitText(ps *os.ProcessState) string {
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
 }
+
+// procChild is a proc as the runner holds it.
+type procChild struct{ p *proc }
+
+func (c procChild) PID() int                { return c.p.pid }
+func (c procChild) CPU() time.Duration      { return c.p.cpu() }
+func (c procChild) Send(run *ipc.Run) error { return c.p.send(run) }
+func (c procChild) Recv(ctx context.Context, deadline time.Time) (ipc.Type, []byte, error) {
+	return c.p.recv(ctx, deadline)
+}
+func (c procChild) Wake()                            { c.p.wake() }
+func (c procChild) Kill(reason killReason)           { c.p.kill(reason) }
+func (c procChild) KillReason() killReason           { return c.p.killReason() }
+func (c procChild) Exited() <-chan struct{}          { return c.p.exited }
+func (c procChild) ExitText() string                 { return exitText(c.p.state) }
+func (c procChild) SetNice(n int) error              { return c.p.setNice(n) }
+func (c procChild) BeginRun() uint64                 { return c.p.beginRun() }
+func (c procChild) EndRun(seq uint64)                { c.p.endRun(seq) }
+func (c procChild) KillRun(seq uint64, r killReason) { c.p.killRun(seq, r) }

@@ -195,7 +195,7 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	switch {
 	case res.err == nil:
 		return 0, nil
-	case res.killed.forLimit():
+	case res.killed.ForLimit():
 		return 0, fmt.Errorf("%w: %v", ErrLimit, res.err)
 	case res.killed != notKilled:
 		return 0, res.err

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // durationSamples is how many recent request durations per module the
@@ -66,7 +68,7 @@ func (b *statusBook) observe(key, ref, route string, budget time.Duration, statu
 	if c := status / 100; c >= 1 && c <= 5 {
 		s.classes[c]++
 	}
-	if killed.forLimit() {
+	if killed.ForLimit() {
 		s.timeouts++
 	}
 	s.last = time.Now()
@@ -370,7 +372,7 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 		gauge("wagi_gateway_cpu_today_seconds", "CPU used by all gateway CIDs in the current budget day.", g.CPUToday)
 		gauge("wagi_gateway_cpu_daily_budget_seconds", "The daily CPU budget all gateway CIDs share.", g.DailyCPU)
 	}
-	for _, r := range requestKills {
+	for _, r := range runner.RunKills {
 		killed.WithLabelValues(r.String()).Add(float64(p.Killed[r.String()]))
 	}
 	reg.MustRegister(killed)
