@@ -149,21 +149,21 @@ func (pl *pool) slot(id int, first chan<- error) {
 		select {
 		case <-p.exited:
 		case <-pl.ctx.Done():
-			p.kill("shutdown")
+			p.kill(killShutdown)
 			<-p.exited
 			return
 		}
 		reason := p.killReason()
 		owed = p.runningFor()
 		switch {
-		case reason == "recycle":
+		case reason == killRecycle:
 			pl.stats.recycled.Add(1)
 			failures = 0
 			pl.log.Info("child recycled", "child", id, "pid", p.pid, "requests", p.requests.Load())
-		case reason != "":
+		case reason != notKilled:
 			pl.stats.killed.Add(1)
 			failures = 0
-			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason)
+			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason.String())
 		default:
 			pl.stats.crashed.Add(1)
 			if p.requests.Load() > 0 {
@@ -296,12 +296,12 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 // and its slot starts a fresh one.
 func (pl *pool) release(p *proc) {
 	n := p.requests.Add(1)
-	if p.killReason() != "" {
+	if p.killReason() != notKilled {
 		return // killed as its run ended (the wall-clock backstop): its slot replaces it
 	}
 	if pl.maxRequests > 0 && n >= int64(pl.maxRequests) {
 		p.mu.Lock()
-		p.killedBy = "recycle"
+		p.killedBy = killRecycle
 		p.mu.Unlock()
 		p.conn.Close()
 		return
@@ -311,7 +311,7 @@ func (pl *pool) release(p *proc) {
 
 // discard is for a child whose request went wrong: it was killed (its slot
 // replaces it) or it must not be trusted with another request.
-func (pl *pool) discard(p *proc, reason string) {
+func (pl *pool) discard(p *proc, reason killReason) {
 	p.kill(reason)
 }
 

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // Output buffering: a module's response is checked (headers parsed and
@@ -42,11 +42,9 @@ type cgiResponse struct {
 	log       *slog.Logger // for headers dropped from the output; may be nil
 }
 
-// invalidOutputError means the module's output is not a valid CGI response.
-type invalidOutputError struct{ err error }
-
-func (e *invalidOutputError) Error() string { return "invalid CGI response: " + e.err.Error() }
-func (e *invalidOutputError) Unwrap() error { return e.err }
+// invalidOutputError means the module's output is not a valid CGI response:
+// the runner kills the child for it.
+type invalidOutputError = runner.InvalidOutputError
 
 // write takes a chunk of the module's stdout.
 func (r *cgiResponse) write(p []byte) error {
@@ -64,13 +62,13 @@ func (r *cgiResponse) write(p []byte) error {
 		end := r.headerEnd()
 		if end < 0 {
 			if len(r.pending) > maxHeaderBytes {
-				return &invalidOutputError{fmt.Errorf("no end of headers within %d bytes", maxHeaderBytes)}
+				return &invalidOutputError{Err: fmt.Errorf("no end of headers within %d bytes", maxHeaderBytes)}
 			}
 			return nil
 		}
 		h, err := wagi.ReadResponseHeader(bufio.NewReader(bytes.NewReader(r.pending[:end])), maxHeaderBytes)
 		if err != nil {
-			return &invalidOutputError{err}
+			return &invalidOutputError{Err: err}
 		}
 		r.head = h
 		r.bodyStart = end
@@ -125,60 +123,9 @@ func (r *cgiResponse) finish() error {
 	}
 	if r.head == nil {
 		if len(r.pending) == 0 {
-			return &invalidOutputError{fmt.Errorf("no output")}
+			return &invalidOutputError{Err: fmt.Errorf("no output")}
 		}
-		return &invalidOutputError{fmt.Errorf("no empty line after the headers")}
+		return &invalidOutputError{Err: fmt.Errorf("no empty line after the headers")}
 	}
 	return r.commit(false)
-}
-
-// errorResponse writes a response that wagi-fcgi produces itself: a status,
-// a short plain-text body and the request id, which the log line carries
-// too, and Retry-After when retryAfter is not "". Details stay in the log.
-func errorResponse(w io.Writer, id string, status int, msg, retryAfter string) {
-	var b []byte
-	b = append(b, "Status: "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Request-Id: "...)
-	b = append(b, id...)
-	b = append(b, "\r\n"...)
-	if retryAfter != "" {
-		b = append(b, "Retry-After: "...)
-		b = append(b, retryAfter...)
-		b = append(b, "\r\n"...)
-	}
-	b = append(b, "\r\n"...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, ": "...)
-	b = append(b, msg...)
-	b = append(b, "\nrequest id: "...)
-	b = append(b, id...)
-	b = append(b, '\n')
-	_, _ = w.Write(b)
-}
-
-func statusText(code int) string {
-	switch code {
-	case 200:
-		return "OK"
-	case 403:
-		return "Forbidden"
-	case 404:
-		return "Not Found"
-	case 413:
-		return "Content Too Large"
-	case 500:
-		return "Internal Server Error"
-	case 502:
-		return "Bad Gateway"
-	case 503:
-		return "Service Unavailable"
-	case 504:
-		return "Gateway Timeout"
-	}
-	return "Error"
 }
