@@ -35,6 +35,7 @@ import (
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmhost"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
 
@@ -222,21 +223,6 @@ func (e *engine) close(ctx context.Context) {
 	}
 }
 
-// RuntimeConfig is the wazero configuration shared by the manager and the
-// children. Both sides must use the same one, or the file cache misses (the
-// cache key covers compile-affecting settings).
-func RuntimeConfig(cache wazero.CompilationCache, memoryPages uint32) wazero.RuntimeConfig {
-	c := wazero.NewRuntimeConfig().
-		// Leave CloseOnContextDone off: it makes tight loops ~25x slower.
-		// The manager enforces time limits with SIGKILL instead.
-		WithCloseOnContextDone(false).
-		WithMemoryLimitPages(memoryPages)
-	if cache != nil {
-		c = c.WithCompilationCache(cache)
-	}
-	return c
-}
-
 func (e *engine) runtime(ctx context.Context, pages uint32) (*runtimeEntry, error) {
 	return e.runtimeIn(ctx, e.runtimes, e.cache, pages)
 }
@@ -251,9 +237,8 @@ func (e *engine) runtimeIn(ctx context.Context, in map[uint32]*runtimeEntry, cac
 	if re, ok := in[pages]; ok {
 		return re, nil
 	}
-	rt := wazero.NewRuntimeWithConfig(ctx, RuntimeConfig(cache, pages))
-	if err := InstantiateHost(ctx, rt); err != nil {
-		_ = rt.Close(ctx)
+	rt, _, err := wasmhost.NewRuntime(ctx, cache, pages, hostImpl)
+	if err != nil {
 		return nil, fmt.Errorf("instantiate host modules: %w", err)
 	}
 	re := &runtimeEntry{rt: rt, modules: map[string]wazero.CompiledModule{}}

@@ -3,11 +3,7 @@ package child
 import (
 	"context"
 
-	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
-
-	"github.com/wagi-fcgi/wagi-fcgi/internal/quota"
 )
 
 // The request's environment reaches the guest through our own environ_get
@@ -51,40 +47,6 @@ const (
 	errnoSuccess = 0
 	errnoFault   = 21
 )
-
-// instantiateWASI instantiates wasi_snapshot_preview1 in rt with the
-// environment functions replaced, and what is provided of wasi_unstable
-// (see preview0.go).
-func instantiateWASI(ctx context.Context, rt wazero.Runtime) error {
-	b := rt.NewHostModuleBuilder(wasi_snapshot_preview1.ModuleName)
-	if err := exportWASI(b); err != nil {
-		return err
-	}
-	if _, err := b.Instantiate(ctx); err != nil {
-		return err
-	}
-	return instantiatePreview0(ctx, rt)
-}
-
-// exportWASI exports the preview1 functions into b, as wagi-fcgi provides
-// them (quotas, environment).
-func exportWASI(b wazero.HostModuleBuilder) error {
-	wasi_snapshot_preview1.NewFunctionExporter().ExportFunctions(b)
-	// Volume quotas answer ENOSPC, which wazero's errno set lacks.
-	if err := quota.WrapWASI(b); err != nil {
-		return err
-	}
-	i32 := api.ValueTypeI32
-	b.NewFunctionBuilder().
-		WithGoModuleFunction(api.GoModuleFunc(environSizesGet), []api.ValueType{i32, i32}, []api.ValueType{i32}).
-		WithParameterNames("result.environc", "result.environv_len").
-		Export("environ_sizes_get")
-	b.NewFunctionBuilder().
-		WithGoModuleFunction(api.GoModuleFunc(environGet), []api.ValueType{i32, i32}, []api.ValueType{i32}).
-		WithParameterNames("environ", "environ_buf").
-		Export("environ_get")
-	return nil
-}
 
 func environSizesGet(ctx context.Context, mod api.Module, stack []uint64) {
 	e := environOf(ctx)

@@ -28,13 +28,14 @@ type FastFDs struct {
 	Page   int // the manager's scoreboard page (mapped read-only)
 	Slot   int // this child's scoreboard slot
 	Index  int // this child's number in the page's counters
+	// Base is where connection descriptors live in the manager and in
+	// every child: a child re-arms the manager's registration in the
+	// shared epoll set, which epoll keys by file and descriptor number,
+	// so the numbers must be the same. Connection c is descriptor
+	// Base+c, at the top of the descriptor limit, above anything else
+	// either side opens.
+	Base int
 }
-
-// ConnBase is where connection descriptors live in the manager and in
-// every child: a child re-arms the manager's registration in the shared
-// epoll set, which epoll keys by file and descriptor number, so the
-// numbers must be the same. Connection c is descriptor ConnBase+c.
-const ConnBase = 1 << 16
 
 // Control messages on the fast path's socket (SOCK_SEQPACKET, one per
 // datagram): kind byte, connection uint32, generation uint32, payload.
@@ -184,7 +185,7 @@ func (f *fastPath) recvCtl(flags int) bool {
 		}
 		return true
 	}
-	_ = unix.Dup3(fd, ConnBase+c, unix.O_CLOEXEC)
+	_ = unix.Dup3(fd, f.fds.Base+c, unix.O_CLOEXEC)
 	_ = unix.Close(fd)
 	f.gens[c] = gen
 	return true
@@ -207,7 +208,7 @@ func (f *fastPath) sendCtl(kind byte, c int, gen uint32, payload []byte) {
 // serve answers the request waiting on connection descriptor fd, or hands
 // it to the manager.
 func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
-	c := fd - ConnBase
+	c := fd - f.fds.Base
 	if c < 0 || c >= scoreboard.MaxConns {
 		return
 	}

@@ -6,30 +6,10 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/egress"
 )
-
-// HTTPModuleName is the import module of WAGI's outbound HTTP
-// (deislabs/wasi-experimental-http). Its functions are always provided, so
-// a module importing them loads whatever its allowed_hosts say; a call
-// goes to the manager's egress proxy (internal/egress), which decides. The
-// child itself opens no network connection (its seccomp filter allows
-// AF_UNIX sockets only).
-const HTTPModuleName = "wasi_experimental_http"
-
-// httpFuncs are the functions of HTTPModuleName and their number of i32
-// parameters; each returns one i32, a WAGI error code (0 = success). The
-// signatures are those of wasi-experimental-http-wasmtime 0.10 (WAGI's).
-var httpFuncs = map[string]int{
-	"req":             10, // url, url_len, method, method_len, headers, headers_len, body, body_len, *status(u16), *handle(u32)
-	"close":           1,  // handle
-	"header_get":      6,  // handle, name, name_len, value, value_len, *written(u32)
-	"headers_get_all": 4,  // handle, buf, buf_len, *written(u32)
-	"body_read":       4,  // handle, buf, buf_len, *read(u32)
-}
 
 // maxHTTPBody bounds a response body the child accepts from the proxy;
 // the proxy enforces http_max_response, this only guards against a
@@ -62,24 +42,6 @@ func httpOf(ctx context.Context) *httpState {
 		return s
 	}
 	return &httpState{}
-}
-
-// instantiateHTTP instantiates HTTPModuleName in rt.
-func instantiateHTTP(ctx context.Context, rt wazero.Runtime) error {
-	b := rt.NewHostModuleBuilder(HTTPModuleName)
-	fns := map[string]api.GoModuleFunc{
-		"req": httpReq, "close": httpClose, "header_get": httpHeaderGet,
-		"headers_get_all": httpHeadersGetAll, "body_read": httpBodyRead,
-	}
-	for name, fn := range fns {
-		params := make([]api.ValueType, httpFuncs[name])
-		for i := range params {
-			params[i] = api.ValueTypeI32
-		}
-		b.NewFunctionBuilder().WithGoModuleFunction(fn, params, []api.ValueType{api.ValueTypeI32}).Export(name)
-	}
-	_, err := b.Instantiate(ctx)
-	return err
 }
 
 // guestMemory is the guest's exported "memory", as WAGI looked it up.

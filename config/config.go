@@ -81,7 +81,11 @@ type Pool struct {
 	// after the previous one; IdleTimeout closes kept connections idle
 	// that long (longer than nginx's keepalive_timeout). ParamsMemory
 	// caps the params held for all requests together (→ 503).
-	MaxConnections     int
+	MaxConnections int
+	// FastPath lets children take requests straight from the web
+	// server's connections (manager/RATIONALE.md, "Taking the manager
+	// out of the per-request path").
+	FastPath           bool
 	RequestReadTimeout time.Duration
 	IdleTimeout        time.Duration
 	ParamsMemory       int64

@@ -1,7 +1,6 @@
 package manager
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -17,197 +16,248 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 const (
 	// stderrCap bounds the guest stderr logged per request.
 	stderrCap = 64 << 10
-	// stderrSlack is what a child may send past StderrCap: its note that
-	// the rest was dropped.
-	stderrSlack = 256
-	// maxStderrLine bounds one logged line of guest stderr: a longer one
-	// is logged in pieces, so an endless line costs the manager no more.
-	maxStderrLine = 4 << 10
-	// maxStderrLines bounds the guest stderr lines logged per request;
-	// the rest are counted in one line.
-	maxStderrLines = 200
-	// cpuPoll is how often a running child's CPU clock is read. The
-	// per-request CPU limit is overshot by at most about this much.
-	cpuPoll = 5 * time.Millisecond
-	// demoteAfter is the CPU time after which a request's child is
-	// reniced to demoteNice: a long CPU-bound request then yields to the
-	// many short ones (hello-world pages take well under a millisecond),
-	// and a module burning CPU cannot double its neighbours' latency.
-	demoteAfter = 20 * time.Millisecond
-	demoteNice  = 19
-	// abortGrace is how long a request whose client went away may still
-	// run before its child is killed.
-	abortGrace = 20 * time.Millisecond
-)
-
-// Kill reasons, as logged and counted.
-const (
-	killTimeout = "timeout"
-	killCPU     = "cpu"
-	killOutput  = "max_output"
-	killInvalid = "invalid output"
-	killAbort   = "client abort"
-	killIPC     = "ipc error"
-	killBudget  = "daily_cpu" // a daily budget ran out during the request
 )
 
 // ServeFCGI answers one FastCGI request.
 func (m *Manager) ServeFCGI(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if !m.enter() {
-		errorResponse(w, m.newID(), 503, "the server is restarting; try again", "1")
+		fail(restarting).write(w, m.newID())
 		return
 	}
 	defer m.leave()
 	m.serve(w, r)
 }
 
+// served is what the request's log line and the status page say about a
+// request; each step of serve fills in what it learns.
+type served struct {
+	start  time.Time
+	status int
+	bytes  int64         // body bytes sent
+	cpu    time.Duration // CPU charged
+	t      *target       // nil until routed
+	mod    *module       // nil until loaded
+	killed killReason
+}
+
 // serve answers a request the manager has admitted.
 func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
-	start := time.Now()
 	id := m.newID()
 	rawPath := wagi.RawPath(r.Params)
 	log := m.log.With("id", id)
-	status, bytesOut := 0, int64(0)
-	var cpu time.Duration
-	var t *target
-	var modKey, modRef, killed string
-	var budget time.Duration
-	defer func() {
-		if t != nil {
-			m.status.observe(modKey, modRef, t.route.Pattern, budget, status, time.Since(start), killed)
-		}
-		attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", status,
-			"wall", time.Since(start).Round(time.Microsecond), "bytes", bytesOut}
-		if t != nil {
-			attrs = append(attrs, "route", t.route.Pattern)
-		}
-		if modKey != "" {
-			attrs = append(attrs, "module", modKey[:12], "cpu", cpu.Round(time.Microsecond))
-		}
-		log.Info("request", attrs...)
-	}()
+	rec := &served{start: time.Now()}
+	defer m.record(log, r, rawPath, rec)
+	if m.serveOwnPage(w, r, rawPath, log, rec) {
+		return
+	}
+	if f := m.serveModule(w, r, id, rawPath, log, rec); f.failed() {
+		rec.status = f.status()
+		f.write(w, id)
+	}
+}
 
-	if m.cfg.StatusPath != "" && rawPath == m.cfg.StatusPath {
+// record logs the request's line and counts it on the status page.
+func (m *Manager) record(log *slog.Logger, r *fcgi.Request, rawPath string, rec *served) {
+	var modKey, modRef string
+	var budget time.Duration
+	if rec.mod != nil {
+		modKey, modRef, budget = rec.mod.key, rec.mod.ref, rec.t.limits.DailyCPU
+	}
+	if rec.t != nil {
+		m.status.observe(modKey, modRef, rec.t.route.Pattern, budget, rec.status, time.Since(rec.start), rec.killed)
+	}
+	attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", rec.status,
+		"wall", time.Since(rec.start).Round(time.Microsecond), "bytes", rec.bytes}
+	if rec.t != nil {
+		attrs = append(attrs, "route", rec.t.route.Pattern)
+	}
+	if modKey != "" {
+		attrs = append(attrs, "module", modKey[:12], "cpu", rec.cpu.Round(time.Microsecond))
+	}
+	log.Info("request", attrs...)
+}
+
+// serveOwnPage answers the status page and /healthz, if the request is for
+// one of them.
+func (m *Manager) serveOwnPage(w io.Writer, r *fcgi.Request, rawPath string, log *slog.Logger, rec *served) bool {
+	switch {
+	case m.cfg.StatusPath != "" && rawPath == m.cfg.StatusPath:
 		// Answered here, not by a child: it works when every child is busy.
-		status = 200
+		rec.status = 200
 		if err := m.writeStatus(w, wagi.QueryString(r.Params)); err != nil {
 			log.Error("status page", "err", err)
 		}
-		return
-	}
-	if m.cfg.Healthz && rawPath == "/healthz" {
-		status = 200
+		return true
+	case m.cfg.Healthz && rawPath == "/healthz":
+		rec.status = 200
 		_, _ = io.WriteString(w, "Status: 200 OK\r\nContent-Type: text/plain\r\n\r\nOK")
-		return
+		return true
 	}
-	var scriptName, rawPathInfo string
-	var matched wagi.Route
-	var ok bool
-	gw := false
+	return false
+}
+
+// routed is where a request goes.
+type routed struct {
+	t           *target
+	scriptName  string
+	rawPathInfo string
+	matched     wagi.Route
+	gateway     bool // a CID of the open-edge gateway
+}
+
+// route finds the target of a path: a gateway CID, or a route.
+func (m *Manager) route(rawPath string) (routed, failure) {
 	if m.gateway != nil && strings.HasPrefix(rawPath, m.gateway.prefix) {
-		var code int
-		var why string
-		if t, code, why = m.gateway.lookup(rawPath); t == nil {
-			status = code
-			errorResponse(w, id, status, why, "")
-			return
+		t, f := m.gateway.lookup(rawPath)
+		if f.failed() {
+			return routed{}, f
 		}
-		scriptName, rawPathInfo, _ = t.route.Match(rawPath)
-		matched, gw = t.route, true
-		// A spent gateway budget turns a CID away before it is fetched
-		// or compiled: both are CPU that the gateway would pay for.
-		now := m.opts.Now()
-		gwOnly := m.chargeTo("", t.limits, true, now)
-		gwOnly.accts = gwOnly.accts[1:]
-		if a, spent := m.budgets.exhausted(gwOnly); spent {
-			status = 503
-			errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
-			return
-		}
-	} else {
-		t, scriptName, rawPathInfo, matched, ok = m.routes.Load().Lookup(rawPath)
-		if !ok {
-			t = nil
-			status = 404
-			errorResponse(w, id, status, "no route matches this path", "")
-			return
+		scriptName, rawPathInfo, _ := t.route.Match(rawPath)
+		return routed{t: t, scriptName: scriptName, rawPathInfo: rawPathInfo, matched: t.route, gateway: true}, failure{}
+	}
+	t, scriptName, rawPathInfo, matched, ok := m.routes.Load().Lookup(rawPath)
+	if !ok {
+		return routed{}, fail(noRoute)
+	}
+	return routed{t: t, scriptName: scriptName, rawPathInfo: rawPathInfo, matched: matched}, failure{}
+}
+
+// gatewayBudget turns a gateway CID away while the gateway's budget is
+// spent, before it is fetched or compiled: both are CPU that the gateway
+// would pay for.
+func (m *Manager) gatewayBudget(t *target) failure {
+	now := m.opts.Now()
+	gwOnly := m.chargeTo("", t.limits, true, now)
+	gwOnly.accts = gwOnly.accts[1:]
+	if a, spent := m.budgets.exhausted(gwOnly); spent {
+		return budgetFailure(a, now)
+	}
+	return failure{}
+}
+
+// serveModule answers a request with its module, run on a child, or says
+// why wagi-fcgi answers it itself.
+func (m *Manager) serveModule(w *fcgi.ResponseWriter, r *fcgi.Request, id, rawPath string, log *slog.Logger, rec *served) failure {
+	rt, f := m.route(rawPath)
+	rec.t = rt.t
+	if f.failed() {
+		return f
+	}
+	t := rt.t
+	if rt.gateway {
+		if f := m.gatewayBudget(t); f.failed() {
+			return f
 		}
 	}
-	mod, err := m.module(r.Context(), t.src)
-	if err != nil {
-		var retry string
-		var msg string
-		status, msg, retry = loadFailure(err, t.src.from.Status, gw)
-		log.Error("module not available", "module", t.src.ref.Raw, "status", status, "err", err)
-		errorResponse(w, id, status, msg, retry)
-		return
-	}
-	modKey, modRef, budget = mod.key, mod.ref, t.limits.DailyCPU
-	if why := missingEntrypoint(t, mod); why != "" {
-		status = 500
-		log.Error("module cannot run on this route", "module", mod.ref, "status", status, "err", why)
-		errorResponse(w, id, status, "the module failed", "")
-		return
-	}
-	mounts, err := m.mounts(r.Context(), t.cfg.Volumes)
-	if err != nil {
-		status, msg, retry := loadFailure(err, modsource.IPFSStatus, false)
-		log.Error("volume not available", "module", mod.ref, "status", status, "err", err)
-		errorResponse(w, id, status, "a volume of this module is not available: "+msg, retry)
-		return
+	mod, mounts, f := m.prepare(r.Context(), t, rt.gateway, log)
+	rec.mod = mod // nil if it could not be loaded
+	if f.failed() {
+		return f
 	}
 
 	// The daily budgets: spent means 503 until the reset. What running
 	// requests of the module use counts too (see budgets).
 	lim := t.limits
 	now := m.opts.Now()
-	owner := m.chargeTo(mod.key, lim, gw, now)
+	owner := m.chargeTo(mod.key, lim, rt.gateway, now)
 	if a, spent := m.budgets.exhausted(owner); spent {
-		status = 503
-		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
-		return
+		return budgetFailure(a, now)
 	}
-
-	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
-	if err != nil {
-		var serr *spoolError
-		switch {
-		case errors.Is(err, errBodyTooLarge):
-			status = 413
-			errorResponse(w, id, status, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody), "")
-		case errors.Is(err, errSpoolFull):
-			status = 503
-			log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
-			errorResponse(w, id, status, "the server holds too many request bodies; try again shortly", "1")
-		case errors.As(err, &serr):
-			status = 503
-			log.Error("request body", "err", err)
-			errorResponse(w, id, status, "the request body could not be stored; try again shortly", "1")
-		default:
-			// The front end went away while sending the body.
-			status = 499
-			log.Warn("reading request body", "err", err)
-		}
-		return
+	body, f := m.readBody(r, lim, log)
+	if f.failed() {
+		return f
 	}
 	defer body.Release()
+	run := m.newRun(id, r, rt, mod, mounts, body)
 
+	ctx := r.Context()
+	p, done, f := m.takeChild(ctx, t)
+	defer done()
+	if f.failed() {
+		return f
+	}
+	// Budgets again: others may have spent them while this one queued.
+	if a, spent := m.budgets.exhausted(owner); spent {
+		m.pool.release(p)
+		return budgetFailure(a, now)
+	}
+	resp := &cgiResponse{w: w, log: log}
+	res := m.runOnChild(ctx, log, p, run, t, mod, resp, owner)
+	rec.cpu, rec.killed = res.cpu, res.killed
+	if res.killed == killBudget {
+		res.fail = budgetFailure(res.budget, now)
+	}
+	rec.bytes = resp.sent
+	return m.answer(w, log, mod, res, resp, rec)
+}
+
+// prepare gets what a request's child needs ready: the module, loaded (and
+// able to run on this route), and its volumes.
+func (m *Manager) prepare(ctx context.Context, t *target, gw bool, log *slog.Logger) (*module, []ipc.Mount, failure) {
+	mod, err := m.module(ctx, t.src)
+	if err != nil {
+		f := loadFailure(err, t.src.from.Classify, gw)
+		log.Error("module not available", "module", t.src.ref.Raw, "status", f.status(), "err", err)
+		return nil, nil, f
+	}
+	if why := missingEntrypoint(t, mod); why != "" {
+		f := fail(moduleFailed)
+		log.Error("module cannot run on this route", "module", mod.ref, "status", f.status(), "err", why)
+		return mod, nil, f
+	}
+	mounts, err := m.mounts(ctx, t.cfg.Volumes)
+	if err != nil {
+		f := loadFailure(err, modsource.IPFSFailure, false)
+		f.text = "a volume of this module is not available: " + f.public()
+		log.Error("volume not available", "module", mod.ref, "status", f.status(), "err", err)
+		return mod, nil, f
+	}
+	return mod, mounts, failure{}
+}
+
+// readBody reads the whole request body, within max_body.
+func (m *Manager) readBody(r *fcgi.Request, lim config.Limits, log *slog.Logger) (*reqBody, failure) {
+	body, err := m.bodies.read(r.Body, lim.MaxBody, contentLength(r.Params))
+	if err == nil {
+		return body, failure{}
+	}
+	var serr *spoolError
+	switch {
+	case errors.Is(err, errBodyTooLarge):
+		return nil, failWith(bodyTooLarge, fmt.Sprintf("the request body is larger than %d bytes", lim.MaxBody))
+	case errors.Is(err, errSpoolFull):
+		log.Warn("request body refused: the spool is full", "spool_size", m.cfg.Pool.SpoolSize)
+		return nil, fail(spoolFull)
+	case errors.As(err, &serr):
+		log.Error("request body", "err", err)
+		return nil, fail(spoolFailed)
+	default:
+		// The front end went away while sending the body.
+		log.Warn("reading request body", "err", err)
+		return nil, fail(clientGone)
+	}
+}
+
+// newRun is the Run frame of a request.
+func (m *Manager) newRun(id string, r *fcgi.Request, rt routed, mod *module, mounts []ipc.Mount, body *reqBody) *ipc.Run {
+	t := rt.t
 	ri := &wagi.RequestInfo{
 		Params:         r.Params,
-		ScriptName:     scriptName,
-		RawPathInfo:    rawPathInfo,
-		MatchedRoute:   matched.Pattern,
+		ScriptName:     rt.scriptName,
+		RawPathInfo:    rt.rawPathInfo,
+		MatchedRoute:   rt.matched.Pattern,
 		ContentLength:  body.Len(),
 		ServerSoftware: m.software,
 		ModuleEnv:      t.cfg.Environment,
 		ArgvTemplate:   t.cfg.Argv,
 	}
-	run := &ipc.Run{
+	return &ipc.Run{
 		ID:          id,
 		ModuleKey:   mod.key,
 		ModulePath:  mod.binary(),
@@ -221,42 +271,40 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 		Body:        body.Reader(),
 		StderrCap:   stderrCap,
 	}
+}
 
-	ctx := r.Context()
+// takeChild waits, within queue_timeout, for one of the module's
+// max_concurrency slots (if it has a limit) and for an idle child. done
+// gives the slot back; the caller calls it whatever the outcome.
+func (m *Manager) takeChild(ctx context.Context, t *target) (p *proc, done func(), f failure) {
+	done = func() {}
 	if t.slots != nil {
 		release, err := acquireSlot(ctx, t.slots, m.cfg.Pool.QueueTimeout)
 		if err != nil {
 			if errors.Is(err, errQueueTimeout) {
-				status = 503
-				errorResponse(w, id, status, "this module is already using all the workers it may (max_concurrency); try again shortly", "1")
-			} else {
-				status = 499
+				return nil, done, fail(concurrencyFull)
 			}
-			return
+			return nil, done, fail(clientGone)
 		}
-		defer release()
+		done = release
 	}
 	p, err := m.pool.acquire(ctx, m.cfg.Pool.QueueTimeout)
 	if err != nil {
 		switch {
 		case errors.Is(err, errQueueFull), errors.Is(err, errQueueTimeout), errors.Is(err, errPoolClosed):
-			status = 503
-			errorResponse(w, id, status, "all workers are busy ("+err.Error()+"); try again shortly", "1")
+			return nil, done, failWith(queueFull, "all workers are busy ("+err.Error()+"); try again shortly")
 		default:
-			status = 499 // the client left while queued
+			return nil, done, fail(clientGone) // the client left while queued
 		}
-		return
 	}
+	return p, done, failure{}
+}
 
-	// Budgets again: others may have spent them while this one queued.
-	if a, spent := m.budgets.exhausted(owner); spent {
-		m.pool.release(p)
-		status = 503
-		errorResponse(w, id, status, budgetMessage(a), retryAfter(now, a.next))
-		return
-	}
+// runOnChild runs a request on child p with its grants, gives the child
+// back if it may serve again, and charges the CPU.
+func (m *Manager) runOnChild(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, t *target, mod *module, resp *cgiResponse, owner chargeTo) execResult {
+	lim := t.limits
 	claim := m.budgets.open(owner)
-	resp := &cgiResponse{w: w, log: log}
 	m.mfsGrant(p, run) // MFS calls of this child, for this request only
 	m.egressGrant(p, run, mod.ref, t.cfg, lim)
 	res := execute(ctx, log.With("route", t.route.Pattern), p, run, lim, resp, owner, claim)
@@ -265,38 +313,36 @@ func (m *Manager) serve(w *fcgi.ResponseWriter, r *fcgi.Request) {
 	if res.reusable {
 		m.pool.release(p)
 	}
-	cpu, killed = res.cpu, res.killed
 	m.charge(log, owner, res.cpu)
 	claim.close() // after the charge: the spend is never seen short
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)
-	if res.killed == killBudget {
-		res.status, res.public = 503, budgetMessage(res.budget)
-		res.retryAfter = retryAfter(now, res.budget.next)
-	}
-	bytesOut = resp.sent
+	return res
+}
+
+// answer finishes a request that ran on a child: the module's response, or
+// what wagi-fcgi answers instead.
+func (m *Manager) answer(w *fcgi.ResponseWriter, log *slog.Logger, mod *module, res execResult, resp *cgiResponse, rec *served) failure {
 	switch {
 	case res.killed == killAbort || res.aborted:
-		status = 499
+		return fail(clientGone)
 	case res.err == nil:
 		if err := resp.finish(); err != nil {
-			status = 502
 			log.Error("module output", "module", mod.ref, "err", err)
-			errorResponse(w, id, status, "the module's output is not a valid CGI response", "")
-			return
+			return fail(invalidOutput)
 		}
-		status = resp.status
-		bytesOut = resp.sent
+		rec.status, rec.bytes = resp.status, resp.sent
+		return failure{}
 	case resp.committed:
 		// Headers are gone; all that is left is to end the stream early,
 		// in a way the web server cannot mistake for a complete response.
 		w.Abort()
-		status = resp.status
+		rec.status = resp.status
 		log.Error("module failed after its response was committed; stream cut", "module", mod.ref, "err", res.err)
+		return failure{}
 	default:
-		status = res.status
-		log.Error("module failed", "module", mod.ref, "status", status, "err", res.err)
-		errorResponse(w, id, status, res.public, res.retryAfter)
+		log.Error("module failed", "module", mod.ref, "status", res.fail.status(), "err", res.err)
+		return res.fail
 	}
 }
 
@@ -373,9 +419,8 @@ func contentLength(params map[string]string) int64 {
 // execResult is how a run on a child ended.
 type execResult struct {
 	err    error         // nil: the module ended successfully
-	status int           // the status to answer when err != nil
-	public string        // the short text for the client
-	killed string        // why the manager killed the child, if it did
+	fail   failure       // what to answer when err != nil
+	killed killReason    // why the manager killed the child, if it did
 	cpu    time.Duration // CPU charged to the request
 	// reusable means the child finished cleanly and may take another
 	// request; the caller gives it back.
@@ -384,9 +429,8 @@ type execResult struct {
 	// one, owed by idleOwner (the module it ran for then).
 	idle      time.Duration
 	idleOwner chargeTo
-	// retryAfter is the Retry-After value of a 503.
-	retryAfter string
-	// aborted: the client left, but the request ended within abortGrace.
+	// aborted: the client left, but the request ended within the runner's
+	// abort grace.
 	aborted  bool
 	exitCode uint32 // the guest's exit code, for wagi-fcgi run
 	// budget is the account that ran out, when killed is killBudget.
@@ -398,292 +442,65 @@ type output interface {
 	write(p []byte) error
 }
 
-// execute runs one request on child p. It enforces the wall-clock, CPU and
-// output limits from outside: the child cannot pre-empt a spinning guest, so
-// the manager kills it. A killed child is replaced by its pool slot; a
-// reusable one is the caller's to give back.
+// execute runs one request on child p (see runner.Run) and settles the
+// child's accounts: the CPU it used since its previous request is owed by
+// the module that ran then (idle, idleOwner), and a child that ended the
+// run cleanly is charged to nobody until its next one. A killed child is
+// replaced by its pool slot; a reusable one is the caller's to give back.
 //
 // claim, when not nil, is the request's draw on its daily budgets: at every
 // CPU poll the child's CPU so far is reported to it, and the child is killed
 // once a budget is spent (by this request and the others running for the
 // same module together).
 func execute(ctx context.Context, log *slog.Logger, p *proc, run *ipc.Run, lim config.Limits, out output, owner chargeTo, claim *claim) execResult {
-	startCPU := p.cpu()
-	idle, idleOwner := time.Duration(0), p.owner
-	if !idleOwner.empty() {
-		idle = startCPU - p.endCPU
-	}
+	idleOwner, idleSince := p.owner, p.endCPU
 	p.setRunning(owner)
-	if err := p.send(run); err != nil {
-		p.kill(killIPC)
-		<-p.exited
-		return execResult{err: fmt.Errorf("send request to child %d: %w", p.pid, err), status: 502,
-			public: "the worker process failed", killed: killIPC}
+	var budget runner.Budget
+	var cb *claimBudget
+	if claim != nil {
+		cb = &claimBudget{c: claim}
+		budget = cb
 	}
-
-	// The holder waits for the child's frames itself, with a read deadline
-	// at the next thing to check: the wall-clock limit, the next CPU
-	// poll, or the end of the abort grace. The end of ctx (the client
-	// went away) wakes the read.
-	start := time.Now()
-	wallAt, pollAt := start.Add(lim.Timeout), start.Add(cpuPoll)
-	watching := true // limits are enforced until the child is killed
-	stopWake := context.AfterFunc(ctx, p.wake)
-	defer stopWake()
-	// The loop below checks the limits between frames; while it is
-	// blocked handing output to a client that reads slowly (Apache
-	// streams), it checks nothing. This timer still ends the run at its
-	// wall-clock limit then, so a slow reader cannot hold a child past
-	// `timeout`. It acts only while this run is the child's.
-	runSeq := p.beginRun()
-	if lim.Timeout > 0 {
-		backstop := time.AfterFunc(lim.Timeout, func() { p.killRun(runSeq, killTimeout) })
-		defer backstop.Stop()
+	r := runner.Run(ctx, log, procChild{p}, run, runner.Limits{Timeout: lim.Timeout, CPU: lim.CPU, MaxOutput: lim.MaxOutput}, runnerOutput{out}, budget)
+	res := execResult{err: r.Err, fail: runFailure(r), killed: r.Killed, cpu: r.CPU, reusable: r.Reusable, aborted: r.Aborted, exitCode: r.ExitCode}
+	if cb != nil {
+		res.budget = cb.spent
 	}
-	defer p.endRun(runSeq)
-	waitCtx := ctx // replaced once the abort is seen, so recv waits again
-
-	var stdoutBytes, stderrBytes int64
-	var stderrLine stderrLog
-	demoted, demoteFailed, aborted := false, false, false
-	var graceAt time.Time
-	var outErr error
-	var budgetOut account
-	kill := func(reason string) {
-		p.kill(reason)
-		watching = false
+	switch r.Outcome {
+	case runner.NotSent, runner.BadDone:
+		return res
+	case runner.Succeeded, runner.ModuleFailed:
+		p.owner, p.endCPU = owner, r.StartCPU+r.CPU
+		if r.Reusable {
+			p.setRunning(chargeTo{})
+		} // else retired: its replacement is this module's (running stays set)
 	}
-	for {
-		var deadline time.Time
-		if watching {
-			deadline = pollAt
-			if wallAt.Before(deadline) {
-				deadline = wallAt
-			}
-			if aborted && graceAt.Before(deadline) {
-				deadline = graceAt
-			}
-		}
-		t, payload, err := p.recv(waitCtx, deadline)
-		if err != nil && timedOut(err) {
-			now := time.Now()
-			if waitCtx.Err() != nil && !aborted {
-				// The client is gone. A request about to end anyway
-				// finishes (its child is kept: a new one costs far more
-				// than a few milliseconds of CPU); one still running
-				// after abortGrace is killed.
-				aborted, graceAt, waitCtx = true, now.Add(abortGrace), context.Background()
-			}
-			if !watching {
-				continue
-			}
-			switch {
-			case !now.Before(wallAt):
-				kill(killTimeout)
-			case aborted && !now.Before(graceAt):
-				kill(killAbort)
-			case !now.Before(pollAt):
-				pollAt = now.Add(cpuPoll)
-				used := p.cpu() - startCPU
-				if lim.CPU > 0 && used > lim.CPU {
-					kill(killCPU)
-				} else if a, spent := claimReport(claim, used); spent {
-					budgetOut = a
-					kill(killBudget)
-				} else if !demoted && !demoteFailed && used > demoteAfter {
-					// demoted only if it took: a child that was never
-					// reniced needs no privilege to give back (without
-					// CAP_SYS_NICE every such child was retired, and
-					// its replacement charged to nobody).
-					if err := p.setNice(demoteNice); err != nil {
-						demoteFailed = true
-						log.Debug("demoting a CPU-bound child", "pid", p.pid, "err", err)
-					} else {
-						demoted = true
-					}
-				}
-			}
-			continue
-		}
-		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && watching {
-			// A frame the protocol does not allow (too large): the
-			// child is not to be trusted with anything more.
-			kill(killIPC)
-			outErr = fmt.Errorf("child %d broke the protocol: %w", p.pid, err)
-		}
-		if err != nil {
-			// The child is gone: killed by us, or crashed.
-			<-p.exited
-			cpu := p.cpu() - startCPU
-			logStderr(log, &stderrLine, nil, true)
-			res := deadChildResult(p, cpu, outErr)
-			res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
-			return res
-		}
-		switch t {
-		case ipc.TypeStdout:
-			if outErr != nil {
-				continue
-			}
-			stdoutBytes += int64(len(payload))
-			if lim.MaxOutput > 0 && stdoutBytes > lim.MaxOutput {
-				outErr = fmt.Errorf("output passed max_output (%d bytes)", lim.MaxOutput)
-				kill(killOutput)
-				continue
-			}
-			if aborted {
-				continue // nobody to send it to
-			}
-			if err := out.write(payload); err != nil {
-				outErr = err
-				var inv *invalidOutputError
-				if errors.As(err, &inv) {
-					kill(killInvalid)
-				} else {
-					// Writing to the front end failed: it is gone.
-					kill(killAbort)
-				}
-			}
-		case ipc.TypeStderr:
-			// The child was told to forward at most StderrCap bytes
-			// (and a note that it dropped the rest); more is a child
-			// that no longer follows the protocol, flooding the log.
-			if stderrBytes += int64(len(payload)); stderrBytes > int64(run.StderrCap)+stderrSlack {
-				outErr = fmt.Errorf("child %d sent %d bytes of stderr, over the cap of %d", p.pid, stderrBytes, run.StderrCap)
-				kill(killIPC)
-				continue
-			}
-			logStderr(log, &stderrLine, payload, false)
-		case ipc.TypeDone:
-			var d ipc.Done
-			cpu := p.cpu() - startCPU
-			logStderr(log, &stderrLine, nil, true)
-			if err := ipc.DecodeDone(payload, &d); err != nil {
-				p.kill(killIPC) // its slot drains and replaces it
-				return execResult{err: err, status: 502, public: "the worker process failed", killed: killIPC, cpu: cpu}
-			}
-			if p.killReason() != "" {
-				// Done crossed our kill on the way: the kill decides.
-				<-p.exited
-				res := deadChildResult(p, p.cpu()-startCPU, outErr)
-				res.idle, res.idleOwner, res.budget = idle, idleOwner, budgetOut
-				return res
-			}
-			p.owner, p.endCPU = owner, startCPU+cpu
-			res := execResult{cpu: cpu, reusable: true, exitCode: d.ExitCode, idle: idle, idleOwner: idleOwner}
-			if aborted {
-				res.aborted, res.err, res.status = true, errors.New("client went away"), 499
-			}
-			if demoted && p.setNice(0) != nil {
-				// Lowering niceness again needs privilege; a child that
-				// cannot get it back is retired instead, and its
-				// replacement is this module's (running stays set).
-				p.kill("recycle")
-				res.reusable = false
-			} else {
-				p.setRunning(chargeTo{})
-			}
-			switch d.Outcome {
-			case ipc.OutcomeOK:
-			case ipc.OutcomeExit:
-				res.err, res.status, res.public = fmt.Errorf("module exited with code %d", d.ExitCode), 500, "the module failed"
-			default:
-				res.err, res.status, res.public = fmt.Errorf("%s: %s", d.Outcome, d.Message), 500, "the module failed"
-			}
-			return res
-		default:
-			kill(killIPC)
-			outErr = fmt.Errorf("unexpected %s frame from child", t)
-		}
-	}
-}
-
-// claimReport reports CPU to a claim, if there is one.
-func claimReport(c *claim, used time.Duration) (account, bool) {
-	if c == nil {
-		return account{}, false
-	}
-	return c.report(used)
-}
-
-// deadChildResult describes a request whose child died before Done.
-func deadChildResult(p *proc, cpu time.Duration, outErr error) execResult {
-	why := p.killReason()
-	res := execResult{killed: why, cpu: cpu, err: outErr}
-	switch why {
-	case killTimeout:
-		res.status, res.public = 504, "the module ran past its time limit"
-		res.err = fmt.Errorf("wall-clock limit reached; child %d killed", p.pid)
-	case killCPU:
-		res.status, res.public = 504, "the module used more CPU time than allowed"
-		res.err = fmt.Errorf("CPU limit reached (%s used); child %d killed", cpu.Round(time.Millisecond), p.pid)
-	case killOutput:
-		res.status, res.public = 502, "the module's output is too large"
-	case killInvalid:
-		res.status, res.public = 502, "the module's output is not a valid CGI response"
-	case killBudget:
-		res.status, res.public = 503, "this module has used its CPU time for today"
-		res.err = fmt.Errorf("daily CPU budget spent (%s used by this request); child %d killed", cpu.Round(time.Millisecond), p.pid)
-	case killAbort:
-		res.status = 499
-		if res.err == nil {
-			res.err = errors.New("client went away")
-		}
-	default:
-		res.status, res.public = 502, "the worker process failed"
-		res.err = fmt.Errorf("child %d died: %s", p.pid, exitText(p.state))
+	res.idleOwner = idleOwner
+	if !idleOwner.empty() {
+		res.idle = r.StartCPU - idleSince
 	}
 	return res
 }
 
-// logStderr logs guest stderr line by line. A partial line is kept until
-// its newline arrives or the request ends.
-func logStderr(log *slog.Logger, st *stderrLog, p []byte, end bool) {
-	carry := &st.carry
-	*carry = append(*carry, p...)
-	for {
-		i := bytes.IndexByte(*carry, '\n')
-		if i < 0 {
-			break
-		}
-		st.line(log, string(bytes.TrimRight((*carry)[:i], "\r")))
-		*carry = (*carry)[i+1:]
-	}
-	for len(*carry) >= maxStderrLine {
-		st.line(log, string((*carry)[:maxStderrLine]))
-		*carry = (*carry)[maxStderrLine:]
-	}
-	if end && len(*carry) > 0 {
-		st.line(log, string(*carry))
-		*carry = nil
-	}
-	if end && st.dropped > 0 {
-		log.Warn("module stderr", "dropped_lines", st.dropped, "last", st.last,
-			"note", fmt.Sprintf("only the first %d lines of a request are logged, and its last", maxStderrLines))
-		st.dropped, st.last = 0, ""
-	}
+// claimBudget is a claim as the runner reports to it; it keeps the account
+// that ran out.
+type claimBudget struct {
+	c     *claim
+	spent account
 }
 
-// stderrLog is a request's guest stderr on its way to the log.
-type stderrLog struct {
-	carry   []byte // a line not ended yet
-	lines   int    // lines logged
-	dropped int    // lines past maxStderrLines
-	last    string // the last of them: how a flood ended
+func (b *claimBudget) Spent(used time.Duration) bool {
+	a, spent := b.c.report(used)
+	if spent {
+		b.spent = a
+	}
+	return spent
 }
 
-// line logs one line, unless the request has logged maxStderrLines: 64 KiB
-// of empty lines would otherwise be 65,536 log records, costing the manager
-// CPU that nobody pays for and crowding out its own lines.
-func (st *stderrLog) line(log *slog.Logger, s string) {
-	if st.lines >= maxStderrLines {
-		st.dropped++
-		st.last = s
-		return
-	}
-	st.lines++
-	log.Warn("module stderr", "line", s)
-}
+// runnerOutput is an output as the runner writes to it.
+type runnerOutput struct{ output }
+
+func (o runnerOutput) Write(p []byte) error { return o.write(p) }
 
 // captureWriter collects output up to a limit (for _routes).
 type captureWriter struct {
@@ -693,7 +510,7 @@ type captureWriter struct {
 
 func (c *captureWriter) write(p []byte) error {
 	if len(c.buf)+len(p) > c.limit {
-		return &invalidOutputError{errors.New("_routes output over " + strconv.Itoa(c.limit) + " bytes")}
+		return &invalidOutputError{Err: errors.New("_routes output over " + strconv.Itoa(c.limit) + " bytes")}
 	}
 	c.buf = append(c.buf, p...)
 	return nil

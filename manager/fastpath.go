@@ -1,7 +1,9 @@
 package manager
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -18,7 +20,6 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
-	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 )
 
 // fastTick is how often the manager looks at its children while requests
@@ -42,10 +43,12 @@ type FastPath struct {
 	back        chan net.Conn
 	maxConns    int
 	idleTimeout time.Duration
+	base        int // connection c is descriptor base+c here and in every child
 
 	mu    sync.Mutex
 	conns []fastConn // by number
 	kids  map[int]*fastKid
+	idx   map[int]bool // scoreboard numbers of children started, entered or not
 	wake  chan struct{}
 
 	ctx    context.Context
@@ -59,7 +62,7 @@ type fastConn struct {
 	opened     time.Time
 	lastActive time.Time
 	lastFCGIID uint16
-	seenReady  int // ticks in a row it was readable and held by no child
+	readySince time.Time // since when it has been readable and held by no child (while all are busy)
 }
 
 // fastKid is one child on the fast path.
@@ -93,10 +96,17 @@ func NewFastPath(log *slog.Logger, maxConns int, idleTimeout time.Duration) (*Fa
 		unix.Close(epfd)
 		return nil, fmt.Errorf("fast path: %w", err)
 	}
+	// Connection descriptors go at the top of the descriptor limit.
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		return nil, fmt.Errorf("fast path: RLIMIT_NOFILE: %w", err)
+	}
+	limit := int(min(rl.Cur, 1<<20))
+	n := min(max(maxConns, 1), scoreboard.MaxConns, limit/4)
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &FastPath{log: log, epfd: epfd, page: page, back: make(chan net.Conn),
-		maxConns: min(max(maxConns, 1), scoreboard.MaxConns), idleTimeout: idleTimeout,
-		conns: make([]fastConn, scoreboard.MaxConns), kids: map[int]*fastKid{}, wake: make(chan struct{}, 1),
+		maxConns: n, base: limit - n, idleTimeout: idleTimeout,
+		conns: make([]fastConn, n), kids: map[int]*fastKid{}, idx: map[int]bool{}, wake: make(chan struct{}, 1),
 		ctx: ctx, cancel: cancel}
 	f.wg.Add(1)
 	go f.tick()
@@ -161,6 +171,11 @@ func (f *FastPath) Close() {
 	}
 }
 
+// childFlag is the child's --fast argument.
+func (fs fastStart) childFlag(base int) string {
+	return fmt.Sprintf("4,5,6,7,%d,%d", fs.idx, base)
+}
+
 // add registers a new connection: a descriptor at ConnBase+c for the
 // manager, one for every child, then the shared epoll set.
 func (f *FastPath) add(nc net.Conn) {
@@ -180,6 +195,11 @@ func (f *FastPath) add(nc net.Conn) {
 	if err != nil || dupFD < 0 {
 		return
 	}
+	f.addFD(dupFD)
+}
+
+// addFD registers a connection by a descriptor it then owns.
+func (f *FastPath) addFD(dupFD int) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := time.Now()
@@ -199,18 +219,18 @@ func (f *FastPath) add(nc net.Conn) {
 			c = old
 		} else {
 			unix.Close(dupFD)
-			return
+			return false
 		}
 	}
-	fd := child.ConnBase + c
+	fd := f.base + c
 	if err := unix.Dup3(dupFD, fd, unix.O_CLOEXEC); err != nil {
 		unix.Close(dupFD)
 		f.log.Error("fast path: dup3", "err", err)
-		return
+		return false
 	}
 	unix.Close(dupFD)
 	fc := &f.conns[c]
-	fc.used, fc.opened, fc.lastActive, fc.seenReady = true, now, now, 0
+	fc.used, fc.opened, fc.lastActive, fc.readySince = true, now, now, time.Time{}
 	fc.gen++
 	for _, k := range f.kids {
 		f.sendConnLocked(k, c)
@@ -219,7 +239,9 @@ func (f *FastPath) add(nc net.Conn) {
 	if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		f.log.Error("fast path: epoll add", "err", err)
 		f.dropLocked(c)
+		return false
 	}
+	return true
 }
 
 func (f *FastPath) oldestIdleLocked() int {
@@ -251,7 +273,7 @@ func (f *FastPath) sendConnLocked(k *fastKid, c int) {
 	msg[0] = child.CtlConn
 	binary.LittleEndian.PutUint32(msg[1:], uint32(c))
 	binary.LittleEndian.PutUint32(msg[5:], f.conns[c].gen)
-	if err := unix.Sendmsg(k.ctl, msg[:], unix.UnixRights(child.ConnBase+c), nil, unix.MSG_DONTWAIT); err != nil {
+	if err := unix.Sendmsg(k.ctl, msg[:], unix.UnixRights(f.base+c), nil, unix.MSG_DONTWAIT); err != nil {
 		// A child that does not read its control socket cannot serve:
 		// it is replaced.
 		f.log.Warn("fast path: a child's control socket is full; killing it", "pid", k.p.pid, "err", err)
@@ -264,7 +286,7 @@ func (f *FastPath) sendConnLocked(k *fastKid, c int) {
 // dropLocked closes connection c: shut down (the children's copies would
 // keep it open otherwise) and forgotten.
 func (f *FastPath) dropLocked(c int) {
-	fd := child.ConnBase + c
+	fd := f.base + c
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	_ = unix.Shutdown(fd, unix.SHUT_RDWR)
 	_ = unix.Close(fd)
@@ -274,7 +296,7 @@ func (f *FastPath) dropLocked(c int) {
 // handbackLocked takes connection c off the fast path and gives it to the
 // FastCGI server, with the bytes a child already read of it.
 func (f *FastPath) handbackLocked(c int, prefix []byte) {
-	fd := child.ConnBase + c
+	fd := f.base + c
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
 	_ = unix.Close(fd)
@@ -289,7 +311,7 @@ func (f *FastPath) handbackLocked(c int, prefix []byte) {
 	if err != nil {
 		return
 	}
-	conn := &handedConn{Conn: nc, prefix: append([]byte(nil), prefix...)}
+	conn := &handedConn{Conn: nc, f: f, prefix: append([]byte(nil), prefix...)}
 	go func() {
 		select {
 		case f.back <- conn:
@@ -299,12 +321,24 @@ func (f *FastPath) handbackLocked(c int, prefix []byte) {
 	}()
 }
 
-// handedConn is a connection the fast path gave back: the bytes a child
-// read come first, and closing it shuts the socket down (children may
-// still hold copies of its descriptor).
+// handedConn is a connection the fast path gave back to the FastCGI
+// server: the bytes a child read come first; once the server has answered
+// (an END_REQUEST went out) and nothing more waits on the connection, it
+// rejoins the fast path (the server's read sees EOF; a request that
+// arrives first keeps it with the server until its end), so connections do
+// not drift away from the fast path. Closing it shuts the socket down,
+// since children may still hold copies of its descriptor.
 type handedConn struct {
 	net.Conn
+	f      *FastPath
 	prefix []byte
+
+	mu        sync.Mutex
+	out       recordScanner // the records the server wrote
+	returning bool          // an END_REQUEST went out: the next idle read rejoins
+	deadline  time.Time     // the server's own read deadline
+	rejoined  bool
+	closed    bool
 }
 
 func (h *handedConn) Read(p []byte) (int, error) {
@@ -313,16 +347,137 @@ func (h *handedConn) Read(p []byte) (int, error) {
 		h.prefix = h.prefix[n:]
 		return n, nil
 	}
-	return h.Conn.Read(p)
+	for {
+		n, err := h.Conn.Read(p)
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return n, err
+		}
+		h.mu.Lock()
+		if !h.returning || h.closed {
+			h.mu.Unlock()
+			return n, err
+		}
+		h.returning = false
+		if h.idle() && h.f.rejoin(h.Conn) {
+			h.rejoined = true
+			h.mu.Unlock()
+			return 0, io.EOF
+		}
+		d := h.deadline
+		h.mu.Unlock()
+		_ = h.Conn.SetReadDeadline(d)
+	}
+}
+
+// idle reports whether nothing is waiting to be read.
+func (h *handedConn) idle() bool {
+	sc, ok := h.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := -1
+	_ = raw.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return n == 0
+}
+
+func (h *handedConn) Write(p []byte) (int, error) {
+	n, err := h.Conn.Write(p)
+	h.mu.Lock()
+	if h.out.scan(p[:n]) > 0 && !h.closed {
+		h.returning = true
+		_ = h.Conn.SetReadDeadline(time.Unix(1, 0)) // end the server's wait now
+	}
+	h.mu.Unlock()
+	return n, err
+}
+
+func (h *handedConn) SetReadDeadline(t time.Time) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.deadline = t
+	if h.returning {
+		return nil
+	}
+	return h.Conn.SetReadDeadline(t)
+}
+
+func (h *handedConn) SetDeadline(t time.Time) error {
+	if err := h.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return h.Conn.SetWriteDeadline(t)
 }
 
 func (h *handedConn) Close() error {
-	if sc, ok := h.Conn.(syscall.Conn); ok {
-		if raw, err := sc.SyscallConn(); err == nil {
-			_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+	h.mu.Lock()
+	h.closed = true
+	rejoined := h.rejoined
+	h.mu.Unlock()
+	if !rejoined {
+		if sc, ok := h.Conn.(syscall.Conn); ok {
+			if raw, err := sc.SyscallConn(); err == nil {
+				_ = raw.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_RDWR) })
+			}
 		}
 	}
 	return h.Conn.Close()
+}
+
+// recordScanner follows the FastCGI records of a byte stream across
+// writes and counts the END_REQUESTs.
+type recordScanner struct {
+	hdr  [8]byte
+	hdrN int
+	skip int
+}
+
+func (r *recordScanner) scan(p []byte) (ends int) {
+	for len(p) > 0 {
+		if r.skip > 0 {
+			k := min(r.skip, len(p))
+			r.skip -= k
+			p = p[k:]
+			continue
+		}
+		k := copy(r.hdr[r.hdrN:], p)
+		r.hdrN += k
+		p = p[k:]
+		if r.hdrN < 8 {
+			return ends
+		}
+		r.hdrN = 0
+		if r.hdr[1] == 3 { // END_REQUEST
+			ends++
+		}
+		r.skip = int(binary.BigEndian.Uint16(r.hdr[4:6])) + int(r.hdr[6])
+	}
+	return ends
+}
+
+// rejoin puts a connection the server has finished with back on the fast
+// path (the caller then closes its own descriptor).
+func (f *FastPath) rejoin(nc net.Conn) bool {
+	if f.ctx.Err() != nil {
+		return false
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	dupFD := -1
+	_ = raw.Control(func(fd uintptr) { dupFD, err = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 3) })
+	if err != nil || dupFD < 0 {
+		return false
+	}
+	return f.addFD(dupFD)
 }
 
 // fastGen is one generation's side of the fast path: its route table as
@@ -424,7 +579,7 @@ func (f *FastPath) readCtl(k *fastKid) {
 		case child.CtlWake:
 			f.poke()
 		case child.CtlClosed, child.CtlHandback:
-			if c < 0 || c >= scoreboard.MaxConns {
+			if c < 0 || c >= len(f.conns) {
 				continue
 			}
 			f.mu.Lock()
@@ -499,6 +654,7 @@ func (f *FastPath) leave(p *proc) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	delete(f.kids, k.idx)
+	delete(f.idx, k.idx)
 	_ = unix.Close(k.ctl)
 	s := k.slot.Read()
 	defer k.slot.Close()
@@ -506,7 +662,7 @@ func (f *FastPath) leave(p *proc) {
 		return
 	}
 	c := s.Conn
-	if c < 0 || !f.conns[c].used || f.conns[c].gen != s.Gen {
+	if c < 0 || c >= len(f.conns) || !f.conns[c].used || f.conns[c].gen != s.Gen {
 		return
 	}
 	reason := p.killReason()
@@ -514,14 +670,12 @@ func (f *FastPath) leave(p *proc) {
 		f.dropLocked(c)
 		return
 	}
-	status, msg := 502, "the worker process failed"
-	switch reason {
-	case killTimeout:
-		status, msg = 504, "the module ran past its time limit"
-	case killCPU:
-		status, msg = 504, "the module used more CPU time than allowed"
-	case killBudget:
-		status, msg = 503, "this module has used its CPU time for today"
+	fl := fail(workerFailed)
+	if kind, ok := killFailures[reason]; ok {
+		fl = fail(kind)
+	}
+	if fl.kind == budgetSpent {
+		fl.resetIn = "1"
 	}
 	id := s.ID
 	if id == "" || s.State == scoreboard.Holding {
@@ -534,8 +688,11 @@ func (f *FastPath) leave(p *proc) {
 	if fcgiID == 0 {
 		fcgiID = 1
 	}
-	resp := fcgi.AppendResponse(nil, fcgiID, wagi.AppendErrorResponse(nil, id, status, msg, ""))
-	fd := child.ConnBase + c
+	var out bytes.Buffer
+	fl.write(&out, id)
+	resp := fcgi.AppendResponse(nil, fcgiID, out.Bytes())
+	status := fl.status()
+	fd := f.base + c
 	if err := writeFull(fd, resp); err != nil {
 		f.dropLocked(c)
 		return
@@ -545,8 +702,8 @@ func (f *FastPath) leave(p *proc) {
 	if s.Route >= 0 && s.Route < len(k.gen.targets) {
 		route = k.gen.targets[s.Route].route.Pattern
 	}
-	m.log.Error("module failed", "id", id, "route", route, "status", status, "err", "killed: "+reason)
-	m.log.Info("request", "id", id, "status", status, "route", route, "killed", reason)
+	m.log.Error("module failed", "id", id, "route", route, "status", status, "err", "killed: "+reason.String())
+	m.log.Info("request", "id", id, "status", status, "route", route, "killed", reason.String())
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(f.conns[c].gen)}
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
 }
@@ -569,4 +726,75 @@ func writeFull(fd int, p []byte) error {
 		}
 	}
 	return nil
+}
+
+// fastStart is what a child starting on the fast path is given.
+type fastStart struct {
+	ctl      int      // the manager's end of the control socket; 0 without a fast path
+	ctlChild *os.File // the child's end
+	epoll    *os.File // a descriptor of the shared set, for the child
+	page     *os.File
+	slot     *scoreboard.Slot
+	idx      int
+}
+
+// prepare makes what one child needs to start on the fast path.
+func (f *FastPath) prepare() (fastStart, error) {
+	var fs fastStart
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fs, fmt.Errorf("fast path: socketpair: %w", err)
+	}
+	ep, err := unix.FcntlInt(uintptr(f.epfd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		unix.Close(pair[0])
+		unix.Close(pair[1])
+		return fs, fmt.Errorf("fast path: dup: %w", err)
+	}
+	slot, err := scoreboard.NewSlot()
+	if err != nil {
+		unix.Close(pair[0])
+		unix.Close(pair[1])
+		unix.Close(ep)
+		return fs, err
+	}
+	f.mu.Lock()
+	idx := -1
+	for i := 0; i < scoreboard.MaxChildren; i++ {
+		if !f.idx[i] {
+			idx = i
+			f.idx[i] = true
+			break
+		}
+	}
+	f.mu.Unlock()
+	if idx < 0 {
+		unix.Close(pair[0])
+		unix.Close(pair[1])
+		unix.Close(ep)
+		slot.Close()
+		return fs, errors.New("fast path: too many children")
+	}
+	return fastStart{ctl: pair[0], ctlChild: os.NewFile(uintptr(pair[1]), "fast-ctl"), epoll: os.NewFile(uintptr(ep), "fast-epoll"),
+		page: f.page.File, slot: slot, idx: idx}, nil
+}
+
+// closeChildEnds closes what only the child needed, once it has started.
+func (fs fastStart) closeChildEnds() {
+	if fs.ctlChild != nil {
+		fs.ctlChild.Close()
+		fs.epoll.Close()
+	}
+}
+
+// abandon undoes prepare for a child that did not start.
+func (fs fastStart) abandon(f *FastPath) {
+	if fs.slot == nil {
+		return
+	}
+	unix.Close(fs.ctl)
+	fs.slot.Close()
+	f.mu.Lock()
+	delete(f.idx, fs.idx)
+	f.mu.Unlock()
 }

@@ -5,9 +5,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/wagi-fcgi/wagi-fcgi/child"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // tick watches the children while any request runs on the fast path, and
@@ -64,7 +64,7 @@ func (f *FastPath) scan() bool {
 			if k.demoted {
 				k.demoted = false
 				if k.p.setNice(0) != nil {
-					k.p.kill("recycle") // see execute: niceness cannot be lowered without privilege
+					k.p.kill(killRecycle) // see execute: niceness cannot be lowered without privilege
 				}
 			}
 		}
@@ -73,7 +73,7 @@ func (f *FastPath) scan() bool {
 		f.takeoverLocked(now)
 	} else {
 		for c := range f.conns {
-			f.conns[c].seenReady = 0
+			f.conns[c].readySince = time.Time{}
 		}
 	}
 	if f.idleTimeout > 0 {
@@ -140,7 +140,7 @@ func (f *FastPath) watchLocked(k *fastKid, s scoreboard.Snapshot, now time.Time)
 		k.p.kill(killCPU)
 		return
 	}
-	if !k.demoted && used > demoteAfter && k.p.setNice(demoteNice) == nil {
+	if !k.demoted && used > runner.DemoteAfter && k.p.setNice(runner.DemoteNice) == nil {
 		k.demoted = true
 	}
 	if a, spent := k.gen.m.budgets.exhausted(k.gen.m.chargeTo(t.modKey(), t.limits, false, now)); spent {
@@ -148,28 +148,34 @@ func (f *FastPath) watchLocked(k *fastKid, s scoreboard.Snapshot, now time.Time)
 		k.p.kill(killBudget)
 		return
 	}
-	if s.Conn >= 0 {
-		pfd := []unix.PollFd{{Fd: int32(child.ConnBase + s.Conn), Events: unix.POLLRDHUP}}
+	if s.Conn >= 0 && s.Conn < len(f.conns) {
+		pfd := []unix.PollFd{{Fd: int32(f.base + s.Conn), Events: unix.POLLRDHUP}}
 		if n, _ := unix.Poll(pfd, 0); n == 1 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0 {
 			if k.abortAt.IsZero() {
 				k.abortAt = now
-			} else if now.Sub(k.abortAt) >= abortGrace {
+			} else if now.Sub(k.abortAt) >= runner.AbortGrace {
 				k.p.kill(killAbort)
 			}
 		}
 	}
 }
 
+// takeoverAfter is how long a request may wait on a connection while
+// every child is busy before the manager takes the connection back; its
+// queue (queue, queue_timeout, the status page) then answers it. Under
+// ordinary load a request waits far less (16 connections over 2 children
+// wait about half a millisecond).
+const takeoverAfter = 100 * time.Millisecond
+
 // takeoverLocked runs while every child is busy: a connection with a
-// request that no child holds, seen so on two ticks in a row, is taken
-// back by the manager, whose queue (queue, queue_timeout, the status page)
-// then answers it.
+// request that no child holds, seen so for takeoverAfter, is taken back by
+// the manager.
 func (f *FastPath) takeoverLocked(now time.Time) {
 	held := f.heldLocked()
 	var pfds []unix.PollFd
 	for c := range f.conns {
 		if f.conns[c].used && !held[c] {
-			pfds = append(pfds, unix.PollFd{Fd: int32(child.ConnBase + c), Events: unix.POLLIN})
+			pfds = append(pfds, unix.PollFd{Fd: int32(f.base + c), Events: unix.POLLIN})
 		}
 	}
 	if len(pfds) == 0 {
@@ -179,13 +185,16 @@ func (f *FastPath) takeoverLocked(now time.Time) {
 		return
 	}
 	for _, p := range pfds {
-		c := int(p.Fd) - child.ConnBase
+		c := int(p.Fd) - f.base
 		fc := &f.conns[c]
 		if p.Revents&unix.POLLIN == 0 {
-			fc.seenReady = 0
+			fc.readySince = time.Time{}
 			continue
 		}
-		if fc.seenReady++; fc.seenReady < 2 {
+		if fc.readySince.IsZero() {
+			fc.readySince = now
+		}
+		if now.Sub(fc.readySince) < takeoverAfter {
 			continue
 		}
 		// Dekker's handshake with the children (scoreboard.Slot.Hold).
@@ -250,7 +259,7 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 	}
 	g.chargeRoute(r.Route, cpu)
 	m.requests.Add(1)
-	m.status.observe(modKey, modRef, t.route.Pattern, t.limits.DailyCPU, r.Status, r.Wall, "")
+	m.status.observe(modKey, modRef, t.route.Pattern, t.limits.DailyCPU, r.Status, r.Wall, notKilled)
 	attrs := []any{"method", r.Method, "path", r.Path, "status", r.Status,
 		"wall", r.Wall.Round(time.Microsecond), "bytes", r.BytesOut, "route", t.route.Pattern}
 	if len(modKey) >= 12 {
@@ -262,11 +271,5 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 // fastStderr logs a fast request's guest stderr as the manager's own path
 // does.
 func (m *Manager) fastStderr(id string, text []byte) {
-	if len(text) > stderrCap+stderrSlack {
-		text = text[:stderrCap+stderrSlack]
-	}
-	log := m.log.With("id", id)
-	var st stderrLog
-	logStderr(log, &st, text, false)
-	logStderr(log, &st, nil, true)
+	runner.LogStderr(m.log.With("id", id), text)
 }

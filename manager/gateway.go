@@ -42,32 +42,31 @@ func newGateway(cfg *config.Config, env *modsource.Env) *gateway {
 	return g
 }
 
-// lookup returns the target for a gateway path, or the status and reason
-// to refuse it with: 404 for a path that names no CID, 403 for a CID that
-// is not allowed.
-func (g *gateway) lookup(rawPath string) (*target, int, string) {
+// lookup returns the target for a gateway path, or why it is refused: a
+// path that names no CID, or a CID that is not allowed.
+func (g *gateway) lookup(rawPath string) (*target, failure) {
 	rest := strings.TrimPrefix(rawPath, g.prefix)
 	cid, _, _ := strings.Cut(rest, "/")
 	ref, err := config.ParseModuleRef("ipfs://"+cid, "")
 	if cid == "" || err != nil {
-		return nil, 404, "no CID in this gateway path"
+		return nil, fail(noCIDInPath)
 	}
 	if !g.allowAll && !g.allow[cid] {
-		return nil, 403, "this CID is not allowed on this gateway"
+		return nil, fail(cidNotAllowed)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if t, ok := g.targets[cid]; ok {
-		return t, 0, ""
+		return t, failure{}
 	}
 	route, err := wagi.ParseRoute(strings.TrimSuffix(g.prefix, "/") + "/" + cid + "/...")
 	if err != nil {
-		return nil, 404, "no CID in this gateway path"
+		return nil, fail(noCIDInPath)
 	}
 	mc := &config.Module{Route: route.Pattern, Module: ref.Raw, Ref: ref, Entrypoint: "_start", Limits: g.limits}
 	from, err := modsource.New(ref, "", g.env)
 	if err != nil {
-		return nil, 404, "no CID in this gateway path"
+		return nil, fail(noCIDInPath)
 	}
 	src := &source{ref: ref, from: from, route: route.Pattern, pages: g.limits.MemoryPages(), limits: g.limits, entry: "_start", gateway: true}
 	t := newTarget(route, src, mc, "_start")
@@ -83,5 +82,5 @@ func (g *gateway) lookup(rawPath string) (*target, int, string) {
 		}
 	}
 	g.targets[cid] = t
-	return t, 0, ""
+	return t, failure{}
 }

@@ -43,6 +43,11 @@ type pool struct {
 	closeOnce sync.Once
 
 	stats poolStats
+
+	// fast is the fast path its children join, and fastGen this
+	// generation's side of it once its routes are known (setFastGen).
+	fast    *FastPath
+	fastGen *fastGen
 }
 
 type poolStats struct {
@@ -138,6 +143,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 		pl.mu.Lock()
 		pl.procs[id] = p
 		pl.mu.Unlock()
+		pl.enterFast(p)
 		pl.log.Info("child started", "child", id, "pid", p.pid)
 		pl.idle <- p
 		if !reported {
@@ -149,21 +155,22 @@ func (pl *pool) slot(id int, first chan<- error) {
 		select {
 		case <-p.exited:
 		case <-pl.ctx.Done():
-			p.kill("shutdown")
+			p.kill(killShutdown)
 			<-p.exited
 			return
 		}
+		pl.leaveFast(p)
 		reason := p.killReason()
 		owed = p.runningFor()
 		switch {
-		case reason == "recycle":
+		case reason == killRecycle:
 			pl.stats.recycled.Add(1)
 			failures = 0
 			pl.log.Info("child recycled", "child", id, "pid", p.pid, "requests", p.requests.Load())
-		case reason != "":
+		case reason != notKilled:
 			pl.stats.killed.Add(1)
 			failures = 0
-			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason)
+			pl.log.Info("child killed", "child", id, "pid", p.pid, "reason", reason.String())
 		default:
 			pl.stats.crashed.Add(1)
 			if p.requests.Load() > 0 {
@@ -251,7 +258,7 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 	for {
 		select {
 		case p := <-pl.idle:
-			if p.alive() {
+			if p.alive() && pl.take(p) {
 				return p, nil
 			}
 			continue
@@ -278,7 +285,7 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 	for {
 		select {
 		case p := <-pl.idle:
-			if p.alive() {
+			if p.alive() && pl.take(p) {
 				return p, nil
 			}
 		case <-t.C:
@@ -295,13 +302,16 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 // that reached max_requests is retired: closing its socket makes it exit,
 // and its slot starts a fresh one.
 func (pl *pool) release(p *proc) {
+	if p.fast != nil {
+		pl.fast.unborrow(p)
+	}
 	n := p.requests.Add(1)
-	if p.killReason() != "" {
+	if p.killReason() != notKilled {
 		return // killed as its run ended (the wall-clock backstop): its slot replaces it
 	}
 	if pl.maxRequests > 0 && n >= int64(pl.maxRequests) {
 		p.mu.Lock()
-		p.killedBy = "recycle"
+		p.killedBy = killRecycle
 		p.mu.Unlock()
 		p.conn.Close()
 		return
@@ -311,7 +321,7 @@ func (pl *pool) release(p *proc) {
 
 // discard is for a child whose request went wrong: it was killed (its slot
 // replaces it) or it must not be trusted with another request.
-func (pl *pool) discard(p *proc, reason string) {
+func (pl *pool) discard(p *proc, reason killReason) {
 	p.kill(reason)
 }
 
@@ -360,4 +370,59 @@ func (pl *pool) close() {
 		pl.wg.Wait()
 		pl.sp.close()
 	})
+}
+
+// setFastGen puts this generation's children on the fast path, now and
+// as they are replaced.
+func (pl *pool) setFastGen(g *fastGen) {
+	pl.mu.Lock()
+	pl.fastGen = g
+	var procs []*proc
+	for _, p := range pl.procs {
+		procs = append(procs, p)
+	}
+	pl.mu.Unlock()
+	for _, p := range procs {
+		pl.enterFast(p)
+	}
+}
+
+// enterFast puts a started child on the fast path, once.
+func (pl *pool) enterFast(p *proc) {
+	pl.mu.Lock()
+	g := pl.fastGen
+	pl.mu.Unlock()
+	if g == nil || p.fastSlot == nil || !p.alive() {
+		return
+	}
+	p.fastOnce.Do(func() { g.enter(p, p.fastCtl, p.fastSlot, p.fastIdx) })
+}
+
+// leaveFast is told a child exited.
+func (pl *pool) leaveFast(p *proc) {
+	if p.fastSlot == nil || pl.fast == nil {
+		return
+	}
+	p.fastOnce.Do(func() {}) // it will not enter now
+	if p.fast != nil {
+		pl.fast.leave(p)
+		return
+	}
+	fastStart{ctl: p.fastCtl, slot: p.fastSlot, idx: p.fastIdx}.abandon(pl.fast)
+}
+
+// take makes an idle child the caller's: on the fast path it must first
+// finish the request it may be running from a connection. A child that
+// does not answer is killed (its slot replaces it).
+func (pl *pool) take(p *proc) bool {
+	if p.fast == nil {
+		return true
+	}
+	if err := pl.fast.borrow(p, time.Minute); err != nil {
+		p.kill(killIPC)
+		return false
+	}
+	// What it used on the fast path is charged already (borrow).
+	p.owner, p.endCPU = chargeTo{}, p.cpu()
+	return true
 }

@@ -45,7 +45,7 @@ type proc struct {
 	state  *os.ProcessState
 
 	mu       sync.Mutex
-	killedBy string       // why the manager killed it; "" if it did not
+	killedBy killReason   // why the manager killed it; notKilled if it did not
 	running  chargeTo     // who pays for the request it runs; empty between requests
 	runSeq   uint64       // the run in progress (beginRun); 0 between runs
 	runs     uint64       // runs begun
@@ -69,12 +69,13 @@ type proc struct {
 	fastSlot *scoreboard.Slot
 	fastIdx  int
 	fast     *fastKid
+	fastOnce sync.Once
 }
 
 // kill sends SIGKILL and records why. Only the first reason is kept.
-func (p *proc) kill(reason string) {
+func (p *proc) kill(reason killReason) {
 	p.mu.Lock()
-	if p.killedBy == "" {
+	if p.killedBy == notKilled {
 		p.killedBy = reason
 	}
 	p.mu.Unlock()
@@ -113,10 +114,10 @@ func (p *proc) endRun(seq uint64) {
 
 // killRun kills the child for reason if run seq is still in progress: a
 // timer that fires as the run ends must not kill the child's next one.
-func (p *proc) killRun(seq uint64, reason string) {
+func (p *proc) killRun(seq uint64, reason killReason) {
 	p.mu.Lock()
 	current := p.runSeq == seq
-	if current && p.killedBy == "" {
+	if current && p.killedBy == notKilled {
 		p.killedBy = reason
 	}
 	p.mu.Unlock()
@@ -132,7 +133,7 @@ func (p *proc) runningFor() chargeTo {
 	return p.running
 }
 
-func (p *proc) killReason() string {
+func (p *proc) killReason() killReason {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.killedBy
@@ -419,7 +420,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		defer fk.closeChildEnds()
 		// fds 4-7: control socket, shared epoll set, manager page, slot.
 		cmd.ExtraFiles = append(cmd.ExtraFiles, fk.ctlChild, fk.epoll, fk.page, fk.slot.File)
-		args = append(args, "--fast", fmt.Sprintf("4,5,6,7,%d", fk.idx))
+		args = append(args, "--fast", fk.childFlag(cfg.fast.base))
 		cmd.Args = append([]string{cfg.command[0]}, args...)
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
@@ -488,22 +489,22 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		}
 		if cred != nil {
 			if err := checkChildUIDs(p.pid, ids); err != nil {
-				p.kill("bad start")
+				p.kill(killBadStart)
 				<-p.exited
 				return nil, err
 			}
 		}
 		return p, nil
 	case timedOut(err) && ctx.Err() != nil:
-		p.kill("shutdown")
+		p.kill(killShutdown)
 		<-p.exited
 		return nil, ctx.Err()
 	case timedOut(err):
-		p.kill("start timeout")
+		p.kill(killStartTimeout)
 		<-p.exited
 		return nil, fmt.Errorf("%w within %s", errChildNotReady, cfg.ready)
 	default:
-		p.kill("bad start")
+		p.kill(killBadStart)
 		<-p.exited
 		return nil, fmt.Errorf("%w: %s", errChildNotReady, exitText(p.state))
 	}
@@ -545,3 +546,22 @@ func exitText(ps *os.ProcessState) string {
 	}
 	return fmt.Sprintf("exit status %d", ps.ExitCode())
 }
+
+// procChild is a proc as the runner holds it.
+type procChild struct{ p *proc }
+
+func (c procChild) PID() int                { return c.p.pid }
+func (c procChild) CPU() time.Duration      { return c.p.cpu() }
+func (c procChild) Send(run *ipc.Run) error { return c.p.send(run) }
+func (c procChild) Recv(ctx context.Context, deadline time.Time) (ipc.Type, []byte, error) {
+	return c.p.recv(ctx, deadline)
+}
+func (c procChild) Wake()                            { c.p.wake() }
+func (c procChild) Kill(reason killReason)           { c.p.kill(reason) }
+func (c procChild) KillReason() killReason           { return c.p.killReason() }
+func (c procChild) Exited() <-chan struct{}          { return c.p.exited }
+func (c procChild) ExitText() string                 { return exitText(c.p.state) }
+func (c procChild) SetNice(n int) error              { return c.p.setNice(n) }
+func (c procChild) BeginRun() uint64                 { return c.p.beginRun() }
+func (c procChild) EndRun(seq uint64)                { c.p.endRun(seq) }
+func (c procChild) KillRun(seq uint64, r killReason) { c.p.killRun(seq, r) }

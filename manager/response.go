@@ -8,6 +8,7 @@ import (
 	"log/slog"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // Output buffering: a module's response is checked (headers parsed and
@@ -41,11 +42,9 @@ type cgiResponse struct {
 	log       *slog.Logger // for headers dropped from the output; may be nil
 }
 
-// invalidOutputError means the module's output is not a valid CGI response.
-type invalidOutputError struct{ err error }
-
-func (e *invalidOutputError) Error() string { return "invalid CGI response: " + e.err.Error() }
-func (e *invalidOutputError) Unwrap() error { return e.err }
+// invalidOutputError means the module's output is not a valid CGI response:
+// the runner kills the child for it.
+type invalidOutputError = runner.InvalidOutputError
 
 // write takes a chunk of the module's stdout.
 func (r *cgiResponse) write(p []byte) error {
@@ -63,13 +62,13 @@ func (r *cgiResponse) write(p []byte) error {
 		end := r.headerEnd()
 		if end < 0 {
 			if len(r.pending) > maxHeaderBytes {
-				return &invalidOutputError{fmt.Errorf("no end of headers within %d bytes", maxHeaderBytes)}
+				return &invalidOutputError{Err: fmt.Errorf("no end of headers within %d bytes", maxHeaderBytes)}
 			}
 			return nil
 		}
 		h, err := wagi.ReadResponseHeader(bufio.NewReader(bytes.NewReader(r.pending[:end])), maxHeaderBytes)
 		if err != nil {
-			return &invalidOutputError{err}
+			return &invalidOutputError{Err: err}
 		}
 		r.head = h
 		r.bodyStart = end
@@ -124,18 +123,9 @@ func (r *cgiResponse) finish() error {
 	}
 	if r.head == nil {
 		if len(r.pending) == 0 {
-			return &invalidOutputError{fmt.Errorf("no output")}
+			return &invalidOutputError{Err: fmt.Errorf("no output")}
 		}
-		return &invalidOutputError{fmt.Errorf("no empty line after the headers")}
+		return &invalidOutputError{Err: fmt.Errorf("no empty line after the headers")}
 	}
 	return r.commit(false)
 }
-
-// errorResponse writes a response that wagi-fcgi produces itself: a status,
-// a short plain-text body and the request id, which the log line carries
-// too, and Retry-After when retryAfter is not "". Details stay in the log.
-func errorResponse(w io.Writer, id string, status int, msg, retryAfter string) {
-	_, _ = w.Write(wagi.AppendErrorResponse(nil, id, status, msg, retryAfter))
-}
-
-func statusText(code int) string { return wagi.StatusText(code) }

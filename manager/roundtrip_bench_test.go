@@ -49,7 +49,7 @@ func BenchmarkChildRoundTrip(b *testing.B) {
 	once := func() {
 		res := execute(ctx, log, p, run, lim, discardOutput{}, chargeTo{}, nil)
 		if res.err != nil || !res.reusable {
-			b.Fatalf("run on the child: %v (status %d)", res.err, res.status)
+			b.Fatalf("run on the child: %v (status %d)", res.err, res.fail.status())
 		}
 	}
 	once() // compile and cache the module in the child

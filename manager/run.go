@@ -195,9 +195,9 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 	switch {
 	case res.err == nil:
 		return 0, nil
-	case res.killed == killTimeout || res.killed == killCPU:
+	case res.killed.ForLimit():
 		return 0, fmt.Errorf("%w: %v", ErrLimit, res.err)
-	case res.killed != "":
+	case res.killed != notKilled:
 		return 0, res.err
 	case res.exitCode != 0:
 		return int(res.exitCode), nil

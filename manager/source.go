@@ -403,25 +403,27 @@ func (m *Manager) finishLoad(ctx context.Context, src *source, mod *module) (*mo
 }
 
 // loadFailure is the answer to a request whose module could not be loaded.
-// sourceStatus, when not nil, maps the errors of where the bytes come from:
-// the module's source.Status, or modsource.IPFSStatus for volumes.
-func loadFailure(err error, sourceStatus func(error, bool) (int, string, string, bool), gateway bool) (status int, msg, retry string) {
+// classify, when not nil, classifies the errors of where the bytes come
+// from: the module's source.Classify, or modsource.IPFSFailure for volumes.
+func loadFailure(err error, classify func(error, bool) (modsource.Failure, string, bool), gateway bool) failure {
 	var be *budgetError
 	if errors.As(err, &be) {
-		return 503, budgetMessage(be.a), retryAfter(be.now, be.a.next)
+		return budgetFailure(be.a, be.now)
 	}
-	if sourceStatus != nil {
-		if status, msg, retry, ok := sourceStatus(err, gateway); ok {
-			return status, msg, retry
+	if classify != nil {
+		if f, msg, ok := classify(err, gateway); ok {
+			if kind, ok := sourceFailures[f]; ok {
+				return failWith(kind, msg)
+			}
 		}
 	}
 	switch {
 	case errors.Is(err, errInvalidModule):
-		return 502, "the module is not a valid WebAssembly module for wagi-fcgi", ""
+		return fail(unusableModule)
 	case errors.Is(err, errCompileStopped):
-		return 503, "the server is restarting; try again", "1"
+		return fail(restarting)
 	}
-	return 500, "the module could not be loaded", ""
+	return fail(loadFailed)
 }
 
 // mounts turns a module's volumes into what a child mounts: local

@@ -14,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
+
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // durationSamples is how many recent request durations per module the
@@ -45,18 +47,18 @@ type statusBook struct {
 
 	mu      sync.Mutex
 	modules map[string]*moduleStats // by module key
-	kills   map[string]int64        // children killed, by reason
+	kills   map[killReason]int64    // children killed, by reason
 }
 
 func newStatusBook() *statusBook {
-	return &statusBook{start: time.Now(), modules: map[string]*moduleStats{}, kills: map[string]int64{}}
+	return &statusBook{start: time.Now(), modules: map[string]*moduleStats{}, kills: map[killReason]int64{}}
 }
 
 // observe records one finished request.
-func (b *statusBook) observe(key, ref, route string, budget time.Duration, status int, wall time.Duration, killed string) {
+func (b *statusBook) observe(key, ref, route string, budget time.Duration, status int, wall time.Duration, killed killReason) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if killed != "" {
+	if killed != notKilled {
 		b.kills[killed]++
 	}
 	if key == "" {
@@ -66,7 +68,7 @@ func (b *statusBook) observe(key, ref, route string, budget time.Duration, statu
 	if c := status / 100; c >= 1 && c <= 5 {
 		s.classes[c]++
 	}
-	if killed == killTimeout || killed == killCPU {
+	if killed.ForLimit() {
 		s.timeouts++
 	}
 	s.last = time.Now()
@@ -188,7 +190,7 @@ func (m *Manager) Status(full bool) Status {
 	b.mu.Lock()
 	kills := make(map[string]int64, len(b.kills))
 	for k, v := range b.kills {
-		kills[k] = v
+		kills[k.String()] = v
 	}
 	now := m.opts.Now()
 	mods := []ModuleStatus{}
@@ -370,8 +372,8 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 		gauge("wagi_gateway_cpu_today_seconds", "CPU used by all gateway CIDs in the current budget day.", g.CPUToday)
 		gauge("wagi_gateway_cpu_daily_budget_seconds", "The daily CPU budget all gateway CIDs share.", g.DailyCPU)
 	}
-	for _, r := range []string{killTimeout, killCPU, killOutput, killInvalid, killAbort, killIPC, killBudget} {
-		killed.WithLabelValues(r).Add(float64(p.Killed[r]))
+	for _, r := range runner.RunKills {
+		killed.WithLabelValues(r.String()).Add(float64(p.Killed[r.String()]))
 	}
 	reg.MustRegister(killed)
 

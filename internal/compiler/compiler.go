@@ -11,9 +11,9 @@
 //	wagi-fcgi compile --cache DIR --pages N --memory BYTES --cpu DURATION [--max-size BYTES] [--wat2wasm PATH] MODULE
 //
 // It sets its own address-space and CPU limits before it reads a byte of
-// the module, compiles with child.RuntimeConfig (so the cache entry is the
-// one children look up), checks the imports, and writes a small Result on
-// stdout (see Encode). The manager reads at most MaxResultBytes of it and
+// the module, compiles with wasmhost.RuntimeConfig (so the cache entry is
+// the one children look up), checks the imports against wasmhost's host
+// modules, and writes a small Result on stdout (see Encode). The manager reads at most MaxResultBytes of it and
 // treats anything malformed as a failed compile.
 package compiler
 
@@ -25,23 +25,21 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/api"
 	"golang.org/x/sys/unix"
 
-	"github.com/wagi-fcgi/wagi-fcgi/child"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmbound"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmhost"
 )
 
 // Main is the body of `wagi-fcgi compile`. It returns an error only when it
@@ -178,7 +176,7 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 		return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
 	}
 	defer func() { _ = cache.Close(ctx) }()
-	rt, wasi, err := newRuntime(ctx, cache, pages)
+	rt, provided, err := newRuntime(ctx, cache, pages)
 	if err != nil {
 		return failed(err)
 	}
@@ -202,7 +200,7 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 		if cache, err = wazero.NewCompilationCacheWithDir(cacheDir); err != nil {
 			return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
 		}
-		if rt, wasi, err = newRuntime(ctx, cache, pages); err != nil {
+		if rt, provided, err = newRuntime(ctx, cache, pages); err != nil {
 			return failed(err)
 		}
 		cm, err = compileModule(ctx, rt, bin)
@@ -222,29 +220,8 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 	if err := shareCache(cacheDir); err != nil {
 		return failed(fmt.Errorf("compilation cache %s: %w", cacheDir, err))
 	}
-	var bad []string
-	for _, fn := range cm.ImportedFunctions() {
-		mod, name, _ := fn.Import()
-		if why := child.ImportRefusal(mod, name); why != "" {
-			return invalid("%s", why)
-		}
-		def := wasi[mod+"."+name]
-		if def == nil {
-			bad = append(bad, mod+"."+name)
-			continue
-		}
-		if !slices.Equal(def.ParamTypes(), fn.ParamTypes()) || !slices.Equal(def.ResultTypes(), fn.ResultTypes()) {
-			return invalid("imports %s.%s as %s, but wagi-fcgi provides it as %s", mod, name, signature(fn), signature(def))
-		}
-	}
-	for _, mem := range cm.ImportedMemories() {
-		mod, name, _ := mem.Import()
-		bad = append(bad, mod+"."+name+" (memory)")
-	}
-	if len(bad) > 0 {
-		sort.Strings(bad)
-		return invalid("imports %s, which wagi-fcgi does not provide (modules may import only %s)",
-			strings.Join(bad, ", "), strings.Join(child.HostModuleNames, " and "))
+	if err := provided.Check(cm); err != nil {
+		return invalid("%v", err)
 	}
 	r := &Result{Key: key, Status: Valid, Code: CodeIDs(bin)}
 	for name := range cm.ExportedFunctions() {
@@ -262,10 +239,10 @@ func compile(ctx context.Context, cacheDir string, pages uint32, maxSize int64, 
 // (internal/wasm/module.go AssignModuleID, no function listeners): the
 // sha256 of the bytes compiled, which are the module within wagi-fcgi's
 // bounds, not the module as stored, followed by one byte, 0 or 1 for
-// RuntimeConfig's ensureTermination; hex, in that order. wazero names the
-// cache file after it (see the manager's diskStore.cacheCandidates), so
-// the manager can find a module's compiled code without reading (let
-// alone bounding) its bytes.
+// wasmhost.RuntimeConfig's ensureTermination; hex, in that order. wazero
+// names the cache file after it (see the manager's
+// diskStore.cacheCandidates), so the manager can find a module's compiled
+// code without reading (let alone bounding) its bytes.
 func CodeIDs(bound []byte) []string {
 	ids := make([]string, CodeIDCount)
 	for t := range ids {
@@ -281,33 +258,13 @@ const zeroKey = "000000000000000000000000000000000000000000000000000000000000000
 
 // newRuntime makes the Runtime children use for this memory limit, with
 // the host modules instantiated as children instantiate them, so their
-// export lists tell which imports a guest may use ("module.name" → its
-// definition).
-func newRuntime(ctx context.Context, cache wazero.CompilationCache, pages uint32) (wazero.Runtime, map[string]api.FunctionDefinition, error) {
-	rt := wazero.NewRuntimeWithConfig(ctx, child.RuntimeConfig(cache, pages))
-	if err := child.InstantiateHost(ctx, rt); err != nil {
-		_ = rt.Close(ctx)
+// exports tell which imports a guest may use.
+func newRuntime(ctx context.Context, cache wazero.CompilationCache, pages uint32) (wazero.Runtime, wasmhost.Provided, error) {
+	rt, provided, err := wasmhost.NewRuntime(ctx, cache, pages, wasmhost.Unimplemented())
+	if err != nil {
 		return nil, nil, fmt.Errorf("instantiate WASI: %w", err)
 	}
-	provided := map[string]api.FunctionDefinition{}
-	for _, mod := range child.HostModuleNames {
-		for name, def := range rt.Module(mod).ExportedFunctionDefinitions() {
-			provided[mod+"."+name] = def
-		}
-	}
 	return rt, provided, nil
-}
-
-// signature writes a function type the way WebAssembly text does.
-func signature(def api.FunctionDefinition) string {
-	names := func(ts []api.ValueType) string {
-		s := make([]string, len(ts))
-		for i, t := range ts {
-			s[i] = api.ValueTypeName(t)
-		}
-		return strings.Join(s, " ")
-	}
-	return fmt.Sprintf("(param %s) (result %s)", names(def.ParamTypes()), names(def.ResultTypes()))
 }
 
 // compileModule compiles bin, turning a compiler panic into an error: a

@@ -31,6 +31,6 @@ func (s *fileSource) Fetch(_ context.Context, _ string, max int64) ([]byte, erro
 	return os.ReadFile(s.path)
 }
 
-// Status: a file's failures fail the start, and have no status of their
-// own.
-func (s *fileSource) Status(error, bool) (int, string, string, bool) { return 0, "", "", false }
+// Classify: a file's failures fail the start, and have no meaning of
+// their own for a request.
+func (s *fileSource) Classify(error, bool) (Failure, string, bool) { return 0, "", false }

@@ -41,26 +41,26 @@ func (s *ipfsSource) Fetch(ctx context.Context, id string, max int64) ([]byte, e
 	return s.c.Fetch(ctx, id, max)
 }
 
-func (s *ipfsSource) Status(err error, gateway bool) (int, string, string, bool) {
-	return IPFSStatus(err, gateway)
+func (s *ipfsSource) Classify(err error, gateway bool) (Failure, string, bool) {
+	return IPFSFailure(err, gateway)
 }
 
-// IPFSStatus maps the IPFS client's errors (modules, and directory
-// volumes) to the status table.
-func IPFSStatus(err error, gateway bool) (int, string, string, bool) {
+// IPFSFailure classifies the IPFS client's errors (modules, and directory
+// volumes).
+func IPFSFailure(err error, gateway bool) (Failure, string, bool) {
 	switch {
 	case errors.Is(err, ipfs.ErrUnavailable):
-		return 503, "the module is not cached and the IPFS node is unreachable", "30", true
+		return Unreachable, "the module is not cached and the IPFS node is unreachable", true
 	case errors.Is(err, ipfs.ErrTimeout):
-		return 504, "fetching the module from IPFS timed out", "", true
+		return TimedOut, "fetching the module from IPFS timed out", true
 	case errors.Is(err, ipfs.ErrDirTooLarge):
-		return 502, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", "", true
+		return Unusable, "the IPFS directory is larger than max_dir_size or has more entries than max_dir_files", true
 	case errors.Is(err, ipfs.ErrTooLarge):
-		return 502, "the module is larger than max_module_size", "", true
+		return Unusable, "the module is larger than max_module_size", true
 	case errors.Is(err, ipfs.ErrNotFound) && gateway:
-		return 404, "no such module in IPFS", "", true
+		return NoSuchCID, "no such module in IPFS", true
 	case errors.Is(err, ipfs.ErrNotFound), errors.Is(err, ipfs.ErrNotFile):
-		return 502, "the module could not be found in IPFS", "", true
+		return Unusable, "the module could not be found in IPFS", true
 	}
-	return 0, "", "", false
+	return 0, "", false
 }

@@ -172,8 +172,8 @@ func (s *ociSource) Fetch(ctx context.Context, id string, max int64) ([]byte, er
 	return bin, nil
 }
 
-func (s *ociSource) Status(err error, _ bool) (int, string, string, bool) {
-	return netStatus(err, "the OCI registry")
+func (s *ociSource) Classify(err error, _ bool) (Failure, string, bool) {
+	return netFailure(err, "the OCI registry")
 }
 
 // ociError turns an oras-go error into one of this package's errors,

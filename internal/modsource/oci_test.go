@@ -166,8 +166,9 @@ func manifestWith(layers ...map[string]any) []byte {
 }
 
 // A registry is hostile input: whatever it claims about a layer, the
-// manager takes at most what it allowed, within fetch_timeout, and answers
-// 502 (bytes not as declared) or 504, never the 500 of its own failures.
+// manager takes at most what it allowed, within fetch_timeout, and the
+// failure is the registry's (Unusable: 502, or TimedOut: 504), never the
+// 500 of the manager's own failures.
 func TestAHostileRegistryGetsTheRightStatus(t *testing.T) {
 	module := []byte("\x00asm\x01\x00\x00\x00")
 	layer := func(size int64, digest string) map[string]any {
@@ -181,29 +182,29 @@ func TestAHostileRegistryGetsTheRightStatus(t *testing.T) {
 		}
 	}
 	tests := []struct {
-		name   string
-		reg    *hostileRegistry
-		status int
+		name    string
+		reg     *hostileRegistry
+		failure Failure
 	}{
 		{"a manifest and layer as declared give the module", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, 0},
-		{"a blob shorter than its size, without a length, is refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module[:4]) }}, 502},
+		{"a blob shorter than its size, without a length, is refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module[:4]) }}, Unusable},
 		{"a blob shorter than its size, with its length, is refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "4")
 			w.Write(module[:4])
-		}}, 502},
-		{"an endless blob is cut at its size and refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: endless}, 502},
-		{"a blob of other bytes is refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("\x00asm\x01\x00\x00\x01")) }}, 502},
-		{"a layer of negative size is refused", &hostileRegistry{manifest: manifestWith(layer(-1, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, 502},
-		{"a layer larger than max_module_size is refused before it is asked for", &hostileRegistry{manifest: manifestWith(layer(1<<62, sha(module))), blob: endless}, 502},
-		{"a layer digest of an unknown algorithm is refused", &hostileRegistry{manifest: manifestWith(layer(8, "md5:00")), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, 502},
-		{"two wasm layers are refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module)), layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, 502},
+		}}, Unusable},
+		{"an endless blob is cut at its size and refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: endless}, Unusable},
+		{"a blob of other bytes is refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("\x00asm\x01\x00\x00\x01")) }}, Unusable},
+		{"a layer of negative size is refused", &hostileRegistry{manifest: manifestWith(layer(-1, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, Unusable},
+		{"a layer larger than max_module_size is refused before it is asked for", &hostileRegistry{manifest: manifestWith(layer(1<<62, sha(module))), blob: endless}, Unusable},
+		{"a layer digest of an unknown algorithm is refused", &hostileRegistry{manifest: manifestWith(layer(8, "md5:00")), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, Unusable},
+		{"two wasm layers are refused", &hostileRegistry{manifest: manifestWith(layer(8, sha(module)), layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) { w.Write(module) }}, Unusable},
 		{"a blob that drips past the fetch timeout times out", &hostileRegistry{manifest: manifestWith(layer(8, sha(module))), blob: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "8")
 			w.WriteHeader(200)
 			_, _ = w.Write(module[:1])
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
-		}}, 504},
+		}}, TimedOut},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -226,7 +227,7 @@ func TestAHostileRegistryGetsTheRightStatus(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
 			bin, err := s.Fetch(ctx, s.Name(), 1<<20)
-			if tt.status == 0 {
+			if tt.failure == 0 {
 				if err != nil || string(bin) != string(module) {
 					t.Fatalf("Fetch = %q, %v", bin, err)
 				}
@@ -235,8 +236,8 @@ func TestAHostileRegistryGetsTheRightStatus(t *testing.T) {
 			if bin != nil {
 				t.Fatalf("Fetch returned %d bytes with %v", len(bin), err)
 			}
-			if status, msg, _, ok := s.Status(err, false); !ok || status != tt.status {
-				t.Errorf("Status = %d %q (ours: %v), want %d; err: %v", status, msg, ok, tt.status, err)
+			if f, msg, ok := s.Classify(err, false); !ok || f != tt.failure {
+				t.Errorf("Classify = %d %q (ours: %v), want %d; err: %v", f, msg, ok, tt.failure, err)
 			}
 		})
 	}

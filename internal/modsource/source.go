@@ -58,11 +58,30 @@ type Source interface {
 	// no bound), checked against every digest the reference or the
 	// source gives before they are returned.
 	Fetch(ctx context.Context, id string, max int64) ([]byte, error)
-	// Status maps an error of Resolve or Fetch to the status table:
-	// status, the message for the client, Retry-After. ok is false when
-	// the error is not this source's (the caller decides).
-	Status(err error, gateway bool) (status int, msg, retry string, ok bool)
+	// Classify says what an error of Resolve or Fetch means for the
+	// request that needed the module, and the message for the client;
+	// the manager's status table turns the Failure into a status. ok is
+	// false when the error is not this source's (the caller decides).
+	Classify(err error, gateway bool) (f Failure, msg string, ok bool)
 }
+
+// Failure is what a source's error means for the request that needed its
+// module.
+type Failure int
+
+const (
+	// Unreachable: the node, registry or server could not be reached,
+	// and the module is not cached. Worth retrying later.
+	Unreachable Failure = iota + 1
+	// TimedOut: it did not deliver within fetch_timeout.
+	TimedOut
+	// Unusable: what it delivered, or answered, is not a module wagi-fcgi
+	// will run (too large, wrong digest, not found, refused).
+	Unusable
+	// NoSuchCID: a gateway request names a CID that IPFS does not have;
+	// the client asked for nothing that exists.
+	NoSuchCID
+)
 
 // Env is what sources need from the server: one per manager (or run).
 type Env struct {
@@ -120,7 +139,7 @@ func New(ref config.ModuleRef, digest string, env *Env) (Source, error) {
 }
 
 // Errors of the network sources other than IPFS (whose client has its
-// own), for the status table.
+// own), classified by netFailure.
 var (
 	// ErrUnavailable: the registry or server could not be reached.
 	ErrUnavailable = errors.New("source unreachable")
@@ -140,24 +159,24 @@ var (
 	ErrRefused = errors.New("refused")
 )
 
-// netStatus maps the errors above; where says whose they are ("the OCI
-// registry", "its server").
-func netStatus(err error, where string) (int, string, string, bool) {
+// netFailure classifies the errors above; where says whose they are ("the
+// OCI registry", "its server").
+func netFailure(err error, where string) (Failure, string, bool) {
 	switch {
 	case errors.Is(err, ErrUnavailable):
-		return 503, "the module is not cached and " + where + " is unreachable", "30", true
+		return Unreachable, "the module is not cached and " + where + " is unreachable", true
 	case errors.Is(err, ErrTimeout):
-		return 504, "fetching the module from " + where + " timed out", "", true
+		return TimedOut, "fetching the module from " + where + " timed out", true
 	case errors.Is(err, ErrTooLarge):
-		return 502, "the module is larger than max_module_size", "", true
+		return Unusable, "the module is larger than max_module_size", true
 	case errors.Is(err, ErrDigestMismatch):
-		return 502, "the module's bytes do not match its digest", "", true
+		return Unusable, "the module's bytes do not match its digest", true
 	case errors.Is(err, ErrNoModule):
-		return 502, "the module's artifact holds no WebAssembly layer", "", true
+		return Unusable, "the module's artifact holds no WebAssembly layer", true
 	case errors.Is(err, ErrNotFound):
-		return 502, "the module could not be found at " + where, "", true
+		return Unusable, "the module could not be found at " + where, true
 	case errors.Is(err, ErrRefused):
-		return 502, where + " refused the module", "", true
+		return Unusable, where + " refused the module", true
 	}
-	return 0, "", "", false
+	return 0, "", false
 }

@@ -75,8 +75,8 @@ func (s *urlSource) Fetch(ctx context.Context, _ string, max int64) ([]byte, err
 	return bin, nil
 }
 
-func (s *urlSource) Status(err error, _ bool) (int, string, string, bool) {
-	return netStatus(err, "its server")
+func (s *urlSource) Classify(err error, _ bool) (Failure, string, bool) {
+	return netFailure(err, "its server")
 }
 
 // maxRedirects bounds the redirects followed for one fetch.

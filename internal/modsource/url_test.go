@@ -52,17 +52,17 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 		name, path, digest string
 		timeout            time.Duration
 		want               error
-		status             int
+		failure            Failure
 	}{
 		{name: "the right digest gives the bytes", path: "/m.wasm", digest: digest},
-		{name: "a wrong digest is refused", path: "/m.wasm", digest: strings.Repeat("0", 64), want: ErrDigestMismatch, status: 502},
-		{name: "more than max bytes is refused", path: "/big.wasm", digest: digest, want: ErrTooLarge, status: 502},
-		{name: "a missing file is not found", path: "/none.wasm", digest: digest, want: ErrNotFound, status: 502},
-		{name: "a body shorter than its Content-Length is refused", path: "/short", digest: digest, want: ErrRefused, status: 502},
-		{name: "a 403 is refused", path: "/denied", digest: digest, want: ErrRefused, status: 502},
-		{name: "a redirect to plain http elsewhere is refused", path: "/to-plain", digest: digest, want: ErrRefused, status: 502},
+		{name: "a wrong digest is refused", path: "/m.wasm", digest: strings.Repeat("0", 64), want: ErrDigestMismatch, failure: Unusable},
+		{name: "more than max bytes is refused", path: "/big.wasm", digest: digest, want: ErrTooLarge, failure: Unusable},
+		{name: "a missing file is not found", path: "/none.wasm", digest: digest, want: ErrNotFound, failure: Unusable},
+		{name: "a body shorter than its Content-Length is refused", path: "/short", digest: digest, want: ErrRefused, failure: Unusable},
+		{name: "a 403 is refused", path: "/denied", digest: digest, want: ErrRefused, failure: Unusable},
+		{name: "a redirect to plain http elsewhere is refused", path: "/to-plain", digest: digest, want: ErrRefused, failure: Unusable},
 		{name: "a redirect to plain http on loopback is followed", path: "/to-loopback", digest: digest},
-		{name: "a server slower than the fetch timeout times out", path: "/slow", digest: digest, timeout: 200 * time.Millisecond, want: ErrTimeout, status: 504},
+		{name: "a server slower than the fetch timeout times out", path: "/slow", digest: digest, timeout: 200 * time.Millisecond, want: ErrTimeout, failure: TimedOut},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -87,8 +87,8 @@ func TestURLSourceFetchChecksEverythingBeforeReturningBytes(t *testing.T) {
 			if !errors.Is(err, tt.want) || bin != nil {
 				t.Fatalf("Fetch = %d bytes, %v; want %v and no bytes", len(bin), err, tt.want)
 			}
-			if status, _, _, ok := s.Status(err, false); !ok || status != tt.status {
-				t.Errorf("Status = %d, %v; want %d", status, ok, tt.status)
+			if f, _, ok := s.Classify(err, false); !ok || f != tt.failure {
+				t.Errorf("Classify = %d, %v; want %d", f, ok, tt.failure)
 			}
 		})
 	}
@@ -103,8 +103,8 @@ func TestURLSourceIsUnavailableWhenItsServerIsDown(t *testing.T) {
 	if !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Fetch = %v, want ErrUnavailable", err)
 	}
-	if status, _, retry, _ := s.Status(err, false); status != 503 || retry == "" {
-		t.Errorf("Status = %d, Retry-After %q; want 503 with a Retry-After", status, retry)
+	if f, _, _ := s.Classify(err, false); f != Unreachable {
+		t.Errorf("Classify = %d, want Unreachable (503 with a Retry-After)", f)
 	}
 }
 

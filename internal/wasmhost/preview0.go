@@ -1,4 +1,4 @@
-package child
+package wasmhost
 
 import (
 	"context"
@@ -10,7 +10,6 @@ import (
 
 	"github.com/tetratelabs/wazero"
 	"github.com/tetratelabs/wazero/api"
-	"github.com/tetratelabs/wazero/imports/wasi_snapshot_preview1"
 )
 
 // WASI preview0 (`wasi_unstable`, witx in WebAssembly/WASI
@@ -34,17 +33,9 @@ import (
 //     "identifier", so a subscription is 56 bytes, not 48, and its fields
 //     are read from the wrong offsets. Refused.
 //
-// A refused function is not exported, and the compile process refuses a
-// module that imports it, naming the import and the reason (see
-// ImportRefusal), so it fails at load and never half-runs.
-
-// Preview0ModuleName is the import module name of WASI preview0.
-const Preview0ModuleName = "wasi_unstable"
-
-// HostModuleNames are the host modules a guest may import from, in the
-// order they are instantiated. The compile process checks imports against
-// exactly these, as instantiated by InstantiateHost.
-var HostModuleNames = []string{wasi_snapshot_preview1.ModuleName, Preview0ModuleName, HTTPModuleName}
+// A refused function is not exported, and Provided.Check (the compile
+// process's check) refuses a module that imports it, naming the import and
+// the reason (see ImportRefusal), so it fails at load and never half-runs.
 
 // preview0Same are the preview0 functions whose ABI is preview1's.
 var preview0Same = []string{
@@ -72,7 +63,7 @@ var preview0Refused = map[string]string{
 // ImportRefusal says why module.name is refused although a guest may know
 // it, or "" when it is not one of those.
 func ImportRefusal(module, name string) string {
-	if module != Preview0ModuleName {
+	if module != Preview0 {
 		return ""
 	}
 	if why, ok := preview0Refused[name]; ok {
@@ -81,23 +72,11 @@ func ImportRefusal(module, name string) string {
 	return ""
 }
 
-// InstantiateHost instantiates in rt every host module a guest may import,
-// as children do. The compile process uses it to check imports.
-func InstantiateHost(ctx context.Context, rt wazero.Runtime) error {
-	if err := instantiateWASI(ctx, rt); err != nil {
-		return err
-	}
-	if err := instantiateHTTP(ctx, rt); err != nil { // outbound HTTP: http.go
-		return fmt.Errorf("instantiate %s: %w", HTTPModuleName, err)
-	}
-	return nil
-}
-
 // instantiatePreview0 instantiates wasi_unstable in rt: preview1's
 // functions where the ABI is the same, fd_seek adapted, nothing else.
-func instantiatePreview0(ctx context.Context, rt wazero.Runtime) error {
-	b := rt.NewHostModuleBuilder(Preview0ModuleName)
-	if err := exportWASI(b); err != nil {
+func instantiatePreview0(ctx context.Context, rt wazero.Runtime, environ map[string]api.GoModuleFunction) error {
+	b := rt.NewHostModuleBuilder(Preview0)
+	if err := exportWASI(b, environ); err != nil {
 		return err
 	}
 	funcs, err := builderFuncs(b)
