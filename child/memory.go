@@ -19,7 +19,8 @@ import (
 // and a buffer the pool has no room for is never cleared at all. Clearing
 // is the cheapest reset measured for the Go hello: madvise(MADV_DONTNEED)
 // instead costs a page fault for every page the next request touches (see
-// manager/RATIONALE.md, "Where a Go request's time goes").
+// manager/RATIONALE.md, "Where a Go request's time goes, and the spare
+// instance").
 type memoryPool struct {
 	mu   sync.Mutex
 	free []pooledBuffer

@@ -20,9 +20,9 @@ import (
 )
 
 // BenchmarkRequestPhases splits what a request costs the child into the
-// phases manager/RATIONALE.md ("Where a Go request's time goes") reports:
-// instantiation (wazero's instance, tables, data segments, the memory's
-// allocation), the guest's _start (for a Go module: the runtime's start,
+// phases manager/RATIONALE.md ("Where a Go request's time goes, and the
+// spare instance") reports: instantiation (wazero's instance, tables,
+// data segments, the memory's allocation), the guest's _start (for a Go module: the runtime's start,
 // then package init and main; goempty has an empty main, so the
 // difference between it and gohello is the program itself) and the
 // release of the linear memory, which proc_exit does inside _start and is
@@ -37,10 +37,18 @@ import (
 // gohello-madvise is gohello with linear memories reset the other way the
 // issue proposed: mapped anonymous memory given back with
 // madvise(MADV_DONTNEED) when released, instead of the pool's clearing.
+// gohello-cold touches 64 MiB of other memory before each request, as the
+// other processes of a server do between a child's requests, so that the
+// request starts with cold caches.
 func BenchmarkRequestPhases(b *testing.B) {
-	for _, name := range []string{"hello", "goempty", "gohello", "gohello-madvise"} {
+	for _, name := range []string{"hello", "goempty", "gohello", "gohello-madvise", "gohello-cold"} {
 		b.Run(name, func(b *testing.B) {
 			name, madvise := strings.CutSuffix(name, "-madvise")
+			name, cold := strings.CutSuffix(name, "-cold")
+			var other []byte
+			if cold {
+				other = make([]byte, 64<<20)
+			}
 			ctx := context.Background()
 			e, err := newEngine(ctx, Options{Logger: slog.New(slog.DiscardHandler), MaxModules: 4})
 			if err != nil {
@@ -86,6 +94,9 @@ func BenchmarkRequestPhases(b *testing.B) {
 			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
+				for j := 0; j < len(other); j += 64 {
+					other[j]++
+				}
 				in, st := once()
 				inst += in
 				start += st

@@ -18,8 +18,8 @@ import (
 // right after the previous response has gone out, while the child would
 // otherwise wait for the manager. Instantiating a Go module (its tables,
 // data segments and memory) is about 40% of what a request to it costs the
-// child (manager/RATIONALE.md, "Where a Go request's time goes"); with a
-// spare, the request pays only for running the guest.
+// child (manager/RATIONALE.md, "Where a Go request's time goes, and the
+// spare instance"); with a spare, the request pays only for the guest.
 //
 // A spare is as fresh as an instance made on demand: no guest code has run
 // in it (it is instantiated without its start function), and its memory
@@ -54,7 +54,7 @@ type spareState struct {
 }
 
 // spareMaxInstantiate is the longest instantiation (wall time) of a module
-// that still gets spares: the Go hello's takes 0.15 to 0.2 ms, a C
+// that still gets spares: the Go hello's takes about 0.2 ms, a C
 // module's a few µs.
 const spareMaxInstantiate = 2 * time.Millisecond
 
