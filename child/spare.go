@@ -32,9 +32,10 @@ import (
 // neither gets nor leaves one.
 //
 // A spare is made only for the module a child has just run twice in a row
-// (or whose spare the last request used): a spare the next request does not
-// use is work thrown away, charged (as idle CPU) to the module it was made
-// for. And only for a module whose last instantiation took at most
+// with the same arguments (or whose spare the last request used): a spare
+// the next request does not use is work thrown away, charged (as idle CPU)
+// to the module it was made for. (A route whose query string varies thus
+// gets no spares rather than a spare for every request, thrown away.) And only for a module whose last instantiation took at most
 // spareMaxInstantiate: a request that comes while a spare is being made
 // waits for it, and its time and CPU limits are already running, so a
 // module whose instantiation is costly (a hostile one can make it take
@@ -48,9 +49,10 @@ type spareState struct {
 
 	// What the request just run leaves behind for a spare, if it may
 	// have one.
-	next    *spareNext
-	lastKey spareKey
-	cost    time.Duration // of the last instantiation
+	next     *spareNext
+	lastKey  spareKey
+	lastArgs []string
+	cost     time.Duration // of the last instantiation
 }
 
 // spareMaxInstantiate is the longest instantiation (wall time) of a module
@@ -110,10 +112,11 @@ func (e *engine) dropSpare(ctx context.Context) {
 func (e *engine) ranRequest(m *ipc.Run, rt wazero.Runtime, cm wazero.CompiledModule, usedSpare bool) {
 	s := &e.spare
 	key := spareKey{m.ModuleKey, m.MemoryPages}
-	if spareAllowed(m) && (usedSpare || key == s.lastKey) && s.cost <= spareMaxInstantiate {
+	again := key == s.lastKey && slices.Equal(m.Args, s.lastArgs)
+	if spareAllowed(m) && (usedSpare || again) && s.cost <= spareMaxInstantiate {
 		s.next = &spareNext{rt: rt, cm: cm, args: slices.Clone(m.Args), key: key}
 	}
-	s.lastKey = key
+	s.lastKey, s.lastArgs = key, append(s.lastArgs[:0], m.Args...)
 }
 
 // prepareSpare makes the spare the last request left room for. It runs

@@ -120,6 +120,13 @@ func TestASpareIsNotUsedForOtherArgumentsOrAnotherModule(t *testing.T) {
 	if want := "argv[0]=env\nargv[1]=b\n"; !bytes.Contains([]byte(out), []byte(want)) {
 		t.Fatalf("%q, want the request's own arguments %q, not the spare's", out, want)
 	}
+	// A route whose query string varies: no spare is made, to be thrown
+	// away by the next request.
+	for i := range 4 {
+		if out, hadSpare := d.run(runOf(t, "env", fmt.Sprint(i))); hadSpare || !strings.Contains(out, fmt.Sprintf("argv[1]=%d\n", i)) {
+			t.Fatalf("request %d with its own arguments: spare %v, %q", i, hadSpare, out)
+		}
+	}
 	d.run(runOf(t, "fresh"))
 	d.run(runOf(t, "fresh"))
 	if d.e.spare.mod == nil {
