@@ -28,7 +28,7 @@ import (
 	"syscall"
 
 	"github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/api"
 	esys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/sys"
@@ -105,6 +105,7 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			if err != nil {
 				return fmt.Errorf("child: %w", err)
 			}
+			e.dropSpare(ctx)
 			done = e.preload(ctx, mods)
 		default:
 			return fmt.Errorf("child: unexpected %s frame", t)
@@ -116,6 +117,8 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("child: send done: %w", err)
 		}
+		// The response is out: make the next request's instance now.
+		e.prepareSpare(ctx)
 	}
 }
 
@@ -133,8 +136,10 @@ type engine struct {
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 	memory   *memoryPool
-	// stdout and stderr of the request being run.
+	// stdin, stdout and stderr of the request being run.
+	stdin          bytes.Reader
 	stdout, stderr frameWriter
+	spare          spareState // the next request's instance (spare.go)
 }
 
 type runtimeEntry struct {
@@ -299,12 +304,20 @@ func (e *engine) preload(ctx context.Context, mods []ipc.Module) ipc.Done {
 // run runs one request to the end and reports how it ended. Output goes to
 // w as frames (flushed before it returns), unless the run inherits stdio.
 func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
+	spare, spareCM := e.takeSpare(ctx, m)
 	rt, cm, err := e.module(ctx, m)
+	if spare != nil && (err != nil || cm != spareCM) {
+		_ = spare.Close(ctx)
+		spare = nil
+	}
 	if err != nil {
 		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
 	}
 
-	cfg := e.base.WithArgs(m.Args...)
+	var cfg wazero.ModuleConfig // a spare has its own
+	if spare == nil {
+		cfg = e.base.WithArgs(m.Args...)
+	}
 	ctx = withEnviron(ctx, m.Env)
 	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	var stdout, stderr *frameWriter
@@ -317,7 +330,10 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		stdout, stderr = &e.stdout, &e.stderr
 		stdout.reset(ipc.TypeStdout, w, -1)
 		stderr.reset(ipc.TypeStderr, w, int64(m.StderrCap))
-		cfg = cfg.WithStdin(bytes.NewReader(m.Stdin)).WithStdout(stdout).WithStderr(stderr)
+		e.stdin.Reset(m.Stdin)
+		if spare == nil {
+			cfg = cfg.WithStdin(&e.stdin).WithStdout(stdout).WithStderr(stderr)
+		}
 	}
 	if len(m.Mounts) > 0 {
 		// Volumes are jailed: wazero's own DirFS follows symlinks out of
@@ -333,7 +349,10 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		cfg = cfg.WithFSConfig(fsc)
 	}
 
-	done := e.call(ctx, rt, cm, cfg, m.Entrypoint)
+	done := e.call(ctx, rt, cm, cfg, spare, m.Entrypoint)
+	if done.Outcome != ipc.OutcomeNoEntrypoint {
+		e.ranRequest(m, rt, cm, spare != nil)
+	}
 	if stdout != nil {
 		// A failed flush means the manager is gone; Serve notices on the
 		// next frame it writes.
@@ -367,30 +386,29 @@ func (e *engine) volume(mt ipc.Mount, grant string) (esys.FS, error) {
 	return ipfs.NewMFS(c, mt.MFSPath, ipfs.MFSOptions{QuotaBytes: clampQuota(mt.QuotaBytes), QuotaFiles: clampQuota(mt.QuotaFiles)})
 }
 
-// call instantiates cm and runs its entrypoint. "_start" is the WASI command
-// entry and runs as the start function; any other entrypoint is called as a
-// nullary export after the reactor initialiser (_initialize) if there is one,
-// which is what WAGI did.
-func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, cfg wazero.ModuleConfig, entry string) ipc.Done {
+// call runs cm's entrypoint in spare, an instance of cm made ahead of the
+// request (spare.go), or else in an instance of cm it makes with cfg.
+// "_start" is the WASI command entry and runs as the start function; any
+// other entrypoint is called as a nullary export after the reactor
+// initialiser (_initialize) if there is one, which is what WAGI did.
+func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, cfg wazero.ModuleConfig, spare api.Module, entry string) ipc.Done {
 	if entry == "" {
 		entry = "_start"
 	}
 	if _, ok := cm.ExportedFunctions()[entry]; !ok {
+		if spare != nil {
+			_ = spare.Close(ctx)
+		}
 		return ipc.Done{Outcome: ipc.OutcomeNoEntrypoint, Message: fmt.Sprintf("module has no exported function %q", entry)}
 	}
-	if entry == "_start" {
-		cfg = cfg.WithStartFunctions("_start")
-	} else {
-		cfg = cfg.WithStartFunctions("_initialize")
+	mod := spare
+	if mod == nil {
+		var err error
+		if mod, err = e.instantiate(ctx, rt, cm, cfg); err != nil {
+			return outcome(err)
+		}
 	}
-	mod, err := rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, e.memory), cm, cfg)
-	if err == nil && entry != "_start" {
-		_, err = mod.ExportedFunction(entry).Call(ctx)
-	}
-	if mod != nil {
-		_ = mod.Close(ctx)
-	}
-	return outcome(err)
+	return runInstance(ctx, mod, entry)
 }
 
 // outcome classifies the error of a finished guest call.
