@@ -28,7 +28,7 @@ import (
 	"syscall"
 
 	"github.com/tetratelabs/wazero"
-	"github.com/tetratelabs/wazero/experimental"
+	"github.com/tetratelabs/wazero/api"
 	esys "github.com/tetratelabs/wazero/experimental/sys"
 	"github.com/tetratelabs/wazero/experimental/sysfs"
 	"github.com/tetratelabs/wazero/sys"
@@ -125,9 +125,9 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			fp.setRoutes(routes)
 			done = ipc.Done{Outcome: ipc.OutcomeOK}
 		case ipc.TypeBorrow:
-			// The manager wants this child: answer once the request
-			// that was running is done (it is: frames are read between
-			// requests), and serve frames until the next Done.
+			// The manager wants this child: frames are read between
+			// requests, so none from a connection is running; serve
+			// frames until the next Done.
 			if fp != nil {
 				fp.slot.SetHeld(true)
 			}
@@ -144,6 +144,7 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			if err != nil {
 				return fmt.Errorf("child: %w", err)
 			}
+			e.dropSpare(ctx)
 			done = e.preload(ctx, mods)
 		default:
 			return fmt.Errorf("child: unexpected %s frame", t)
@@ -159,9 +160,10 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 			held = false
 			fp.slot.SetHeld(false)
 		}
+		// The response is out: make the next request's instance now.
+		e.prepareSpare(ctx)
 	}
 }
-
 
 // engine owns the wazero runtimes of a child. Memory limits are a property
 // of a wazero Runtime (applied when a module is compiled), so there is one
@@ -177,8 +179,10 @@ type engine struct {
 	base     wazero.ModuleConfig
 	lru      []moduleRef // least recently used first
 	memory   *memoryPool
-	// stdout and stderr of the request being run.
+	// stdin, stdout and stderr of the request being run.
+	stdin          bytes.Reader
 	stdout, stderr frameWriter
+	spare          spareState // the next request's instance (spare.go)
 }
 
 type runtimeEntry struct {
@@ -343,15 +347,35 @@ func (e *engine) preload(ctx context.Context, mods []ipc.Module) ipc.Done {
 // run runs one request to the end and reports how it ended. Output goes to
 // w as frames (flushed before it returns), unless the run inherits stdio.
 func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
+	return e.runWith(ctx, m, w, nil, nil)
+}
+
+// runTo runs m with the guest's stdout and stderr going to out and errw
+// (the fast path's) instead of frames.
+func (e *engine) runTo(ctx context.Context, m *ipc.Run, out, errw io.Writer) ipc.Done {
+	return e.runWith(ctx, m, nil, out, errw)
+}
+
+func (e *engine) runWith(ctx context.Context, m *ipc.Run, w *ipc.Writer, out, errw io.Writer) ipc.Done {
+	spare, spareCM := e.takeSpare(ctx, m)
 	rt, cm, err := e.module(ctx, m)
+	if spare != nil && (err != nil || cm != spareCM) {
+		_ = spare.Close(ctx)
+		spare = nil
+	}
 	if err != nil {
 		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
 	}
 
+	var cfg wazero.ModuleConfig // a spare has its own
+	if spare == nil {
+		cfg = e.base.WithArgs(m.Args...)
+	}
+	ctx = withEnviron(ctx, m.Env)
+	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	var stdout, stderr *frameWriter
-	var done ipc.Done
 	if m.InheritStdio {
-		done = e.runWith(ctx, rt, cm, m, os.Stdin, os.Stdout, os.Stderr)
+		cfg = cfg.WithStdin(os.Stdin).WithStdout(os.Stdout).WithStderr(os.Stderr)
 	} else {
 		// The writers and their buffers are the engine's, reused by
 		// every request: a fresh 32 KiB buffer per request was most of
@@ -359,34 +383,12 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		stdout, stderr = &e.stdout, &e.stderr
 		stdout.reset(ipc.TypeStdout, w, -1)
 		stderr.reset(ipc.TypeStderr, w, int64(m.StderrCap))
-		done = e.runWith(ctx, rt, cm, m, bytes.NewReader(m.Stdin), stdout, stderr)
+		stdout.sink, stderr.sink = out, errw
+		e.stdin.Reset(m.Stdin)
+		if spare == nil {
+			cfg = cfg.WithStdin(&e.stdin).WithStdout(stdout).WithStderr(stderr)
+		}
 	}
-	if stdout != nil {
-		// A failed flush means the manager is gone; Serve notices on the
-		// next frame it writes.
-		// The last output goes out with Done, in one write: Serve
-		// flushes after the Done frame.
-		_ = stdout.frame()
-		_ = stderr.frame()
-	}
-	return done
-}
-
-// runTo runs m with the guest's stdout and stderr going to the given
-// writers (the fast path's).
-func (e *engine) runTo(ctx context.Context, m *ipc.Run, stdout, stderr io.Writer) ipc.Done {
-	rt, cm, err := e.module(ctx, m)
-	if err != nil {
-		return ipc.Done{Outcome: ipc.OutcomeLoad, Message: err.Error()}
-	}
-	return e.runWith(ctx, rt, cm, m, bytes.NewReader(m.Stdin), stdout, stderr)
-}
-
-// runWith runs m in a fresh instance of cm with the given stdio.
-func (e *engine) runWith(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, m *ipc.Run, stdin io.Reader, stdout, stderr io.Writer) ipc.Done {
-	cfg := e.base.WithArgs(m.Args...).WithStdin(stdin).WithStdout(stdout).WithStderr(stderr)
-	ctx = withEnviron(ctx, m.Env)
-	ctx = withHTTP(ctx, m.HTTPProxy, m.HTTPGrant)
 	if len(m.Mounts) > 0 {
 		// Volumes are jailed: wazero's own DirFS follows symlinks out of
 		// the directory (see volumefs.go).
@@ -401,7 +403,19 @@ func (e *engine) runWith(ctx context.Context, rt wazero.Runtime, cm wazero.Compi
 		cfg = cfg.WithFSConfig(fsc)
 	}
 
-	return e.call(ctx, rt, cm, cfg, m.Entrypoint)
+	done := e.call(ctx, rt, cm, cfg, spare, m.Entrypoint)
+	if done.Outcome != ipc.OutcomeNoEntrypoint {
+		e.ranRequest(m, rt, cm, spare != nil)
+	}
+	if stdout != nil {
+		// A failed flush means the manager is gone; Serve notices on the
+		// next frame it writes.
+		// The last output goes out with Done, in one write: Serve
+		// flushes after the Done frame.
+		_ = stdout.frame()
+		_ = stderr.frame()
+	}
+	return done
 }
 
 // volume returns the file system for a mount: a jailed host directory, or
@@ -426,30 +440,29 @@ func (e *engine) volume(mt ipc.Mount, grant string) (esys.FS, error) {
 	return ipfs.NewMFS(c, mt.MFSPath, ipfs.MFSOptions{QuotaBytes: clampQuota(mt.QuotaBytes), QuotaFiles: clampQuota(mt.QuotaFiles)})
 }
 
-// call instantiates cm and runs its entrypoint. "_start" is the WASI command
-// entry and runs as the start function; any other entrypoint is called as a
-// nullary export after the reactor initialiser (_initialize) if there is one,
-// which is what WAGI did.
-func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, cfg wazero.ModuleConfig, entry string) ipc.Done {
+// call runs cm's entrypoint in spare, an instance of cm made ahead of the
+// request (spare.go), or else in an instance of cm it makes with cfg.
+// "_start" is the WASI command entry and runs as the start function; any
+// other entrypoint is called as a nullary export after the reactor
+// initialiser (_initialize) if there is one, which is what WAGI did.
+func (e *engine) call(ctx context.Context, rt wazero.Runtime, cm wazero.CompiledModule, cfg wazero.ModuleConfig, spare api.Module, entry string) ipc.Done {
 	if entry == "" {
 		entry = "_start"
 	}
 	if _, ok := cm.ExportedFunctions()[entry]; !ok {
+		if spare != nil {
+			_ = spare.Close(ctx)
+		}
 		return ipc.Done{Outcome: ipc.OutcomeNoEntrypoint, Message: fmt.Sprintf("module has no exported function %q", entry)}
 	}
-	if entry == "_start" {
-		cfg = cfg.WithStartFunctions("_start")
-	} else {
-		cfg = cfg.WithStartFunctions("_initialize")
+	mod := spare
+	if mod == nil {
+		var err error
+		if mod, err = e.instantiate(ctx, rt, cm, cfg); err != nil {
+			return outcome(err)
+		}
 	}
-	mod, err := rt.InstantiateModule(experimental.WithMemoryAllocator(ctx, e.memory), cm, cfg)
-	if err == nil && entry != "_start" {
-		_, err = mod.ExportedFunction(entry).Call(ctx)
-	}
-	if mod != nil {
-		_ = mod.Close(ctx)
-	}
-	return outcome(err)
+	return runInstance(ctx, mod, entry)
 }
 
 // outcome classifies the error of a finished guest call.
@@ -477,6 +490,9 @@ type frameWriter struct {
 	limit   int64 // bytes to forward; -1 = all
 	written int64
 	dropped bool
+	// sink, when set, takes every write as it comes instead of frames
+	// (the fast path's request).
+	sink io.Writer
 }
 
 // reset prepares f for a new request, keeping its buffer.
@@ -485,6 +501,9 @@ func (f *frameWriter) reset(t ipc.Type, w *ipc.Writer, limit int64) {
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {
+	if f.sink != nil {
+		return f.sink.Write(p)
+	}
 	n := len(p)
 	if f.limit >= 0 {
 		room := f.limit - f.written
@@ -530,7 +549,7 @@ func (f *frameWriter) flush() error {
 
 // frame puts what is buffered into a frame without flushing the socket.
 func (f *frameWriter) frame() error {
-	if len(f.buf) == 0 {
+	if len(f.buf) == 0 || f.sink != nil {
 		return nil
 	}
 	if err := f.w.WriteFrame(f.t, f.buf); err != nil {

@@ -12,9 +12,24 @@ import (
 // a small request's cost. A buffer is cleared before it is reused, so a
 // guest still starts with all-zero memory, as a fresh instance must, and
 // never sees what the previous request left.
+//
+// It is cleared when it is taken, not when it is released: the release is
+// inside the guest's proc_exit, on the request's path, while the next
+// instance is usually made after the response has gone out (see spare.go),
+// and a buffer the pool has no room for is never cleared at all. Clearing
+// is the cheapest reset measured for the Go hello: madvise(MADV_DONTNEED)
+// instead costs a page fault for every page the next request touches (see
+// manager/RATIONALE.md, "Where a Go request's time goes, and the spare
+// instance").
 type memoryPool struct {
 	mu   sync.Mutex
-	free [][]byte // cleared buffers, length 0
+	free []pooledBuffer
+}
+
+// pooledBuffer is a released buffer: zero past dirty, not yet cleared below.
+type pooledBuffer struct {
+	buf   []byte // length 0
+	dirty int
 }
 
 // Buffers kept for reuse: enough for the one instance a child runs at a
@@ -31,25 +46,27 @@ func (mp *memoryPool) Allocate(capacity, max uint64) experimental.LinearMemory {
 
 func (mp *memoryPool) get(size, capacity uint64) []byte {
 	mp.mu.Lock()
-	for i, b := range mp.free {
-		if uint64(cap(b)) >= size {
+	for i, pb := range mp.free {
+		if uint64(cap(pb.buf)) >= size {
 			mp.free = append(mp.free[:i], mp.free[i+1:]...)
 			mp.mu.Unlock()
-			return b[:size]
+			clear(pb.buf[:pb.dirty])
+			return pb.buf[:size]
 		}
 	}
 	mp.mu.Unlock()
 	return make([]byte, size, max(size, capacity))
 }
 
-func (mp *memoryPool) put(b []byte) {
+// put keeps b, whose bytes from dirty on are zero, for reuse.
+func (mp *memoryPool) put(b []byte, dirty int) {
 	if cap(b) > maxPooledBytes {
 		return
 	}
 	mp.mu.Lock()
 	defer mp.mu.Unlock()
 	if len(mp.free) < maxPooledBuffers {
-		mp.free = append(mp.free, b[:0])
+		mp.free = append(mp.free, pooledBuffer{buf: b[:0], dirty: dirty})
 	}
 }
 
@@ -58,7 +75,7 @@ type pooledMemory struct {
 	pool          *memoryPool
 	capacity, max uint64
 	buf           []byte
-	high          int // the longest the buffer has been: what Free clears
+	high          int // the longest the buffer has been: what reuse clears
 }
 
 // Reallocate implements experimental.LinearMemory: the memory grows to size
@@ -71,8 +88,8 @@ func (m *pooledMemory) Reallocate(size uint64) []byte {
 	case m.buf == nil:
 		m.buf = m.pool.get(size, m.capacity)
 	case size <= uint64(cap(m.buf)):
-		// Bytes past the old length are zero: pooled buffers are cleared
-		// up to their high-water mark, fresh ones were made zero.
+		// Bytes past the old length are zero: a pooled buffer is cleared
+		// up to its high-water mark when taken, a fresh one made zero.
 		m.buf = m.buf[:size]
 	default:
 		// Doubling amortises growth, but never past the maximum: a
@@ -91,7 +108,6 @@ func (m *pooledMemory) Free() {
 	if m.buf == nil {
 		return
 	}
-	clear(m.buf[:m.high])
-	m.pool.put(m.buf)
+	m.pool.put(m.buf, m.high)
 	m.buf = nil
 }
