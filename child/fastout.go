@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
@@ -53,7 +54,7 @@ func (o *fastOut) Write(p []byte) (int, error) {
 	o.total += int64(len(p))
 	if o.max > 0 && o.total > o.max {
 		o.overflow = true
-		return 0, errOutputLimit
+		o.askKill(scoreboard.AskMaxOutput)
 	}
 	if o.committed {
 		o.rec = fcgi.AppendStdout(o.rec[:0], o.id, p)
@@ -84,7 +85,7 @@ func (o *fastOut) parse() error {
 	if end < 0 {
 		if len(o.pending) > fastMaxHeader {
 			o.invalid = true
-			return errInvalidOutput
+			o.askKill(scoreboard.AskInvalid)
 		}
 		return nil
 	}
@@ -95,7 +96,7 @@ func (o *fastOut) parse() error {
 	h, err := wagi.ReadResponseHeader(o.br, fastMaxHeader)
 	if err != nil {
 		o.invalid = true
-		return errInvalidOutput
+		o.askKill(scoreboard.AskInvalid)
 	}
 	o.head, o.bodyStart = h, end
 	o.dropped = len(h.Dropped) > 0
@@ -126,6 +127,16 @@ func (o *fastOut) commit() error {
 		return err
 	}
 	return nil
+}
+
+// askKill ends the request the way the manager's own path does: the
+// manager kills this child for the limit (answering 502, or cutting the
+// stream), so the child waits for its SIGKILL here.
+func (o *fastOut) askKill(a scoreboard.Ask) {
+	o.slot.AskKill(a)
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // headerEnd is the offset just past the empty line that ends the header

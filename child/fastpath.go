@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -17,6 +19,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wasmhost"
 )
 
 // FastFDs are the descriptors of the fast path (manager/RATIONALE.md,
@@ -45,15 +48,18 @@ const (
 	CtlHandback = 'h' // child → manager: answer c's request; payload: the bytes read
 	CtlWake     = 'w' // child → manager: a request began while the tick slept
 	CtlStderr   = 'e' // child → manager: guest stderr of a fast request; payload: id NUL bytes
+	CtlFailed   = 'f' // child → manager: why a fast request's module failed; payload: id NUL message
 	ctlHeader   = 9
 )
 
 // fastMaxRequest bounds what a child reads of one request before it gives
-// the connection to the manager, and fastCommit how much output it holds
-// before it sends the headers (as the manager does: a failure before it
-// is still a clean 5xx).
+// the connection to the manager (with what it read: the manager's memory
+// for those is at most this per connection), and fastCommit how much
+// output it holds before it sends the headers (as the manager does: a
+// failure before it is still a clean 5xx). nginx's requests for a page
+// are a few KiB.
 const (
-	fastMaxRequest = 64 << 10
+	fastMaxRequest = 16 << 10
 	fastCommit     = 64 << 10
 )
 
@@ -74,6 +80,7 @@ type fastPath struct {
 	resp   []byte
 	stdout fastOut
 	stderr bytes.Buffer
+	http   map[string]bool // by module key: does it import outbound HTTP?
 }
 
 func newFastPath(e *engine, fds FastFDs, ipcFD int) (*fastPath, error) {
@@ -96,7 +103,7 @@ func newFastPath(e *engine, fds FastFDs, ipcFD int) (*fastPath, error) {
 		}
 	}
 	return &fastPath{e: e, fds: fds, own: own, ipcFD: ipcFD, view: view, slot: slot,
-		gens: make([]uint32, scoreboard.MaxConns), buf: make([]byte, 0, 16<<10)}, nil
+		gens: make([]uint32, scoreboard.MaxConns), buf: make([]byte, 0, 16<<10), http: map[string]bool{}}, nil
 }
 
 func (f *fastPath) setRoutes(r *ipc.Routes) {
@@ -236,12 +243,18 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 	rawPath := ""
 	if ok {
 		rawPath = wagi.RawPath(req.Params)
+		ok = !f.reserved(rawPath)
+	}
+	if ok {
 		ri, scriptName, rawPathInfo, _, ok = f.table.Lookup(rawPath)
 	}
 	if ok {
 		rt = &f.routes.Routes[ri]
 		cl, _ := strconv.ParseInt(req.Params["CONTENT_LENGTH"], 10, 64)
 		ok = rt.Fast && !f.view.Spent(ri) && int64(len(req.Body)) <= rt.MaxBody && (cl <= 0 || cl == int64(len(req.Body)))
+	}
+	if ok && f.needsManager(ctx, rt) {
+		ok = false
 	}
 	if !ok {
 		f.slot.Release()
@@ -252,7 +265,7 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 	id := f.routes.IDPrefix + "-" + strconv.FormatUint(f.seq, 36)
 	start := time.Now()
 	cpu0 := selfCPU()
-	f.slot.Begin(req.ID, ri, id, start.UnixNano())
+	f.slot.Begin(req.ID, ri, id, req.Params["REQUEST_METHOD"], rawPath, start.UnixNano())
 	if e := f.view.SleepEpoch(); e&1 == 1 && e != f.woke {
 		f.woke = e
 		f.sendCtl(CtlWake, c, gen, nil)
@@ -272,8 +285,16 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 		rec.Outcome |= 0x80 // headers the web server would act on were dropped
 	}
 	f.slot.Append(&rec)
+	if done.Outcome != ipc.OutcomeOK {
+		msg := done.Message
+		if done.Outcome == ipc.OutcomeExit {
+			msg = fmt.Sprintf("module exited with code %d", done.ExitCode)
+		}
+		f.sendCtl(CtlFailed, c, uint32(ri), append(append([]byte(id), 0), msg[:min(len(msg), 4096)]...))
+	}
 	if f.stderr.Len() > 0 {
-		f.sendCtl(CtlStderr, c, gen, append(append([]byte(id), 0), f.stderr.Bytes()...))
+		// (The generation field carries the route, for the log line.)
+		f.sendCtl(CtlStderr, c, uint32(ri), append(append([]byte(id), 0), f.stderr.Bytes()...))
 	}
 	f.slot.Release()
 	if !req.KeepConn || !keep {
@@ -284,15 +305,45 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 	_, _, _ = syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(f.fds.Shared), unix.EPOLL_CTL_MOD, uintptr(fd), uintptr(unsafe.Pointer(&rearm)), 0, 0)
 }
 
+// needsManager reports whether the route's module makes outbound HTTP
+// calls: those go through the manager's proxy with a grant it registers
+// per request, so the manager runs them.
+func (f *fastPath) needsManager(ctx context.Context, rt *ipc.Route) bool {
+	if v, ok := f.http[rt.ModuleKey]; ok {
+		return v
+	}
+	_, cm, err := f.e.module(ctx, &ipc.Run{ModuleKey: rt.ModuleKey, ModulePath: rt.ModulePath, MemoryPages: rt.MemoryPages})
+	if err != nil {
+		return true // the manager's path reports it
+	}
+	uses := false
+	for _, fn := range cm.ImportedFunctions() {
+		if mod, _, _ := fn.Import(); mod == wasmhost.HTTP {
+			uses = true
+			break
+		}
+	}
+	f.http[rt.ModuleKey] = uses
+	return uses
+}
+
+// reserved reports whether the manager answers path itself.
+func (f *fastPath) reserved(path string) bool {
+	if p := f.routes.ReservedPrefix; p != "" && strings.HasPrefix(path, p) {
+		return true
+	}
+	return slices.Contains(f.routes.Reserved, path)
+}
+
 // read takes what the connection has, without waiting; it reports whether
 // the peer closed it.
 func (f *fastPath) read(fd int) (closed bool) {
 	f.buf = f.buf[:0]
-	for len(f.buf) < fastMaxRequest+4096 {
+	for len(f.buf) < fastMaxRequest {
 		if len(f.buf) == cap(f.buf) {
 			f.buf = append(f.buf, make([]byte, cap(f.buf))...)[:len(f.buf)]
 		}
-		p := f.buf[len(f.buf):cap(f.buf)]
+		p := f.buf[len(f.buf):min(cap(f.buf), fastMaxRequest)]
 		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == unix.EINTR:
@@ -333,7 +384,9 @@ func (f *fastPath) finish(fd int, fcgiID uint16, id string, done ipc.Done) (stat
 	}
 	switch {
 	case o.overflow:
-		return fail(502, "the module's output is larger than the limit")
+		return fail(502, "the module's output is too large")
+	case o.invalid:
+		return fail(502, "the module's output is not a valid CGI response")
 	case done.Outcome == ipc.OutcomeOK:
 	default:
 		return fail(500, "the module failed")

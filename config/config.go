@@ -310,7 +310,11 @@ func Default() *Config {
 			QueueTimeout: 5 * time.Second,
 			UIDRange:     DefaultUIDRange,
 
-			MaxConnections:     1024,
+			MaxConnections: 1024,
+			// WAGI_FCGI_FAST_PATH=1 turns the fast path on where the
+			// config does not say: the test suite runs every end-to-end
+			// test both ways with it.
+			FastPath:           os.Getenv("WAGI_FCGI_FAST_PATH") == "1",
 			RequestReadTimeout: 30 * time.Second,
 			IdleTimeout:        75 * time.Second,
 			ParamsMemory:       16 << 20,

@@ -3,14 +3,15 @@ package manager
 import (
 	"bytes"
 	"context"
-	"io"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -44,6 +45,10 @@ type FastPath struct {
 	maxConns    int
 	idleTimeout time.Duration
 	base        int // connection c is descriptor base+c here and in every child
+
+	// handed counts connections given back to the FastCGI server and not
+	// yet closed or rejoined: they count against maxConns too.
+	handed atomic.Int64
 
 	mu    sync.Mutex
 	conns []fastConn // by number
@@ -211,7 +216,7 @@ func (f *FastPath) addFD(dupFD int) bool {
 			c = i
 		}
 	}
-	if c < 0 || used >= f.maxConns {
+	if c < 0 || used+int(f.handed.Load()) >= f.maxConns {
 		// Full: the connection idle the longest makes room, as nginx
 		// does with its kept-alive connections.
 		if old := f.oldestIdleLocked(); old >= 0 {
@@ -246,11 +251,29 @@ func (f *FastPath) addFD(dupFD int) bool {
 
 func (f *FastPath) oldestIdleLocked() int {
 	held := f.heldLocked()
-	best := -1
+	var pfds []unix.PollFd
 	for i := range f.conns {
-		if f.conns[i].used && !held[i] && (best < 0 || f.conns[i].lastActive.Before(f.conns[best].lastActive)) {
+		if f.conns[i].used && !held[i] {
+			pfds = append(pfds, unix.PollFd{Fd: int32(f.base + i), Events: unix.POLLIN})
+		}
+	}
+	_, _ = unix.Poll(pfds, 0) // one call for all of them
+	best, bestReady := -1, -1
+	for _, p := range pfds {
+		i := int(p.Fd) - f.base
+		if p.Revents&unix.POLLIN != 0 && p.Revents&(unix.POLLHUP|unix.POLLRDHUP) == 0 {
+			// A request waits on it: the last to go.
+			if bestReady < 0 || f.conns[i].lastActive.Before(f.conns[bestReady].lastActive) {
+				bestReady = i
+			}
+			continue
+		}
+		if best < 0 || f.conns[i].lastActive.Before(f.conns[best].lastActive) {
 			best = i
 		}
+	}
+	if best < 0 {
+		return bestReady
 	}
 	return best
 }
@@ -311,6 +334,7 @@ func (f *FastPath) handbackLocked(c int, prefix []byte) {
 	if err != nil {
 		return
 	}
+	f.handed.Add(1)
 	conn := &handedConn{Conn: nc, f: f, prefix: append([]byte(nil), prefix...)}
 	go func() {
 		select {
@@ -360,6 +384,7 @@ func (h *handedConn) Read(p []byte) (int, error) {
 		h.returning = false
 		if h.idle() && h.f.rejoin(h.Conn) {
 			h.rejoined = true
+			h.f.handed.Add(-1)
 			h.mu.Unlock()
 			return 0, io.EOF
 		}
@@ -414,9 +439,13 @@ func (h *handedConn) SetDeadline(t time.Time) error {
 
 func (h *handedConn) Close() error {
 	h.mu.Lock()
+	first := !h.closed
 	h.closed = true
 	rejoined := h.rejoined
 	h.mu.Unlock()
+	if first && !rejoined {
+		h.f.handed.Add(-1)
+	}
 	if !rejoined {
 		if sc, ok := h.Conn.(syscall.Conn); ok {
 			if raw, err := sc.SyscallConn(); err == nil {
@@ -493,6 +522,15 @@ type fastGen struct {
 // newFastGen builds the routes a generation's children may answer alone.
 func (m *Manager) newFastGen(f *FastPath) *fastGen {
 	g := &fastGen{f: f, m: m, routes: &ipc.Routes{ServerSoftware: m.software, IDPrefix: m.idPrefix + "f"}}
+	if m.cfg.StatusPath != "" {
+		g.routes.Reserved = append(g.routes.Reserved, m.cfg.StatusPath)
+	}
+	if m.cfg.Healthz {
+		g.routes.Reserved = append(g.routes.Reserved, "/healthz")
+	}
+	if m.gateway != nil {
+		g.routes.ReservedPrefix = m.gateway.prefix
+	}
 	for _, t := range m.routes.Load().All() {
 		r := ipc.Route{Pattern: t.route.Pattern}
 		mod, _ := t.src.loaded()
@@ -591,10 +629,15 @@ func (f *FastPath) readCtl(k *fastKid) {
 				}
 			}
 			f.mu.Unlock()
+		case child.CtlFailed:
+			id, text, ok := cutByte(buf[9:n], 0)
+			if ok && len(id) <= scoreboard.MaxID {
+				k.gen.failed(string(id), int(gen), string(text[:min(len(text), 4096)]))
+			}
 		case child.CtlStderr:
 			id, text, ok := cutByte(buf[9:n], 0)
-			if ok {
-				k.gen.m.fastStderr(string(id), text)
+			if ok && len(id) <= scoreboard.MaxID {
+				k.gen.fastStderr(string(id), int(gen), text)
 			}
 		}
 	}
@@ -658,6 +701,10 @@ func (f *FastPath) leave(p *proc) {
 	_ = unix.Close(k.ctl)
 	s := k.slot.Read()
 	defer k.slot.Close()
+	// It may have died between taking a connection's event and saying so
+	// in its slot: that connection is armed for no one. Re-arm every
+	// connection no child holds (harmless for the armed ones).
+	defer f.rearmUnheldLocked()
 	if s.State != scoreboard.Running && s.State != scoreboard.Holding {
 		return
 	}
@@ -666,8 +713,15 @@ func (f *FastPath) leave(p *proc) {
 		return
 	}
 	reason := p.killReason()
+	// What it used since the last tick is its request's.
+	f.chargeLocked(k, time.Now())
 	if s.Committed || reason == killAbort {
 		f.dropLocked(c)
+		status := 499
+		if s.Committed {
+			status = 200
+		}
+		k.gen.died(k, s, s.ID, status, reason)
 		return
 	}
 	fl := fail(workerFailed)
@@ -697,15 +751,28 @@ func (f *FastPath) leave(p *proc) {
 		f.dropLocked(c)
 		return
 	}
-	m := k.gen.m
-	route := ""
-	if s.Route >= 0 && s.Route < len(k.gen.targets) {
-		route = k.gen.targets[s.Route].route.Pattern
-	}
-	m.log.Error("module failed", "id", id, "route", route, "status", status, "err", "killed: "+reason.String())
-	m.log.Info("request", "id", id, "status", status, "route", route, "killed", reason.String())
+	k.gen.died(k, s, id, status, reason)
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(f.conns[c].gen)}
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
+
+// rearmUnheldLocked re-arms every connection no child holds, with the
+// handshake of takeoverLocked, so that a child between taking an event
+// and saying so never shares a connection.
+func (f *FastPath) rearmUnheldLocked() {
+	held := f.heldLocked()
+	for c := range f.conns {
+		fc := &f.conns[c]
+		if !fc.used || held[c] {
+			continue
+		}
+		f.page.SetTaking(c, true)
+		if !f.heldLocked()[c] {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(f.base + c), Pad: int32(fc.gen)}
+			_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_MOD, f.base+c, &ev)
+		}
+		f.page.SetTaking(c, false)
+	}
 }
 
 func writeFull(fd int, p []byte) error {
@@ -797,4 +864,11 @@ func (fs fastStart) abandon(f *FastPath) {
 	f.mu.Lock()
 	delete(f.idx, fs.idx)
 	f.mu.Unlock()
+}
+
+// isHeld reports whether the child is borrowed.
+func (k *fastKid) isHeld() bool {
+	k.gen.f.mu.Lock()
+	defer k.gen.f.mu.Unlock()
+	return k.held
 }

@@ -1,11 +1,11 @@
 package manager
 
 import (
+	"fmt"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
 	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
@@ -92,14 +92,17 @@ func (f *FastPath) scan() bool {
 // at most what its clock says), the rest to the request it runs or ran
 // last. The clock is the kernel's; only the split is the child's word.
 func (f *FastPath) chargeLocked(k *fastKid, now time.Time) {
-	if !k.p.alive() {
-		return
-	}
-	cpu := k.p.cpu()
+	cpu := k.p.cpu() // the final figure once it has exited
 	delta := cpu - k.lastCPU
 	k.lastCPU = cpu
 	var used time.Duration
-	lost := k.slot.Drain(func(r *scoreboard.Record) {
+	lost := k.slot.Drain(func(r *scoreboard.Record) bool {
+		if k.gen.target(r.Route) == nil {
+			// A route it was never given: the child lies.
+			k.gen.m.log.Error("fast path: a child reported a route it was never given; killing it", "pid", k.p.pid, "route", r.Route)
+			k.p.kill(killIPC)
+			return false
+		}
 		share := min(max(r.CPU, 0), max(delta-used, 0))
 		used += share
 		if r.Conn >= 0 && r.Conn < len(f.conns) && f.conns[r.Conn].used {
@@ -107,6 +110,7 @@ func (f *FastPath) chargeLocked(k *fastKid, now time.Time) {
 		}
 		k.lastRoute = r.Route
 		k.gen.finished(r, share)
+		return true
 	})
 	if lost > 0 {
 		k.gen.m.log.Warn("fast path: request lines lost (the child wrote faster than the manager read)", "pid", k.p.pid, "lost", lost)
@@ -129,6 +133,14 @@ func (f *FastPath) watchLocked(k *fastKid, s scoreboard.Snapshot, now time.Time)
 	t := k.gen.target(s.Route)
 	if t == nil {
 		k.p.kill(killIPC) // a route it was never given
+		return
+	}
+	switch s.Ask {
+	case scoreboard.AskMaxOutput:
+		k.p.kill(killOutput)
+		return
+	case scoreboard.AskInvalid:
+		k.p.kill(killInvalid)
 		return
 	}
 	used := k.lastCPU - k.cpuBase
@@ -243,8 +255,7 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 	log := m.log.With("id", id)
 	t := g.target(r.Route)
 	if t == nil {
-		log.Warn("fast path: a child reported a route it was never given", "route", r.Route)
-		return
+		return // chargeLocked checked
 	}
 	mod, _ := t.src.loaded()
 	modKey, modRef := "", ""
@@ -253,9 +264,6 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 	}
 	if r.Outcome&0x80 != 0 {
 		log.Warn("module output: headers the web server would act on were dropped")
-	}
-	if o := ipc.Outcome(r.Outcome &^ 0x80); o != ipc.OutcomeOK {
-		log.Error("module failed", "module", modRef, "status", r.Status, "err", o.String())
 	}
 	g.chargeRoute(r.Route, cpu)
 	m.requests.Add(1)
@@ -270,6 +278,60 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 
 // fastStderr logs a fast request's guest stderr as the manager's own path
 // does.
-func (m *Manager) fastStderr(id string, text []byte) {
-	runner.LogStderr(m.log.With("id", id), text)
+func (g *fastGen) fastStderr(id string, route int, text []byte) {
+	log := g.m.log.With("id", id)
+	if t := g.target(route); t != nil {
+		log = log.With("route", t.route.Pattern)
+	}
+	runner.LogStderr(log, text)
+}
+
+// failed logs why a fast request's module failed (the child's message).
+func (g *fastGen) failed(id string, route int, msg string) {
+	t := g.target(route)
+	if t == nil {
+		return
+	}
+	mod, _ := t.src.loaded()
+	ref := ""
+	if mod != nil {
+		ref = mod.ref
+	}
+	g.m.log.Error("module failed", "id", id, "route", t.route.Pattern, "module", ref, "status", 500, "err", msg)
+}
+
+// died logs and counts a fast request whose child died: killed by the
+// tick for a limit, or dead of its own accord.
+func (g *fastGen) died(k *fastKid, s scoreboard.Snapshot, id string, status int, reason killReason) {
+	m := g.m
+	if id == "" {
+		id = m.newID()
+	}
+	log := m.log.With("id", id)
+	t := g.target(s.Route)
+	cpu := k.lastCPU - k.cpuBase
+	if s.Seq != k.seq {
+		cpu = 0 // begun after the last tick: its CPU was charged to its route all the same
+	}
+	wall := time.Since(k.since)
+	if status >= 500 {
+		why := fmt.Sprintf("child %d died: %s", k.p.pid, exitText(k.p.state))
+		if reason != notKilled {
+			why = fmt.Sprintf("child %d killed: %s", k.p.pid, reason)
+		}
+		log.Error("module failed", "status", status, "err", why)
+	}
+	attrs := []any{"method", s.Method, "path", s.Path, "status", status, "wall", wall.Round(time.Microsecond), "bytes", 0}
+	if t != nil {
+		attrs = append(attrs, "route", t.route.Pattern)
+		if key := t.modKey(); len(key) >= 12 {
+			attrs = append(attrs, "module", key[:12], "cpu", cpu.Round(time.Microsecond))
+			mod, _ := t.src.loaded()
+			m.status.observe(key, mod.ref, t.route.Pattern, t.limits.DailyCPU, status, wall, reason)
+		}
+	}
+	if reason != notKilled {
+		attrs = append(attrs, "killed", reason.String())
+	}
+	log.Info("request", attrs...)
 }

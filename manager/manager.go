@@ -438,6 +438,9 @@ func (m *Manager) Drain(ctx context.Context) error {
 	m.drainMu.Lock()
 	m.draining = true
 	m.drainMu.Unlock()
+	if m.pool != nil {
+		m.pool.retireFast()
+	}
 	done := make(chan struct{})
 	go func() { m.inflight.Wait(); close(done) }()
 	select {

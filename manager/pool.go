@@ -48,6 +48,9 @@ type pool struct {
 	// generation's side of it once its routes are known (setFastGen).
 	fast    *FastPath
 	fastGen *fastGen
+	// fastRetiring: the generation is draining; its children take no
+	// more requests from connections (retireFast).
+	fastRetiring bool
 }
 
 type poolStats struct {
@@ -145,7 +148,7 @@ func (pl *pool) slot(id int, first chan<- error) {
 		pl.mu.Unlock()
 		pl.enterFast(p)
 		pl.log.Info("child started", "child", id, "pid", p.pid)
-		pl.idle <- p
+		pl.offer(p)
 		if !reported {
 			// Start returns once every slot has a child ready to serve.
 			first <- nil
@@ -160,6 +163,9 @@ func (pl *pool) slot(id int, first chan<- error) {
 			return
 		}
 		pl.leaveFast(p)
+		if p.fastSlot != nil {
+			pl.purgeIdle()
+		}
 		reason := p.killReason()
 		owed = p.runningFor()
 		switch {
@@ -304,6 +310,13 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 func (pl *pool) release(p *proc) {
 	if p.fast != nil {
 		pl.fast.unborrow(p)
+		pl.mu.Lock()
+		retiring := pl.fastRetiring
+		pl.mu.Unlock()
+		if retiring && pl.fast.borrow(p, time.Minute) != nil {
+			p.kill(killIPC)
+			return
+		}
 	}
 	n := p.requests.Add(1)
 	if p.killReason() != notKilled {
@@ -390,9 +403,9 @@ func (pl *pool) setFastGen(g *fastGen) {
 // enterFast puts a started child on the fast path, once.
 func (pl *pool) enterFast(p *proc) {
 	pl.mu.Lock()
-	g := pl.fastGen
+	g, retiring := pl.fastGen, pl.fastRetiring
 	pl.mu.Unlock()
-	if g == nil || p.fastSlot == nil || !p.alive() {
+	if g == nil || retiring || p.fastSlot == nil || !p.alive() {
 		return
 	}
 	p.fastOnce.Do(func() { g.enter(p, p.fastCtl, p.fastSlot, p.fastIdx) })
@@ -418,6 +431,9 @@ func (pl *pool) take(p *proc) bool {
 	if p.fast == nil {
 		return true
 	}
+	if p.fast.isHeld() {
+		return true // retired: held since
+	}
 	if err := pl.fast.borrow(p, time.Minute); err != nil {
 		p.kill(killIPC)
 		return false
@@ -425,4 +441,99 @@ func (pl *pool) take(p *proc) bool {
 	// What it used on the fast path is charged already (borrow).
 	p.owner, p.endCPU = chargeTo{}, p.cpu()
 	return true
+}
+
+// retireFast takes this generation's children off the fast path as the
+// generation drains (a reload, a shutdown): each finishes the request it
+// runs from a connection and takes no other; the connections are then
+// the next generation's children's alone.
+func (pl *pool) retireFast() {
+	if pl.fast == nil {
+		return
+	}
+	pl.mu.Lock()
+	pl.fastRetiring = true
+	pl.mu.Unlock()
+	var idle []*proc
+	for {
+		select {
+		case p := <-pl.idle:
+			idle = append(idle, p)
+			continue
+		default:
+		}
+		break
+	}
+	var wg sync.WaitGroup
+	for _, p := range idle {
+		if p.fast == nil || !p.alive() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if pl.fast.borrow(p, time.Minute) != nil {
+				p.kill(killIPC)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range idle {
+		pl.idle <- p
+	}
+}
+
+// offer puts a fresh child among the idle ones. Children that died while
+// idle (on the fast path a child is killed while the pool counts it idle)
+// are dropped to make room.
+func (pl *pool) offer(p *proc) {
+	for {
+		select {
+		case pl.idle <- p:
+			return
+		case <-pl.ctx.Done():
+			return
+		default:
+		}
+		for range len(pl.idle) {
+			select {
+			case q := <-pl.idle:
+				if q.alive() {
+					select {
+					case pl.idle <- q:
+					case <-pl.ctx.Done():
+						return
+					}
+				}
+			default:
+			}
+		}
+		select {
+		case pl.idle <- p:
+			return
+		case <-pl.ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// purgeIdle drops dead children from the idle ones, so that the idle
+// count (the status page's) is right: on the fast path a child can die
+// while the pool counts it idle.
+func (pl *pool) purgeIdle() {
+	for range len(pl.idle) {
+		select {
+		case q := <-pl.idle:
+			if q.alive() {
+				select {
+				case pl.idle <- q:
+				case <-pl.ctx.Done():
+					return
+				}
+			}
+		default:
+			return
+		}
+	}
 }

@@ -403,6 +403,11 @@ type Route struct {
 type Routes struct {
 	ServerSoftware string
 	IDPrefix       string // request ids of this child are IDPrefix + "-" + a counter
+	// Reserved are paths the manager answers itself (the status page,
+	// /healthz); ReservedPrefix, if not "", a prefix it does (the
+	// gateway's). Their requests are handed to the manager.
+	Reserved       []string
+	ReservedPrefix string
 	Routes         []Route
 }
 
@@ -410,6 +415,8 @@ type Routes struct {
 func AppendRoutes(b []byte, m *Routes) []byte {
 	b = appendString(b, m.ServerSoftware)
 	b = appendString(b, m.IDPrefix)
+	b = appendStrings(b, m.Reserved)
+	b = appendString(b, m.ReservedPrefix)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Routes)))
 	for i := range m.Routes {
 		r := &m.Routes[i]
@@ -431,7 +438,7 @@ func AppendRoutes(b []byte, m *Routes) []byte {
 // DecodeRoutes decodes a TypeRoutes payload.
 func DecodeRoutes(p []byte) (*Routes, error) {
 	d := decoder{p: p}
-	m := &Routes{ServerSoftware: d.string(), IDPrefix: d.string()}
+	m := &Routes{ServerSoftware: d.string(), IDPrefix: d.string(), Reserved: d.strings(), ReservedPrefix: d.string()}
 	n := d.count(4)
 	for i := 0; i < n && d.err == nil; i++ {
 		m.Routes = append(m.Routes, Route{

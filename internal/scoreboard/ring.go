@@ -24,7 +24,7 @@ type Record struct {
 const (
 	MaxID     = 31
 	MaxMethod = 15
-	MaxPath   = recSize - recFixed - 2 - MaxID - MaxMethod
+	MaxPath   = recSize - recFixed - 3 - MaxID - MaxMethod
 	recFixed  = 48
 )
 
@@ -63,10 +63,10 @@ func getStr(b []byte, p int, max int) (string, int) {
 }
 
 // Drain calls f with every record written since the last Drain (manager
-// side) and returns how many were overwritten before it could read them.
-// Every field is bounded; the strings are as the child wrote them, to be
-// logged quoted.
-func (s *Slot) Drain(f func(*Record)) (lost uint64) {
+// side), until f returns false, and returns how many were overwritten
+// before it could read them. Every field is bounded; the strings are as
+// the child wrote them, to be logged quoted.
+func (s *Slot) Drain(f func(*Record) bool) (lost uint64) {
 	head := u64(s.b, offHead).Load()
 	if head < s.read { // a child rewound its counter: start over from it
 		s.read = head
@@ -78,6 +78,7 @@ func (s *Slot) Drain(f func(*Record)) (lost uint64) {
 	le := binary.LittleEndian
 	var r Record
 	for ; s.read < head; s.read++ {
+		// (s.read moves on only after f has seen the record.)
 		i := ringStart + int(s.read%RingLen)*recSize
 		b := s.b[i : i+recSize]
 		r = Record{
@@ -96,7 +97,10 @@ func (s *Slot) Drain(f func(*Record)) (lost uint64) {
 		if !validID([]byte(r.ID)) {
 			r.ID = ""
 		}
-		f(&r)
+		if !f(&r) {
+			s.read = head
+			break
+		}
 	}
 	return lost
 }

@@ -49,16 +49,31 @@ const (
 
 // Slot layout (header page).
 const (
-	offState  = 0  // uint32 State
-	offConn   = 4  // uint32 connection the child holds
-	offGen    = 8  // uint32 its generation
-	offFCGIID = 12 // uint32 FastCGI request id of the request it runs
-	offRoute  = 16 // uint32 route index
-	offOut    = 20 // uint32: 1 once output reached the web server
-	offSeq    = 24 // uint64 requests begun
-	offHead   = 32 // uint64 records written
-	offStart  = 40 // int64 child's CLOCK_MONOTONIC at begin (information only)
-	offID     = 64 // [32]byte request id
+	offState  = 0   // uint32 State
+	offConn   = 4   // uint32 connection the child holds
+	offGen    = 8   // uint32 its generation
+	offFCGIID = 12  // uint32 FastCGI request id of the request it runs
+	offRoute  = 16  // uint32 route index
+	offOut    = 20  // uint32: 1 once output reached the web server
+	offSeq    = 24  // uint64 requests begun
+	offHead   = 32  // uint64 records written
+	offStart  = 40  // int64 child's CLOCK_MONOTONIC at begin (information only)
+	offAsk    = 48  // uint32 Ask: the child asks to be killed for this
+	offID     = 64  // [32]byte request id
+	offMethod = 96  // [16]byte request method
+	offPath   = 112 // [160]byte request path (cut)
+)
+
+// Ask is a limit a child found its request past: it asks the manager to
+// kill it for that (and waits), so that the request ends exactly as on the
+// manager's own path.
+type Ask uint32
+
+// Asks.
+const (
+	AskNothing   Ask = iota
+	AskMaxOutput     // stdout past max_output
+	AskInvalid       // stdout is not a valid CGI response
 )
 
 // State is what a child says it is doing.
@@ -229,7 +244,10 @@ func (s *Slot) Hold(c int, gen uint32, v *View) bool {
 }
 
 // Begin marks the start of request id (FastCGI id fcgiID) on route r.
-func (s *Slot) Begin(fcgiID uint16, r int, id string, mono int64) {
+func (s *Slot) Begin(fcgiID uint16, r int, id, method, path string, mono int64) {
+	u32(s.b, offAsk).Store(uint32(AskNothing))
+	s.b[offMethod] = byte(copy(s.b[offMethod+1:offMethod+16], method))
+	s.b[offPath] = byte(copy(s.b[offPath+1:offPath+160], path))
 	u32(s.b, offFCGIID).Store(uint32(fcgiID))
 	u32(s.b, offRoute).Store(uint32(r))
 	n := copy(s.b[offID+1:offID+32], id)
@@ -238,6 +256,9 @@ func (s *Slot) Begin(fcgiID uint16, r int, id string, mono int64) {
 	u64(s.b, offSeq).Add(1)
 	u32(s.b, offState).Store(uint32(Running))
 }
+
+// AskKill asks the manager to kill the child for a.
+func (s *Slot) AskKill(a Ask) { u32(s.b, offAsk).Store(uint32(a)) }
 
 // Committed records that output reached the web server: a kill can no
 // longer become a clean 5xx.
@@ -265,6 +286,9 @@ type Snapshot struct {
 	Committed bool
 	Seq       uint64
 	ID        string // "" unless it is a well-formed request id
+	Method    string // as the child wrote them, cut; to be logged quoted
+	Path      string
+	Ask       Ask // AskNothing unless a known ask
 }
 
 // Read returns the slot's header, every field bounded.
@@ -291,6 +315,9 @@ func (s *Slot) Read() Snapshot {
 		Committed: u32(s.b, offOut).Load() != 0,
 		Seq:       u64(s.b, offSeq).Load(),
 		ID:        id,
+		Method:    string(s.b[offMethod+1 : offMethod+1+min(int(s.b[offMethod]), 15)]),
+		Path:      string(s.b[offPath+1 : offPath+1+min(int(s.b[offPath]), 159)]),
+		Ask:       min(Ask(u32(s.b, offAsk).Load()), AskInvalid+1) % (AskInvalid + 1),
 	}
 }
 
