@@ -33,12 +33,14 @@ run: build example
 	$(BIN) serve -c examples/hello/wagi.toml --http $(HTTP)
 
 # Every test: installs what the tests need (nginx, clang for wasm32-wasi,
-# wabt; apt-get as root), vets, runs unit and end-to-end tests, then fuzzes
-# the FastCGI parser for a bounded time.
+# wabt; apt-get as root), vets, runs unit and end-to-end tests, runs the
+# end-to-end tests again with the fast path on (README, "The fast path"),
+# then fuzzes the FastCGI parser for a bounded time.
 test:
 	bash tests/setup.sh
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
+	WAGI_FCGI_FAST_PATH=1 $(GO) test -count=1 -timeout 45m ./tests
 	$(MAKE) fuzz
 
 # Bounded fuzzing of the FastCGI record and params parsers, of the

@@ -79,7 +79,7 @@ type fastPath struct {
 	buf    []byte
 	resp   []byte
 	stdout fastOut
-	stderr bytes.Buffer
+	stderr fastErr
 	http   map[string]bool // by module key: does it import outbound HTTP?
 }
 
@@ -257,8 +257,11 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 		ok = false
 	}
 	if !ok {
-		f.slot.Release()
+		// Send first, release after: while the message is on its way
+		// the connection is still this child's (the manager does not
+		// evict a held connection).
 		f.sendCtl(CtlHandback, c, gen, f.buf)
+		f.slot.Release()
 		return
 	}
 	f.seq++
@@ -276,8 +279,8 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 	run := &ipc.Run{ID: id, ModuleKey: rt.ModuleKey, ModulePath: rt.ModulePath, MemoryPages: rt.MemoryPages,
 		Entrypoint: rt.Entrypoint, Args: wagi.Argv(ri2), Env: wagi.Env(ri2), Stdin: req.Body, StderrCap: rt.StderrCap}
 	f.stdout.reset(fd, req.ID, rt.MaxOutput, f.slot)
-	f.stderr.Reset()
-	done := f.e.runTo(ctx, run, &f.stdout, &limitedBuffer{b: &f.stderr, max: int(rt.StderrCap)})
+	f.stderr.reset(f, c, ri, id, int(rt.StderrCap))
+	done := f.e.runTo(ctx, run, &f.stdout, &f.stderr)
 	status, bytesOut, keep := f.finish(fd, req.ID, id, done)
 	rec := scoreboard.Record{ID: id, Method: req.Params["REQUEST_METHOD"], Path: rawPath, Status: status, Route: ri, Conn: c,
 		BytesOut: bytesOut, Wall: time.Since(start), CPU: selfCPU() - cpu0, Outcome: uint8(done.Outcome)}
@@ -292,10 +295,7 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 		}
 		f.sendCtl(CtlFailed, c, uint32(ri), append(append([]byte(id), 0), msg[:min(len(msg), 4096)]...))
 	}
-	if f.stderr.Len() > 0 {
-		// (The generation field carries the route, for the log line.)
-		f.sendCtl(CtlStderr, c, uint32(ri), append(append([]byte(id), 0), f.stderr.Bytes()...))
-	}
+	f.stderr.flush(true)
 	f.slot.Release()
 	if !req.KeepConn || !keep {
 		f.sendCtl(CtlClosed, c, gen, nil)
@@ -344,6 +344,7 @@ func (f *fastPath) read(fd int) (closed bool) {
 			f.buf = append(f.buf, make([]byte, cap(f.buf))...)[:len(f.buf)]
 		}
 		p := f.buf[len(f.buf):min(cap(f.buf), fastMaxRequest)]
+		f.slot.Reading(len(f.buf) + 1) // may read: a kill from here on loses bytes
 		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_DONTWAIT, 0, 0)
 		switch {
 		case e == unix.EINTR:
@@ -455,17 +456,62 @@ func writeAll(fd int, p []byte) error {
 	return nil
 }
 
-// limitedBuffer keeps at most max bytes of what is written to it.
-type limitedBuffer struct {
-	b   *bytes.Buffer
-	max int
+// fastErr sends a fast request's guest stderr to the manager as it comes,
+// in whole lines where it can (a line longer than a message goes in
+// pieces, as the manager logs it anyway), at most max bytes and then a
+// note, as the manager's own path does: what a killed request wrote before
+// its kill reaches the log.
+type fastErr struct {
+	f       *fastPath
+	c, ri   int
+	id      string
+	max     int
+	sent    int
+	buf     []byte
+	dropped bool
 }
 
-func (l *limitedBuffer) Write(p []byte) (int, error) {
-	if room := l.max - l.b.Len(); room > 0 {
-		l.b.Write(p[:min(len(p), room)])
+const fastErrChunk = 4 << 10
+
+func (e *fastErr) reset(f *fastPath, c, ri int, id string, max int) {
+	*e = fastErr{f: f, c: c, ri: ri, id: id, max: max, buf: e.buf[:0]}
+}
+
+func (e *fastErr) Write(p []byte) (int, error) {
+	n := len(p)
+	if room := e.max - e.sent - len(e.buf); len(p) > room {
+		p = p[:max(room, 0)]
+		if !e.dropped {
+			e.dropped = true
+			defer func() {
+				e.buf = append(e.buf, "\n[wagi-fcgi: stderr limit reached, rest dropped]\n"...)
+				e.flush(true)
+			}()
+		}
 	}
-	return len(p), nil
+	e.buf = append(e.buf, p...)
+	for len(e.buf) >= fastErrChunk {
+		e.flush(false)
+	}
+	return n, nil
+}
+
+// flush sends what is buffered: up to the last newline unless all.
+func (e *fastErr) flush(all bool) {
+	if len(e.buf) == 0 {
+		return
+	}
+	k := len(e.buf)
+	if !all {
+		k = min(k, fastErrChunk)
+		if nl := bytes.LastIndexByte(e.buf[:k], '\n'); nl >= 0 {
+			k = nl + 1
+		}
+	}
+	// (The generation field carries the route, for the log line.)
+	e.f.sendCtl(CtlStderr, e.c, uint32(e.ri), append(append([]byte(e.id), 0), e.buf[:k]...))
+	e.sent += k
+	e.buf = append(e.buf[:0], e.buf[k:]...)
 }
 
 var errOutputLimit = errors.New("output over max_output")

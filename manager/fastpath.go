@@ -21,6 +21,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/fcgi"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
+	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
 // fastTick is how often the manager looks at its children while requests
@@ -54,6 +55,7 @@ type FastPath struct {
 	conns []fastConn // by number
 	kids  map[int]*fastKid
 	idx   map[int]bool // scoreboard numbers of children started, entered or not
+	cur   *fastGen     // the newest generation: its routes' budget flags are the page's
 	wake  chan struct{}
 
 	ctx    context.Context
@@ -88,6 +90,7 @@ type fastKid struct {
 	abortAt   time.Time
 	held      bool
 	lastSnap  scoreboard.Snapshot
+	stderr    map[string]*runner.StderrLog // by request id, until its record
 }
 
 // NewFastPath makes the fast path's connection table and shared epoll set.
@@ -223,8 +226,11 @@ func (f *FastPath) addFD(dupFD int) bool {
 			f.dropLocked(old)
 			c = old
 		} else {
-			unix.Close(dupFD)
-			return false
+			// Every connection is busy or handed back: the FastCGI
+			// server decides, with its own rules for a full house
+			// (it closes the one stalled the longest).
+			f.handOverLocked(dupFD, nil)
+			return true
 		}
 	}
 	fd := f.base + c
@@ -252,8 +258,12 @@ func (f *FastPath) addFD(dupFD int) bool {
 func (f *FastPath) oldestIdleLocked() int {
 	held := f.heldLocked()
 	var pfds []unix.PollFd
+	now := time.Now()
 	for i := range f.conns {
-		if f.conns[i].used && !held[i] {
+		// A connection active within the last second may have a request
+		// on its way: a child's handback in flight, or bytes nginx is
+		// still sending. It is not taken.
+		if f.conns[i].used && !held[i] && now.Sub(f.conns[i].lastActive) >= time.Second {
 			pfds = append(pfds, unix.PollFd{Fd: int32(f.base + i), Events: unix.POLLIN})
 		}
 	}
@@ -322,13 +332,19 @@ func (f *FastPath) handbackLocked(c int, prefix []byte) {
 	fd := f.base + c
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
-	_ = unix.Close(fd)
-	f.conns[c].used = false
 	if err != nil {
-		_ = unix.Shutdown(fd, unix.SHUT_RDWR)
+		f.dropLocked(c)
 		return
 	}
-	file := os.NewFile(uintptr(nfd), "fastcgi")
+	_ = unix.Close(fd)
+	f.conns[c].used = false
+	f.handOverLocked(nfd, prefix)
+}
+
+// handOverLocked gives the connection on descriptor fd (which it takes)
+// to the FastCGI server, with the bytes already read of it.
+func (f *FastPath) handOverLocked(fd int, prefix []byte) {
+	file := os.NewFile(uintptr(fd), "fastcgi")
 	nc, err := net.FileConn(file)
 	file.Close()
 	if err != nil {
@@ -358,6 +374,7 @@ type handedConn struct {
 	prefix []byte
 
 	mu        sync.Mutex
+	in        recordScanner // the records the web server sent
 	out       recordScanner // the records the server wrote
 	returning bool          // an END_REQUEST went out: the next idle read rejoins
 	deadline  time.Time     // the server's own read deadline
@@ -369,10 +386,21 @@ func (h *handedConn) Read(p []byte) (int, error) {
 	if len(h.prefix) > 0 {
 		n := copy(p, h.prefix)
 		h.prefix = h.prefix[n:]
+		h.mu.Lock()
+		h.in.scan(p[:n])
+		h.mu.Unlock()
 		return n, nil
 	}
 	for {
 		n, err := h.Conn.Read(p)
+		if n > 0 {
+			h.mu.Lock()
+			h.in.scan(p[:n])
+			if h.returning && h.between() {
+				_ = h.Conn.SetReadDeadline(time.Unix(1, 0)) // check now
+			}
+			h.mu.Unlock()
+		}
 		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return n, err
 		}
@@ -381,8 +409,14 @@ func (h *handedConn) Read(p []byte) (int, error) {
 			h.mu.Unlock()
 			return n, err
 		}
-		h.returning = false
-		if h.idle() && h.f.rejoin(h.Conn) {
+		// Only between requests: every request begun has its input
+		// ended and its END_REQUEST written, and nothing waits. (Not yet:
+		// the check comes again once the rest of the input is in.)
+		between := h.between()
+		if between {
+			h.returning = false
+		}
+		if between && h.idle() && h.f.rejoin(h.Conn) {
 			h.rejoined = true
 			h.f.handed.Add(-1)
 			h.mu.Unlock()
@@ -392,6 +426,12 @@ func (h *handedConn) Read(p []byte) (int, error) {
 		h.mu.Unlock()
 		_ = h.Conn.SetReadDeadline(d)
 	}
+}
+
+// between reports whether every request begun on the connection has had
+// its input end and its END_REQUEST written.
+func (h *handedConn) between() bool {
+	return h.in.begins == h.in.stdinEnds && h.in.begins == h.out.ends && h.in.hdrN == 0 && h.in.skip == 0
 }
 
 // idle reports whether nothing is waiting to be read.
@@ -457,11 +497,13 @@ func (h *handedConn) Close() error {
 }
 
 // recordScanner follows the FastCGI records of a byte stream across
-// writes and counts the END_REQUESTs.
+// reads or writes, and counts the BEGIN_REQUESTs, the empty STDIN records
+// that end a request's input, and the END_REQUESTs.
 type recordScanner struct {
-	hdr  [8]byte
-	hdrN int
-	skip int
+	hdr                     [8]byte
+	hdrN                    int
+	skip                    int
+	begins, stdinEnds, ends int
 }
 
 func (r *recordScanner) scan(p []byte) (ends int) {
@@ -479,10 +521,19 @@ func (r *recordScanner) scan(p []byte) (ends int) {
 			return ends
 		}
 		r.hdrN = 0
-		if r.hdr[1] == 3 { // END_REQUEST
+		n := int(binary.BigEndian.Uint16(r.hdr[4:6]))
+		switch r.hdr[1] {
+		case 1: // BEGIN_REQUEST
+			r.begins++
+		case 3: // END_REQUEST
 			ends++
+			r.ends++
+		case 5: // STDIN
+			if n == 0 {
+				r.stdinEnds++
+			}
 		}
-		r.skip = int(binary.BigEndian.Uint16(r.hdr[4:6])) + int(r.hdr[6])
+		r.skip = n + int(r.hdr[6])
 	}
 	return ends
 }
@@ -556,8 +607,12 @@ func (m *Manager) newFastGen(f *FastPath) *fastGen {
 // routes. It reports false if the child failed at it (it is killed).
 func (g *fastGen) enter(p *proc, ctl int, slot *scoreboard.Slot, idx int) bool {
 	f := g.f
-	k := &fastKid{idx: idx, p: p, gen: g, slot: slot, ctl: ctl, lastRoute: -1, lastCPU: p.cpu()}
+	k := &fastKid{idx: idx, p: p, gen: g, slot: slot, ctl: ctl, lastRoute: -1, lastCPU: p.cpu(), stderr: map[string]*runner.StderrLog{}}
 	f.mu.Lock()
+	if f.cur != g {
+		f.cur = g
+		g.refreshSpent(time.Now())
+	}
 	f.kids[idx] = k
 	for c := range f.conns {
 		if f.conns[c].used {
@@ -637,7 +692,9 @@ func (f *FastPath) readCtl(k *fastKid) {
 		case child.CtlStderr:
 			id, text, ok := cutByte(buf[9:n], 0)
 			if ok && len(id) <= scoreboard.MaxID {
-				k.gen.fastStderr(string(id), int(gen), text)
+				f.mu.Lock()
+				k.gen.fastStderr(k, string(id), int(gen), text)
+				f.mu.Unlock()
 			}
 		}
 	}
@@ -698,6 +755,9 @@ func (f *FastPath) leave(p *proc) {
 	defer f.mu.Unlock()
 	delete(f.kids, k.idx)
 	delete(f.idx, k.idx)
+	for id := range k.stderr {
+		k.endStderr(id)
+	}
 	_ = unix.Close(k.ctl)
 	s := k.slot.Read()
 	defer k.slot.Close()
@@ -715,6 +775,18 @@ func (f *FastPath) leave(p *proc) {
 	reason := p.killReason()
 	// What it used since the last tick is its request's.
 	f.chargeLocked(k, time.Now())
+	if s.State == scoreboard.Holding {
+		// It died reading the request (no guest code ran yet).
+		switch pending := f.pending(c); {
+		case !s.Read:
+			return // nothing read: the request waits for another child (rearm)
+		case pending > 0:
+			// Part of a request may be gone: the stream cannot be
+			// trusted any more.
+			f.dropLocked(c)
+			return
+		}
+	}
 	if s.Committed || reason == killAbort {
 		f.dropLocked(c)
 		status := 499
@@ -729,7 +801,11 @@ func (f *FastPath) leave(p *proc) {
 		fl = fail(kind)
 	}
 	if fl.kind == budgetSpent {
-		fl.resetIn = "1"
+		if t := k.gen.target(s.Route); t != nil {
+			now := time.Now()
+			a, _ := k.gen.m.budgets.exhausted(k.gen.m.chargeTo(t.modKey(), t.limits, false, now))
+			fl = budgetFailure(a, now)
+		}
 	}
 	id := s.ID
 	if id == "" || s.State == scoreboard.Holding {
@@ -754,6 +830,15 @@ func (f *FastPath) leave(p *proc) {
 	k.gen.died(k, s, id, status, reason)
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(f.conns[c].gen)}
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
+
+// pending is how many bytes wait to be read on connection c.
+func (f *FastPath) pending(c int) int {
+	n, err := unix.IoctlGetInt(f.base+c, unix.SIOCINQ)
+	if err != nil {
+		return -1
+	}
+	return n
 }
 
 // rearmUnheldLocked re-arms every connection no child holds, with the

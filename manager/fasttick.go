@@ -69,6 +69,9 @@ func (f *FastPath) scan() bool {
 			}
 		}
 	}
+	if f.cur != nil {
+		f.cur.refreshSpent(now)
+	}
 	if allBusy {
 		f.takeoverLocked(now)
 	} else {
@@ -109,6 +112,7 @@ func (f *FastPath) chargeLocked(k *fastKid, now time.Time) {
 			f.conns[r.Conn].lastActive = now
 		}
 		k.lastRoute = r.Route
+		k.endStderr(r.ID)
 		k.gen.finished(r, share)
 		return true
 	})
@@ -144,6 +148,9 @@ func (f *FastPath) watchLocked(k *fastKid, s scoreboard.Snapshot, now time.Time)
 		return
 	}
 	used := k.lastCPU - k.cpuBase
+	// A kill from here on replaces the child at this module's cost, as
+	// on the manager's path.
+	k.p.setRunning(k.gen.m.chargeTo(t.modKey(), t.limits, false, now))
 	switch {
 	case now.Sub(k.since) > t.limits.Timeout:
 		k.p.kill(killTimeout)
@@ -242,7 +249,11 @@ func (g *fastGen) chargeRoute(r int, d time.Duration) {
 		return
 	}
 	m := g.m
-	m.charge(m.log, m.chargeTo(t.modKey(), t.limits, false, time.Now()), d)
+	owner := m.chargeTo(t.modKey(), t.limits, false, time.Now())
+	m.charge(m.log, owner, d)
+	if _, spent := m.budgets.exhausted(owner); spent && g.f.cur == g {
+		g.f.page.SetSpent(r, true)
+	}
 }
 
 // finished logs and counts one request a child answered by itself.
@@ -276,14 +287,35 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 	log.Info("request", attrs...)
 }
 
-// fastStderr logs a fast request's guest stderr as the manager's own path
-// does.
-func (g *fastGen) fastStderr(id string, route int, text []byte) {
-	log := g.m.log.With("id", id)
-	if t := g.target(route); t != nil {
-		log = log.With("route", t.route.Pattern)
+// fastStderr logs a piece of a fast request's guest stderr. The
+// request's log state lives until its record (or its child's death) ends
+// it; a child keeps at most a few of them (a lying one is bounded by
+// maxFastStderr).
+func (g *fastGen) fastStderr(k *fastKid, id string, route int, text []byte) {
+	l, ok := k.stderr[id]
+	if !ok {
+		if len(k.stderr) >= maxFastStderr {
+			return
+		}
+		log := g.m.log.With("id", id)
+		if t := g.target(route); t != nil {
+			log = log.With("route", t.route.Pattern)
+		}
+		l = runner.NewStderrLog(log)
+		k.stderr[id] = l
 	}
-	runner.LogStderr(log, text)
+	l.Write(text)
+}
+
+// maxFastStderr bounds the requests whose stderr a child has open.
+const maxFastStderr = 4
+
+// endStderr ends a request's stderr log.
+func (k *fastKid) endStderr(id string) {
+	if l, ok := k.stderr[id]; ok {
+		l.End()
+		delete(k.stderr, id)
+	}
 }
 
 // failed logs why a fast request's module failed (the child's message).
@@ -334,4 +366,18 @@ func (g *fastGen) died(k *fastKid, s scoreboard.Snapshot, id string, status int,
 		attrs = append(attrs, "killed", reason.String())
 	}
 	log.Info("request", attrs...)
+}
+
+// refreshSpent tells the children which of this generation's routes have
+// spent their daily budget (they hand those requests to the manager,
+// which answers 503 with Retry-After). The page has one table: while a
+// reload overlaps two generations, the old one's children read the new
+// one's flags, and either hand a request to the manager (which answers it
+// right) or run it for the few milliseconds until they retire.
+func (g *fastGen) refreshSpent(now time.Time) {
+	m := g.m
+	for i, t := range g.targets {
+		_, spent := m.budgets.exhausted(m.chargeTo(t.modKey(), t.limits, false, now))
+		g.f.page.SetSpent(i, spent)
+	}
 }

@@ -59,6 +59,7 @@ const (
 	offHead   = 32  // uint64 records written
 	offStart  = 40  // int64 child's CLOCK_MONOTONIC at begin (information only)
 	offAsk    = 48  // uint32 Ask: the child asks to be killed for this
+	offRead   = 52  // uint32 bytes of the held connection read so far
 	offID     = 64  // [32]byte request id
 	offMethod = 96  // [16]byte request method
 	offPath   = 112 // [160]byte request path (cut)
@@ -236,6 +237,7 @@ func (s *Slot) Close() error {
 // followed by Slot.Holds this is Dekker's handshake: the manager and a
 // child never both act on c, and if both back off the manager retries.
 func (s *Slot) Hold(c int, gen uint32, v *View) bool {
+	u32(s.b, offRead).Store(0)
 	u32(s.b, offConn).Store(uint32(c))
 	u32(s.b, offGen).Store(gen)
 	u32(s.b, offOut).Store(0)
@@ -256,6 +258,10 @@ func (s *Slot) Begin(fcgiID uint16, r int, id, method, path string, mono int64) 
 	u64(s.b, offSeq).Add(1)
 	u32(s.b, offState).Store(uint32(Running))
 }
+
+// Read records that the child has read n bytes of the held connection
+// (before it reads them: a kill in between must count them as read).
+func (s *Slot) Reading(n int) { u32(s.b, offRead).Store(uint32(min(n, 1<<30))) }
 
 // AskKill asks the manager to kill the child for a.
 func (s *Slot) AskKill(a Ask) { u32(s.b, offAsk).Store(uint32(a)) }
@@ -288,7 +294,8 @@ type Snapshot struct {
 	ID        string // "" unless it is a well-formed request id
 	Method    string // as the child wrote them, cut; to be logged quoted
 	Path      string
-	Ask       Ask // AskNothing unless a known ask
+	Ask       Ask  // AskNothing unless a known ask
+	Read      bool // the child may have read bytes of the held connection
 }
 
 // Read returns the slot's header, every field bounded.
@@ -318,6 +325,7 @@ func (s *Slot) Read() Snapshot {
 		Method:    string(s.b[offMethod+1 : offMethod+1+min(int(s.b[offMethod]), 15)]),
 		Path:      string(s.b[offPath+1 : offPath+1+min(int(s.b[offPath]), 159)]),
 		Ask:       min(Ask(u32(s.b, offAsk).Load()), AskInvalid+1) % (AskInvalid + 1),
+		Read:      u32(s.b, offRead).Load() != 0,
 	}
 }
 
