@@ -44,6 +44,8 @@ type FastFDs struct {
 // datagram): kind byte, connection uint32, generation uint32, payload.
 const (
 	CtlConn     = 'n' // manager → child: connection c of generation g (descriptor attached)
+	CtlGone     = 'x' // manager → child: connection c of generation g is no longer the fast path's
+	CtlQuery    = 'q' // child → manager: send me connection c of generation g
 	CtlClosed   = 'c' // child → manager: c is closed, or must be (not kept alive)
 	CtlHandback = 'h' // child → manager: answer c's request; payload: the bytes read
 	CtlWake     = 'w' // child → manager: a request began while the tick slept
@@ -71,7 +73,6 @@ type fastPath struct {
 	view   *scoreboard.View
 	slot   *scoreboard.Slot
 	gens   []uint32
-	recvd  uint64
 	routes *ipc.Routes
 	table  *wagi.Table[int]
 	woke   uint64
@@ -96,7 +97,7 @@ func newFastPath(e *engine, fds FastFDs, ipcFD int) (*fastPath, error) {
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
 	}
-	for _, fd := range []int{ipcFD, fds.Shared} {
+	for _, fd := range []int{ipcFD, fds.Shared, fds.Ctl} {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
 		if err := unix.EpollCtl(own, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 			return nil, fmt.Errorf("epoll add %d: %w", fd, err)
@@ -119,16 +120,19 @@ func (f *fastPath) setRoutes(r *ipc.Routes) {
 // waitIPC answers requests from connections until the manager's IPC
 // socket has something to read.
 func (f *fastPath) waitIPC(ctx context.Context) error {
-	events := make([]unix.EpollEvent, 2)
+	events := make([]unix.EpollEvent, 3)
 	for ctx.Err() == nil {
-		f.drainCtl()
 		n := f.wait(events)
 		shared := false
 		for _, ev := range events[:n] {
-			if int(ev.Fd) == f.ipcFD {
+			switch int(ev.Fd) {
+			case f.ipcFD:
 				return nil
+			case f.fds.Ctl:
+				f.drainCtl()
+			default:
+				shared = true
 			}
-			shared = true
 		}
 		if shared && f.routes != nil {
 			var one [1]unix.EpollEvent
@@ -161,22 +165,51 @@ func (f *fastPath) wait(events []unix.EpollEvent) int {
 	}
 }
 
-// drainCtl takes the connection descriptors the manager has sent.
-func (f *fastPath) drainCtl() {
-	for f.recvd < f.view.SentTo(f.fds.Index) && f.recvCtl(unix.MSG_DONTWAIT) {
+// fetch gets connection c of generation gen from the manager, the first
+// time this child takes an event of it: one round trip per child and
+// connection (not per request), and no descriptors sent to children that
+// never need them. It reports false if the connection is gone.
+func (f *fastPath) fetch(c int, gen uint32) bool {
+	f.sendCtl(CtlQuery, c, gen, nil)
+	for {
+		kind, rc, rgen, ok := f.recvCtl()
+		if !ok {
+			return false
+		}
+		if rc == c && rgen == gen {
+			return kind == CtlConn
+		}
 	}
 }
 
-// recvCtl installs one connection descriptor from the manager.
-func (f *fastPath) recvCtl(flags int) bool {
+// drainCtl takes the manager's notices that connections left the fast
+// path (their copies here are closed, so the manager's close reaches the
+// web server).
+func (f *fastPath) drainCtl() {
+	for {
+		if _, _, _, ok := f.recvCtlFlags(unix.MSG_DONTWAIT); !ok {
+			return
+		}
+	}
+}
+
+// recvCtl takes one message from the manager, installing the descriptor
+// it carries, or closing the one a CtlGone names.
+func (f *fastPath) recvCtl() (kind byte, c int, gen uint32, ok bool) {
+	return f.recvCtlFlags(0)
+}
+
+func (f *fastPath) recvCtlFlags(flags int) (kind byte, c int, gen uint32, ok bool) {
 	var b [ctlHeader]byte
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := unix.Recvmsg(f.fds.Ctl, b[:], oob, flags)
-	if err != nil || n < ctlHeader {
-		return false
+	for err == unix.EINTR {
+		n, oobn, _, _, err = unix.Recvmsg(f.fds.Ctl, b[:], oob, flags)
 	}
-	f.recvd++
-	var fd = -1
+	if err != nil || n < ctlHeader {
+		return 0, 0, 0, false
+	}
+	fd := -1
 	if msgs, _ := unix.ParseSocketControlMessage(oob[:oobn]); len(msgs) == 1 {
 		if got, _ := unix.ParseUnixRights(&msgs[0]); len(got) >= 1 {
 			fd = got[0]
@@ -185,17 +218,26 @@ func (f *fastPath) recvCtl(flags int) bool {
 			}
 		}
 	}
-	c, gen := int(binary.LittleEndian.Uint32(b[1:])), binary.LittleEndian.Uint32(b[5:])
-	if b[0] != CtlConn || fd < 0 || c < 0 || c >= scoreboard.MaxConns {
+	kind, c, gen = b[0], int(binary.LittleEndian.Uint32(b[1:])), binary.LittleEndian.Uint32(b[5:])
+	if c < 0 || c >= scoreboard.MaxConns || (kind == CtlConn && fd < 0) {
 		if fd >= 0 {
 			_ = unix.Close(fd)
 		}
-		return true
+		return 0, -1, 0, true
 	}
-	_ = unix.Dup3(fd, f.fds.Base+c, unix.O_CLOEXEC)
-	_ = unix.Close(fd)
-	f.gens[c] = gen
-	return true
+	switch {
+	case kind == CtlConn:
+		_ = unix.Dup3(fd, f.fds.Base+c, unix.O_CLOEXEC)
+		_ = unix.Close(fd)
+		f.gens[c] = gen
+	case kind == CtlGone && f.gens[c] == gen && gen != 0:
+		_ = unix.Close(f.fds.Base + c)
+		f.gens[c] = 0
+	}
+	if kind != CtlConn && fd >= 0 {
+		_ = unix.Close(fd)
+	}
+	return kind, c, gen, true
 }
 
 func (f *fastPath) sendCtl(kind byte, c int, gen uint32, payload []byte) {
@@ -219,16 +261,15 @@ func (f *fastPath) serve(ctx context.Context, fd int, gen uint32) {
 	if c < 0 || c >= scoreboard.MaxConns {
 		return
 	}
-	for f.gens[c] != gen {
-		if !f.recvCtl(0) {
-			return
-		}
-	}
 	if !f.slot.Hold(c, gen, f.view) {
 		// The manager is taking the connection over (it waited too long):
 		// let it go untouched; the manager answers it.
 		f.slot.Release()
 		return
+	}
+	if f.gens[c] != gen && !f.fetch(c, gen) {
+		f.slot.Release()
+		return // closed or taken back meanwhile
 	}
 	closed := f.read(fd)
 	if closed {

@@ -58,9 +58,10 @@ type FastPath struct {
 	cur   *fastGen     // the newest generation: its routes' budget flags are the page's
 	wake  chan struct{}
 
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	warnOnce sync.Once
 }
 
 type fastConn struct {
@@ -69,6 +70,7 @@ type fastConn struct {
 	opened     time.Time
 	lastActive time.Time
 	lastFCGIID uint16
+	fetched    uint64 // bit i: child i asked for it (holds a copy); children past 63 are told anyway
 	readySince time.Time // since when it has been readable and held by no child (while all are busy)
 }
 
@@ -235,17 +237,20 @@ func (f *FastPath) addFD(dupFD int) bool {
 	}
 	fd := f.base + c
 	if err := unix.Dup3(dupFD, fd, unix.O_CLOEXEC); err != nil {
-		unix.Close(dupFD)
-		f.log.Error("fast path: dup3", "err", err)
-		return false
+		// The descriptor limit was lowered under us (prlimit): this
+		// connection is served the manager's way.
+		f.warnOnce.Do(func() {
+			f.log.Warn("fast path: connection descriptors no longer fit RLIMIT_NOFILE; new connections take the manager's path", "err", err)
+		})
+		f.handOverLocked(dupFD, nil)
+		return true
 	}
 	unix.Close(dupFD)
 	fc := &f.conns[c]
 	fc.used, fc.opened, fc.lastActive, fc.readySince = true, now, now, time.Time{}
 	fc.gen++
-	for _, k := range f.kids {
-		f.sendConnLocked(k, c)
-	}
+	// Children ask for its descriptor when they first take one of its
+	// events (child.CtlQuery).
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd), Pad: int32(fc.gen)}
 	if err := unix.EpollCtl(f.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		f.log.Error("fast path: epoll add", "err", err)
@@ -301,19 +306,32 @@ func (f *FastPath) heldLocked() map[int]bool {
 	return held
 }
 
-func (f *FastPath) sendConnLocked(k *fastKid, c int) {
+// answerQuery sends a child connection c's descriptor, or says it is gone.
+func (f *FastPath) answerQuery(k *fastKid, c int, gen uint32) {
 	var msg [9]byte
-	msg[0] = child.CtlConn
 	binary.LittleEndian.PutUint32(msg[1:], uint32(c))
-	binary.LittleEndian.PutUint32(msg[5:], f.conns[c].gen)
-	if err := unix.Sendmsg(k.ctl, msg[:], unix.UnixRights(f.base+c), nil, unix.MSG_DONTWAIT); err != nil {
-		// A child that does not read its control socket cannot serve:
-		// it is replaced.
-		f.log.Warn("fast path: a child's control socket is full; killing it", "pid", k.p.pid, "err", err)
-		k.p.kill(killIPC)
-		return
+	binary.LittleEndian.PutUint32(msg[5:], gen)
+	f.mu.Lock()
+	live := c >= 0 && c < len(f.conns) && f.conns[c].used && f.conns[c].gen == gen
+	var oob []byte
+	if live {
+		msg[0] = child.CtlConn
+		oob = unix.UnixRights(f.base + c)
+	} else {
+		msg[0] = child.CtlGone
 	}
-	f.page.Sent(k.idx)
+	// Under the lock: the descriptor cannot be closed meanwhile. The
+	// child waits for this answer, so its socket has room; one that does
+	// not read it is stuck and killed.
+	err := unix.Sendmsg(k.ctl, msg[:], oob, nil, unix.MSG_DONTWAIT)
+	if live && err == nil {
+		f.conns[c].fetched |= 1 << min(k.idx, 63)
+	}
+	f.mu.Unlock()
+	if err != nil {
+		f.log.Warn("fast path: a child does not read its control socket; killing it", "pid", k.p.pid, "err", err)
+		k.p.kill(killIPC)
+	}
 }
 
 // dropLocked closes connection c: shut down (the children's copies would
@@ -323,7 +341,25 @@ func (f *FastPath) dropLocked(c int) {
 	_ = unix.EpollCtl(f.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	_ = unix.Shutdown(fd, unix.SHUT_RDWR)
 	_ = unix.Close(fd)
-	f.conns[c].used = false
+	f.forgetLocked(c)
+}
+
+// forgetLocked takes connection c off the table and tells the children
+// holding a copy to close it: the socket is closed only when the last
+// descriptor of it is. A child too busy to read the notice keeps its
+// copy until the number is reused.
+func (f *FastPath) forgetLocked(c int) {
+	fc := &f.conns[c]
+	var msg [9]byte
+	msg[0] = child.CtlGone
+	binary.LittleEndian.PutUint32(msg[1:], uint32(c))
+	binary.LittleEndian.PutUint32(msg[5:], fc.gen)
+	for _, k := range f.kids {
+		if fc.fetched&(1<<min(k.idx, 63)) != 0 {
+			_ = unix.Sendmsg(k.ctl, msg[:], nil, nil, unix.MSG_DONTWAIT)
+		}
+	}
+	fc.used, fc.fetched = false, 0
 }
 
 // handbackLocked takes connection c off the fast path and gives it to the
@@ -337,7 +373,7 @@ func (f *FastPath) handbackLocked(c int, prefix []byte) {
 		return
 	}
 	_ = unix.Close(fd)
-	f.conns[c].used = false
+	f.forgetLocked(c)
 	f.handOverLocked(nfd, prefix)
 }
 
@@ -376,7 +412,8 @@ type handedConn struct {
 	mu        sync.Mutex
 	in        recordScanner // the records the web server sent
 	out       recordScanner // the records the server wrote
-	returning bool          // an END_REQUEST went out: the next idle read rejoins
+	returning bool          // an END_REQUEST went out: rejoin once between requests and idle
+	forced    bool          // the read deadline is ours (to check that), not the server's
 	deadline  time.Time     // the server's own read deadline
 	rejoined  bool
 	closed    bool
@@ -397,6 +434,7 @@ func (h *handedConn) Read(p []byte) (int, error) {
 			h.mu.Lock()
 			h.in.scan(p[:n])
 			if h.returning && h.between() {
+				h.forced = true
 				_ = h.Conn.SetReadDeadline(time.Unix(1, 0)) // check now
 			}
 			h.mu.Unlock()
@@ -405,26 +443,27 @@ func (h *handedConn) Read(p []byte) (int, error) {
 			return n, err
 		}
 		h.mu.Lock()
-		if !h.returning || h.closed {
+		if !h.forced || h.closed {
+			// The server's own deadline: its timeout is the server's.
 			h.mu.Unlock()
 			return n, err
 		}
-		// Only between requests: every request begun has its input
-		// ended and its END_REQUEST written, and nothing waits. (Not yet:
-		// the check comes again once the rest of the input is in.)
-		between := h.between()
-		if between {
+		h.forced = false
+		if h.between() {
 			h.returning = false
-		}
-		if between && h.idle() && h.f.rejoin(h.Conn) {
-			h.rejoined = true
-			h.f.handed.Add(-1)
-			h.mu.Unlock()
-			return 0, io.EOF
+			if h.idle() && h.f.rejoin(h.Conn) {
+				h.rejoined = true
+				h.f.handed.Add(-1)
+				h.mu.Unlock()
+				return 0, io.EOF
+			}
 		}
 		d := h.deadline
 		h.mu.Unlock()
 		_ = h.Conn.SetReadDeadline(d)
+		if n > 0 {
+			return n, nil
+		}
 	}
 }
 
@@ -454,7 +493,10 @@ func (h *handedConn) Write(p []byte) (int, error) {
 	h.mu.Lock()
 	if h.out.scan(p[:n]) > 0 && !h.closed {
 		h.returning = true
-		_ = h.Conn.SetReadDeadline(time.Unix(1, 0)) // end the server's wait now
+		if h.between() {
+			h.forced = true
+			_ = h.Conn.SetReadDeadline(time.Unix(1, 0)) // end the server's wait now
+		}
 	}
 	h.mu.Unlock()
 	return n, err
@@ -464,8 +506,8 @@ func (h *handedConn) SetReadDeadline(t time.Time) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.deadline = t
-	if h.returning {
-		return nil
+	if h.forced {
+		return nil // the check for rejoining comes first
 	}
 	return h.Conn.SetReadDeadline(t)
 }
@@ -614,11 +656,6 @@ func (g *fastGen) enter(p *proc, ctl int, slot *scoreboard.Slot, idx int) bool {
 		g.refreshSpent(time.Now())
 	}
 	f.kids[idx] = k
-	for c := range f.conns {
-		if f.conns[c].used {
-			f.sendConnLocked(k, c)
-		}
-	}
 	f.mu.Unlock()
 	p.fast = k
 	if err := p.w.WriteFrame(ipc.TypeRoutes, ipc.AppendRoutes(nil, g.routes)); err != nil {
@@ -671,6 +708,8 @@ func (f *FastPath) readCtl(k *fastKid) {
 		switch buf[0] {
 		case child.CtlWake:
 			f.poke()
+		case child.CtlQuery:
+			f.answerQuery(k, c, gen)
 		case child.CtlClosed, child.CtlHandback:
 			if c < 0 || c >= len(f.conns) {
 				continue

@@ -42,7 +42,6 @@ const (
 // Manager page layout.
 const (
 	offSleep  = 0            // uint64: odd while the manager's tick sleeps
-	offSent   = 64           // uint64 × MaxChildren: control messages sent to each child
 	offTaking = pageSize     // uint32 × MaxConns: manager is taking this connection over
 	offSpent  = 3 * pageSize // byte × MaxRoutes: this route's daily budget is spent
 )
@@ -133,9 +132,6 @@ func (p *Page) Close() error {
 // Sleep marks the tick asleep (odd) or awake (even) and returns the epoch.
 func (p *Page) Sleep() uint64 { return u64(p.b, offSleep).Add(1) }
 
-// Sent counts a control message sent to child i.
-func (p *Page) Sent(i int) { u64(p.b, offSent+8*(i%MaxChildren)).Add(1) }
-
 // SetTaking marks connection c as being taken over by the manager (or
 // not), before the manager checks the slots (see Slot.Hold).
 func (p *Page) SetTaking(c int, on bool) {
@@ -179,9 +175,6 @@ func MapView(fd int) (*View, error) {
 
 // SleepEpoch is odd while the manager's tick sleeps.
 func (v *View) SleepEpoch() uint64 { return u64(v.b, offSleep).Load() }
-
-// SentTo is how many control messages the manager sent child i.
-func (v *View) SentTo(i int) uint64 { return u64(v.b, offSent+8*(i%MaxChildren)).Load() }
 
 // Taking reports whether the manager is taking connection c over.
 func (v *View) Taking(c int) bool { return u32(v.b, offTaking+4*(c%MaxConns)).Load() != 0 }
