@@ -12,6 +12,7 @@ FUZZ_PARAMS       ?= 300000x
 FUZZ_ROUNDTRIP    ?= 20000x
 FUZZ_CHILDFRAMES  ?= 200000x
 FUZZ_WASMBOUND    ?= 200000x
+FUZZ_WHOLE        ?= 200000x
 FUZZMINIMIZETIME  ?= 10s
 
 .PHONY: all build run test unit fuzz example clean
@@ -50,6 +51,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZ_SERVECONN) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeParams$$' -fuzztime $(FUZZ_PARAMS) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestRoundTrip$$' -fuzztime $(FUZZ_ROUNDTRIP) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzParseWhole$$' -fuzztime $(FUZZ_WHOLE) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzChildFrames$$' -fuzztime $(FUZZ_CHILDFRAMES) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/ipc
 	$(GO) test -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZ_WASMBOUND) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/wasmbound
 

@@ -104,7 +104,12 @@ func (o *fastOut) parse() error {
 }
 
 // commit sends the header and what is held of the body.
-func (o *fastOut) commit() error {
+func (o *fastOut) commit() error { return o.commitEnd(false) }
+
+// commitEnd is commit, with END_REQUEST in the same write when end: a
+// small answer reaches the web server whole or not at all, so a kill at
+// any moment leaves either a request the manager answers or one answered.
+func (o *fastOut) commitEnd(end bool) error {
 	if o.head == nil {
 		if err := o.parse(); err != nil {
 			return err
@@ -116,15 +121,27 @@ func (o *fastOut) commit() error {
 	}
 	o.committed = true
 	o.status = o.head.Status
-	o.slot.Committed()
+	if !end {
+		// Streamed from here: a kill cuts the stream. (A whole answer in
+		// one write is marked answered after it: a kill before it is
+		// answered by the manager.)
+		o.slot.Committed()
+	}
 	out := o.head.AppendHeader(nil)
 	out = append(out, o.pending[o.bodyStart:]...)
-	o.rec = fcgi.AppendStdout(o.rec[:0], o.id, out)
+	if end {
+		o.rec = fcgi.AppendResponse(o.rec[:0], o.id, out)
+	} else {
+		o.rec = fcgi.AppendStdout(o.rec[:0], o.id, out)
+	}
 	o.sent = int64(len(o.pending) - o.bodyStart)
 	o.pending = o.pending[:0]
 	if err := writeAll(o.fd, o.rec); err != nil {
 		o.err = err
 		return err
+	}
+	if end {
+		o.slot.Answered()
 	}
 	return nil
 }

@@ -422,6 +422,7 @@ func (f *fastPath) finish(fd int, fcgiID uint16, id string, done ipc.Done) (stat
 		if writeAll(fd, f.resp) != nil {
 			return st, 0, false
 		}
+		f.slot.Answered()
 		return st, 0, true
 	}
 	switch {
@@ -434,17 +435,19 @@ func (f *fastPath) finish(fd int, fcgiID uint16, id string, done ipc.Done) (stat
 		return fail(500, "the module failed")
 	}
 	if !o.committed {
-		if err := o.commit(); err != nil {
+		if err := o.commitEnd(true); err != nil {
 			if o.invalid {
 				return fail(502, "the module's output is not a valid CGI response")
 			}
 			return o.status, o.sent, false
 		}
+		return o.status, o.sent, true
 	}
 	f.resp = fcgi.AppendResponse(f.resp[:0], fcgiID, nil)
 	if writeAll(fd, f.resp) != nil {
 		return o.status, o.sent, false
 	}
+	f.slot.Answered()
 	return o.status, o.sent, true
 }
 

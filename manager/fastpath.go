@@ -70,7 +70,7 @@ type fastConn struct {
 	opened     time.Time
 	lastActive time.Time
 	lastFCGIID uint16
-	fetched    uint64 // bit i: child i asked for it (holds a copy); children past 63 are told anyway
+	fetched    uint64    // bit i: child i asked for it (holds a copy); children past 63 are told anyway
 	readySince time.Time // since when it has been readable and held by no child (while all are busy)
 }
 
@@ -656,8 +656,8 @@ func (g *fastGen) enter(p *proc, ctl int, slot *scoreboard.Slot, idx int) bool {
 		g.refreshSpent(time.Now())
 	}
 	f.kids[idx] = k
-	f.mu.Unlock()
 	p.fast = k
+	f.mu.Unlock()
 	if err := p.w.WriteFrame(ipc.TypeRoutes, ipc.AppendRoutes(nil, g.routes)); err != nil {
 		p.kill(killIPC)
 		return false
@@ -825,6 +825,11 @@ func (f *FastPath) leave(p *proc) {
 			f.dropLocked(c)
 			return
 		}
+	}
+	if s.Answered {
+		// Killed after its whole answer went out: the connection is
+		// fine (rearmUnheldLocked gives it back to the children).
+		return
 	}
 	if s.Committed || reason == killAbort {
 		f.dropLocked(c)
@@ -995,4 +1000,20 @@ func (k *fastKid) isHeld() bool {
 	k.gen.f.mu.Lock()
 	defer k.gen.f.mu.Unlock()
 	return k.held
+}
+
+// busy counts the children among procs running a request from a
+// connection (not borrowed).
+func (f *FastPath) busy(procs []*proc) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, p := range procs {
+		if k := p.fast; k != nil && !k.held {
+			if st := k.slot.Read().State; st == scoreboard.Running || st == scoreboard.Holding {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -61,6 +61,11 @@ func (f *FastPath) scan() bool {
 			busy = true
 		default:
 			allBusy = false
+			if max := k.gen.m.pool.maxRequests; max > 0 && k.p.requests.Load() >= int64(max) && s.State == scoreboard.Idle {
+				// Recycled between requests, as the pool does (a request
+				// that begins meanwhile is answered for it).
+				k.p.kill(killRecycle)
+			}
 			if k.demoted {
 				k.demoted = false
 				if k.p.setNice(0) != nil {
@@ -112,6 +117,7 @@ func (f *FastPath) chargeLocked(k *fastKid, now time.Time) {
 			f.conns[r.Conn].lastActive = now
 		}
 		k.lastRoute = r.Route
+		k.p.requests.Add(1) // for max_requests, and a crash loop's backoff
 		k.endStderr(r.ID)
 		k.gen.finished(r, share)
 		return true

@@ -341,13 +341,21 @@ func (pl *pool) discard(p *proc, reason killReason) {
 // counts returns total and idle children.
 func (pl *pool) counts() (total, idle int) {
 	pl.mu.Lock()
+	var procs []*proc
 	for _, p := range pl.procs {
 		if p.alive() {
 			total++
+			procs = append(procs, p)
 		}
 	}
 	pl.mu.Unlock()
-	return total, len(pl.idle)
+	idle = len(pl.idle)
+	if pl.fast != nil {
+		// On the fast path an idle child may be running a request
+		// from a connection: it is busy.
+		idle -= pl.fast.busy(procs)
+	}
+	return total, max(idle, 0)
 }
 
 // live returns the live children by slot.

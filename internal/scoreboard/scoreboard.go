@@ -263,6 +263,10 @@ func (s *Slot) AskKill(a Ask) { u32(s.b, offAsk).Store(uint32(a)) }
 // longer become a clean 5xx.
 func (s *Slot) Committed() { u32(s.b, offOut).Store(1) }
 
+// Answered records that the whole answer, END_REQUEST included, reached
+// the web server: a kill now costs that request nothing.
+func (s *Slot) Answered() { u32(s.b, offOut).Store(2) }
+
 // Release marks the child idle.
 func (s *Slot) Release() { u32(s.b, offState).Store(uint32(Idle)) }
 
@@ -282,7 +286,8 @@ type Snapshot struct {
 	Gen       uint32
 	FCGIID    uint16
 	Route     int
-	Committed bool
+	Committed bool // output reached the web server
+	Answered  bool // all of it, END_REQUEST included
 	Seq       uint64
 	ID        string // "" unless it is a well-formed request id
 	Method    string // as the child wrote them, cut; to be logged quoted
@@ -313,6 +318,7 @@ func (s *Slot) Read() Snapshot {
 		FCGIID:    uint16(u32(s.b, offFCGIID).Load()),
 		Route:     int(u32(s.b, offRoute).Load()),
 		Committed: u32(s.b, offOut).Load() != 0,
+		Answered:  u32(s.b, offOut).Load() == 2,
 		Seq:       u64(s.b, offSeq).Load(),
 		ID:        id,
 		Method:    string(s.b[offMethod+1 : offMethod+1+min(int(s.b[offMethod]), 15)]),
