@@ -12,6 +12,7 @@ FUZZ_PARAMS       ?= 300000x
 FUZZ_ROUNDTRIP    ?= 20000x
 FUZZ_CHILDFRAMES  ?= 200000x
 FUZZ_WASMBOUND    ?= 200000x
+FUZZ_WHOLE        ?= 200000x
 FUZZMINIMIZETIME  ?= 10s
 
 .PHONY: all build run test unit fuzz example clean
@@ -33,12 +34,14 @@ run: build example
 	$(BIN) serve -c examples/hello/wagi.toml --http $(HTTP)
 
 # Every test: installs what the tests need (nginx, clang for wasm32-wasi,
-# wabt; apt-get as root), vets, runs unit and end-to-end tests, then fuzzes
-# the FastCGI parser for a bounded time.
+# wabt; apt-get as root), vets, runs unit and end-to-end tests, runs the
+# end-to-end tests again with the fast path on (README, "The fast path"),
+# then fuzzes the FastCGI parser for a bounded time.
 test:
 	bash tests/setup.sh
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
+	WAGI_FCGI_FAST_PATH=1 $(GO) test -count=1 -timeout 45m ./tests
 	$(MAKE) fuzz
 
 # Bounded fuzzing of the FastCGI record and params parsers, of the
@@ -48,6 +51,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzServeConn$$' -fuzztime $(FUZZ_SERVECONN) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeParams$$' -fuzztime $(FUZZ_PARAMS) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestRoundTrip$$' -fuzztime $(FUZZ_ROUNDTRIP) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
+	$(GO) test -run '^$$' -fuzz '^FuzzParseWhole$$' -fuzztime $(FUZZ_WHOLE) -fuzzminimizetime $(FUZZMINIMIZETIME) ./fcgi
 	$(GO) test -run '^$$' -fuzz '^FuzzChildFrames$$' -fuzztime $(FUZZ_CHILDFRAMES) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/ipc
 	$(GO) test -run '^$$' -fuzz '^FuzzApply$$' -fuzztime $(FUZZ_WASMBOUND) -fuzzminimizetime $(FUZZMINIMIZETIME) ./internal/wasmbound
 

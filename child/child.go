@@ -48,6 +48,11 @@ type Options struct {
 	// recently used one is closed beyond it. 0 means 64.
 	MaxModules int
 	Logger     *slog.Logger
+	// Fast, when set, puts the child on the fast path: between frames of
+	// the manager it answers requests from the web server's connections
+	// itself (see FastFDs). IPCFD is conn's descriptor.
+	Fast  *FastFDs
+	IPCFD int
 }
 
 // ioBufferSize is how much guest output a child collects before it sends a
@@ -78,9 +83,21 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("child: send ready: %w", err)
 	}
+	var fp *fastPath
+	if opts.Fast != nil {
+		if fp, err = newFastPath(e, *opts.Fast, opts.IPCFD); err != nil {
+			return fmt.Errorf("child: fast path: %w", err)
+		}
+	}
 	var run ipc.Run
 	var doneBuf []byte
+	held := false // borrowed: no request from a connection until the next Done
 	for {
+		if fp != nil && !held && r.Buffered() == 0 {
+			if err := fp.waitIPC(ctx); err != nil {
+				return err
+			}
+		}
 		t, p, err := r.ReadFrame()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -100,6 +117,28 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 				return fmt.Errorf("child: %w", err)
 			}
 			done = e.run(ctx, &run, w)
+		case ipc.TypeRoutes:
+			routes, err := ipc.DecodeRoutes(p)
+			if err != nil || fp == nil {
+				return fmt.Errorf("child: routes: %v", err)
+			}
+			fp.setRoutes(routes)
+			done = ipc.Done{Outcome: ipc.OutcomeOK}
+		case ipc.TypeBorrow:
+			// The manager wants this child: frames are read between
+			// requests, so none from a connection is running; serve
+			// frames until the next Done.
+			if fp != nil {
+				fp.slot.SetHeld(true)
+			}
+			if err := w.WriteFrame(ipc.TypeHeld, nil); err != nil {
+				return fmt.Errorf("child: send held: %w", err)
+			}
+			if err := w.Flush(); err != nil {
+				return fmt.Errorf("child: send held: %w", err)
+			}
+			held = true
+			continue
 		case ipc.TypePreload:
 			mods, err := ipc.DecodePreload(p)
 			if err != nil {
@@ -116,6 +155,10 @@ func Serve(ctx context.Context, conn io.ReadWriter, opts Options) error {
 		}
 		if err := w.Flush(); err != nil {
 			return fmt.Errorf("child: send done: %w", err)
+		}
+		if fp != nil && held {
+			held = false
+			fp.slot.SetHeld(false)
 		}
 		// The response is out: make the next request's instance now.
 		e.prepareSpare(ctx)
@@ -304,6 +347,16 @@ func (e *engine) preload(ctx context.Context, mods []ipc.Module) ipc.Done {
 // run runs one request to the end and reports how it ended. Output goes to
 // w as frames (flushed before it returns), unless the run inherits stdio.
 func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
+	return e.runWith(ctx, m, w, nil, nil)
+}
+
+// runTo runs m with the guest's stdout and stderr going to out and errw
+// (the fast path's) instead of frames.
+func (e *engine) runTo(ctx context.Context, m *ipc.Run, out, errw io.Writer) ipc.Done {
+	return e.runWith(ctx, m, nil, out, errw)
+}
+
+func (e *engine) runWith(ctx context.Context, m *ipc.Run, w *ipc.Writer, out, errw io.Writer) ipc.Done {
 	spare, spareCM := e.takeSpare(ctx, m)
 	rt, cm, err := e.module(ctx, m)
 	if spare != nil && (err != nil || cm != spareCM) {
@@ -330,6 +383,7 @@ func (e *engine) run(ctx context.Context, m *ipc.Run, w *ipc.Writer) ipc.Done {
 		stdout, stderr = &e.stdout, &e.stderr
 		stdout.reset(ipc.TypeStdout, w, -1)
 		stderr.reset(ipc.TypeStderr, w, int64(m.StderrCap))
+		stdout.sink, stderr.sink = out, errw
 		e.stdin.Reset(m.Stdin)
 		if spare == nil {
 			cfg = cfg.WithStdin(&e.stdin).WithStdout(stdout).WithStderr(stderr)
@@ -436,6 +490,9 @@ type frameWriter struct {
 	limit   int64 // bytes to forward; -1 = all
 	written int64
 	dropped bool
+	// sink, when set, takes every write as it comes instead of frames
+	// (the fast path's request).
+	sink io.Writer
 }
 
 // reset prepares f for a new request, keeping its buffer.
@@ -444,6 +501,9 @@ func (f *frameWriter) reset(t ipc.Type, w *ipc.Writer, limit int64) {
 }
 
 func (f *frameWriter) Write(p []byte) (int, error) {
+	if f.sink != nil {
+		return f.sink.Write(p)
+	}
 	n := len(p)
 	if f.limit >= 0 {
 		room := f.limit - f.written
@@ -489,7 +549,7 @@ func (f *frameWriter) flush() error {
 
 // frame puts what is buffered into a frame without flushing the socket.
 func (f *frameWriter) frame() error {
-	if len(f.buf) == 0 {
+	if len(f.buf) == 0 || f.sink != nil {
 		return nil
 	}
 	if err := f.w.WriteFrame(f.t, f.buf); err != nil {

@@ -27,6 +27,7 @@ func Main(ctx context.Context, args []string) error {
 	cacheDir := fs.String("cache", "", "wazero compilation cache directory")
 	addressSpace := fs.Uint64("address-space", 0, "RLIMIT_AS in bytes, soft and hard (0: leave as inherited)")
 	uids := fs.String("uids", "", "OWN:SHARED user ids to switch to when started as root (see internal/sandbox)")
+	fast := fs.String("fast", "", "CTL,SHARED,PAGE,SLOT,INDEX,BASE: take requests from the web server's connections (descriptors inherited from the manager)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -55,7 +56,15 @@ func Main(ctx context.Context, args []string) error {
 	if err := confine(log); err != nil {
 		return fmt.Errorf("child: %w", err)
 	}
-	return Serve(ctx, conn, Options{CacheDir: *cacheDir, Logger: log})
+	opts := Options{CacheDir: *cacheDir, Logger: log, IPCFD: ipcFD}
+	if *fast != "" {
+		var f FastFDs
+		if _, err := fmt.Sscanf(*fast, "%d,%d,%d,%d,%d,%d", &f.Ctl, &f.Shared, &f.Page, &f.Slot, &f.Index, &f.Base); err != nil {
+			return fmt.Errorf("child: --fast %q: %w", *fast, err)
+		}
+		opts.Fast = &f
+	}
+	return Serve(ctx, conn, opts)
 }
 
 // harden applies what a process running untrusted code should have: no core

@@ -81,7 +81,11 @@ type Pool struct {
 	// after the previous one; IdleTimeout closes kept connections idle
 	// that long (longer than nginx's keepalive_timeout). ParamsMemory
 	// caps the params held for all requests together (→ 503).
-	MaxConnections     int
+	MaxConnections int
+	// FastPath lets children take requests straight from the web
+	// server's connections (manager/RATIONALE.md, "Taking the manager
+	// out of the per-request path").
+	FastPath           bool
 	RequestReadTimeout time.Duration
 	IdleTimeout        time.Duration
 	ParamsMemory       int64
@@ -306,7 +310,11 @@ func Default() *Config {
 			QueueTimeout: 5 * time.Second,
 			UIDRange:     DefaultUIDRange,
 
-			MaxConnections:     1024,
+			MaxConnections: 1024,
+			// WAGI_FCGI_FAST_PATH=1 turns the fast path on where the
+			// config does not say: the test suite runs every end-to-end
+			// test both ways with it.
+			FastPath:           os.Getenv("WAGI_FCGI_FAST_PATH") == "1",
 			RequestReadTimeout: 30 * time.Second,
 			IdleTimeout:        75 * time.Second,
 			ParamsMemory:       16 << 20,

@@ -451,7 +451,7 @@ func checkURLPath(s string) error {
 
 func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 	known := []string{"children", "max_requests", "queue", "queue_timeout", "user", "child_memory",
-		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size", "uid_range"}
+		"max_connections", "request_read_timeout", "idle_timeout", "params_memory", "body_memory", "spool_size", "uid_range", "fast_path"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -490,6 +490,10 @@ func (d *decoder) pool(p keyPath, m map[string]any, pool *Pool) {
 		case "idle_timeout":
 			if dur, ok := d.duration(kp, v); ok {
 				pool.IdleTimeout = dur
+			}
+		case "fast_path":
+			if b, ok := d.boolean(kp, v); ok {
+				pool.FastPath = b
 			}
 		case "params_memory":
 			if n, ok := d.size(kp, v, 64<<10); ok {

@@ -2,10 +2,10 @@ package manager
 
 import (
 	"io"
-	"strconv"
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
@@ -136,53 +136,10 @@ func (f failure) write(w io.Writer, id string) {
 	if f.kind == clientGone {
 		return
 	}
-	status, retry := f.status(), f.retryAfter()
-	var b []byte
-	b = append(b, "Status: "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nX-Request-Id: "...)
-	b = append(b, id...)
-	b = append(b, "\r\n"...)
-	if retry != "" {
-		b = append(b, "Retry-After: "...)
-		b = append(b, retry...)
-		b = append(b, "\r\n"...)
-	}
-	b = append(b, "\r\n"...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(b, ' ')
-	b = append(b, statusText(status)...)
-	b = append(b, ": "...)
-	b = append(b, f.public()...)
-	b = append(b, "\nrequest id: "...)
-	b = append(b, id...)
-	b = append(b, '\n')
-	_, _ = w.Write(b)
+	_, _ = w.Write(wagi.AppendErrorResponse(nil, id, f.status(), f.public(), f.retryAfter()))
 }
 
-func statusText(code int) string {
-	switch code {
-	case 200:
-		return "OK"
-	case 403:
-		return "Forbidden"
-	case 404:
-		return "Not Found"
-	case 413:
-		return "Content Too Large"
-	case 500:
-		return "Internal Server Error"
-	case 502:
-		return "Bad Gateway"
-	case 503:
-		return "Service Unavailable"
-	case 504:
-		return "Gateway Timeout"
-	}
-	return "Error"
-}
+func statusText(code int) string { return wagi.StatusText(code) }
 
 // killFailures are the situations of a run whose child was killed for one
 // of its limits; a child killed for anything else, or dead of its own

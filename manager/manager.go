@@ -76,6 +76,9 @@ type Options struct {
 	// and is not closed by Close: the generations of a reloading server
 	// share one.
 	Ledger *cpuacct.Ledger
+	// Fast, when set, puts this generation's children on the fast path
+	// (the server's connections are then accepted by Fast.Listener).
+	Fast *FastPath
 }
 
 // Manager serves FastCGI requests with modules run in child processes. It
@@ -314,6 +317,7 @@ func (m *Manager) Start(ctx context.Context) error {
 		cacheDir: m.store.cacheDir,
 		logger:   m.log,
 		ready:    m.opts.ReadyTimeout,
+		fast:     m.opts.Fast,
 	}
 	pc.addressSpace = m.cfg.ChildMemory()
 	if pc.env == nil {
@@ -335,6 +339,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	}
 	m.pool = newPool(pc, m.cfg.Pool.Children, m.cfg.Pool.MaxRequests, m.cfg.Pool.Queue, m.log)
 	m.pool.preload = m.preloadList
+	m.pool.fast = m.opts.Fast
 	m.pool.charge = func(to chargeTo, d time.Duration) { m.charge(m.log, to, d) }
 	if err := m.pool.start(ctx); err != nil {
 		m.pool.close()
@@ -345,6 +350,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		return err
 	}
 	m.rebuildRoutes()
+	if m.opts.Fast != nil {
+		m.pool.setFastGen(m.newFastGen(m.opts.Fast))
+	}
 	total, _ := m.pool.counts()
 	m.log.Info("manager started", "children", total, "routes", m.routes.Load().Len(), "state_dir", m.cfg.StateDir)
 	return nil
@@ -430,6 +438,9 @@ func (m *Manager) Drain(ctx context.Context) error {
 	m.drainMu.Lock()
 	m.draining = true
 	m.drainMu.Unlock()
+	if m.pool != nil {
+		m.pool.retireFast()
+	}
 	done := make(chan struct{})
 	go func() { m.inflight.Wait(); close(done) }()
 	select {

@@ -48,7 +48,11 @@ func TestMain(m *testing.M) {
 				os.Exit(1)
 			}
 		}
-		hostileChild(os.Args[2])
+		if os.Args[2] == "fast" {
+			hostileFastChild()
+		} else {
+			hostileChild(os.Args[2])
+		}
 		os.Exit(0)
 	}
 	if len(os.Args) > 1 && os.Args[1] == "child" {

@@ -43,6 +43,14 @@ type pool struct {
 	closeOnce sync.Once
 
 	stats poolStats
+
+	// fast is the fast path its children join, and fastGen this
+	// generation's side of it once its routes are known (setFastGen).
+	fast    *FastPath
+	fastGen *fastGen
+	// fastRetiring: the generation is draining; its children take no
+	// more requests from connections (retireFast).
+	fastRetiring bool
 }
 
 type poolStats struct {
@@ -138,8 +146,9 @@ func (pl *pool) slot(id int, first chan<- error) {
 		pl.mu.Lock()
 		pl.procs[id] = p
 		pl.mu.Unlock()
+		pl.enterFast(p)
 		pl.log.Info("child started", "child", id, "pid", p.pid)
-		pl.idle <- p
+		pl.offer(p)
 		if !reported {
 			// Start returns once every slot has a child ready to serve.
 			first <- nil
@@ -152,6 +161,10 @@ func (pl *pool) slot(id int, first chan<- error) {
 			p.kill(killShutdown)
 			<-p.exited
 			return
+		}
+		pl.leaveFast(p)
+		if p.fastSlot != nil {
+			pl.purgeIdle()
 		}
 		reason := p.killReason()
 		owed = p.runningFor()
@@ -251,7 +264,7 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 	for {
 		select {
 		case p := <-pl.idle:
-			if p.alive() {
+			if p.alive() && pl.take(p) {
 				return p, nil
 			}
 			continue
@@ -278,7 +291,7 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 	for {
 		select {
 		case p := <-pl.idle:
-			if p.alive() {
+			if p.alive() && pl.take(p) {
 				return p, nil
 			}
 		case <-t.C:
@@ -295,6 +308,16 @@ func (pl *pool) acquire(ctx context.Context, timeout time.Duration) (*proc, erro
 // that reached max_requests is retired: closing its socket makes it exit,
 // and its slot starts a fresh one.
 func (pl *pool) release(p *proc) {
+	if p.fast != nil {
+		pl.fast.unborrow(p)
+		pl.mu.Lock()
+		retiring := pl.fastRetiring
+		pl.mu.Unlock()
+		if retiring && pl.fast.borrow(p, time.Minute) != nil {
+			p.kill(killIPC)
+			return
+		}
+	}
 	n := p.requests.Add(1)
 	if p.killReason() != notKilled {
 		return // killed as its run ended (the wall-clock backstop): its slot replaces it
@@ -318,13 +341,21 @@ func (pl *pool) discard(p *proc, reason killReason) {
 // counts returns total and idle children.
 func (pl *pool) counts() (total, idle int) {
 	pl.mu.Lock()
+	var procs []*proc
 	for _, p := range pl.procs {
 		if p.alive() {
 			total++
+			procs = append(procs, p)
 		}
 	}
 	pl.mu.Unlock()
-	return total, len(pl.idle)
+	idle = len(pl.idle)
+	if pl.fast != nil {
+		// On the fast path an idle child may be running a request
+		// from a connection: it is busy.
+		idle -= pl.fast.busy(procs)
+	}
+	return total, max(idle, 0)
 }
 
 // live returns the live children by slot.
@@ -360,4 +391,157 @@ func (pl *pool) close() {
 		pl.wg.Wait()
 		pl.sp.close()
 	})
+}
+
+// setFastGen puts this generation's children on the fast path, now and
+// as they are replaced.
+func (pl *pool) setFastGen(g *fastGen) {
+	pl.mu.Lock()
+	pl.fastGen = g
+	var procs []*proc
+	for _, p := range pl.procs {
+		procs = append(procs, p)
+	}
+	pl.mu.Unlock()
+	for _, p := range procs {
+		pl.enterFast(p)
+	}
+}
+
+// enterFast puts a started child on the fast path, once.
+func (pl *pool) enterFast(p *proc) {
+	pl.mu.Lock()
+	g, retiring := pl.fastGen, pl.fastRetiring
+	pl.mu.Unlock()
+	if g == nil || retiring || p.fastSlot == nil || !p.alive() {
+		return
+	}
+	p.fastOnce.Do(func() { g.enter(p, p.fastCtl, p.fastSlot, p.fastIdx) })
+}
+
+// leaveFast is told a child exited.
+func (pl *pool) leaveFast(p *proc) {
+	if p.fastSlot == nil || pl.fast == nil {
+		return
+	}
+	p.fastOnce.Do(func() {}) // it will not enter now
+	if p.fast != nil {
+		pl.fast.leave(p)
+		return
+	}
+	fastStart{ctl: p.fastCtl, slot: p.fastSlot, idx: p.fastIdx}.abandon(pl.fast)
+}
+
+// take makes an idle child the caller's: on the fast path it must first
+// finish the request it may be running from a connection. A child that
+// does not answer is killed (its slot replaces it).
+func (pl *pool) take(p *proc) bool {
+	if p.fast == nil {
+		return true
+	}
+	if p.fast.isHeld() {
+		return true // retired: held since
+	}
+	if err := pl.fast.borrow(p, time.Minute); err != nil {
+		p.kill(killIPC)
+		return false
+	}
+	// What it used on the fast path is charged already (borrow).
+	p.owner, p.endCPU = chargeTo{}, p.cpu()
+	return true
+}
+
+// retireFast takes this generation's children off the fast path as the
+// generation drains (a reload, a shutdown): each finishes the request it
+// runs from a connection and takes no other; the connections are then
+// the next generation's children's alone.
+func (pl *pool) retireFast() {
+	if pl.fast == nil {
+		return
+	}
+	pl.mu.Lock()
+	pl.fastRetiring = true
+	pl.mu.Unlock()
+	var idle []*proc
+	for {
+		select {
+		case p := <-pl.idle:
+			idle = append(idle, p)
+			continue
+		default:
+		}
+		break
+	}
+	var wg sync.WaitGroup
+	for _, p := range idle {
+		if p.fast == nil || !p.alive() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if pl.fast.borrow(p, time.Minute) != nil {
+				p.kill(killIPC)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, p := range idle {
+		pl.idle <- p
+	}
+}
+
+// offer puts a fresh child among the idle ones. Children that died while
+// idle (on the fast path a child is killed while the pool counts it idle)
+// are dropped to make room.
+func (pl *pool) offer(p *proc) {
+	for {
+		select {
+		case pl.idle <- p:
+			return
+		case <-pl.ctx.Done():
+			return
+		default:
+		}
+		for range len(pl.idle) {
+			select {
+			case q := <-pl.idle:
+				if q.alive() {
+					select {
+					case pl.idle <- q:
+					case <-pl.ctx.Done():
+						return
+					}
+				}
+			default:
+			}
+		}
+		select {
+		case pl.idle <- p:
+			return
+		case <-pl.ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// purgeIdle drops dead children from the idle ones, so that the idle
+// count (the status page's) is right: on the fast path a child can die
+// while the pool counts it idle.
+func (pl *pool) purgeIdle() {
+	for range len(pl.idle) {
+		select {
+		case q := <-pl.idle:
+			if q.alive() {
+				select {
+				case pl.idle <- q:
+				case <-pl.ctx.Done():
+					return
+				}
+			}
+		default:
+			return
+		}
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/rawio"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/sandbox"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/scoreboard"
 )
 
 // proc is one child process and the manager's end of its socketpair.
@@ -60,6 +61,15 @@ type proc struct {
 	// spawnCPU is what starting the child cost the manager's spawning
 	// thread.
 	spawnCPU time.Duration
+
+	// The fast path (nil without it): the child's control socket, its
+	// scoreboard slot and number, and, once it has entered, its state
+	// there.
+	fastCtl  int
+	fastSlot *scoreboard.Slot
+	fastIdx  int
+	fast     *fastKid
+	fastOnce sync.Once
 }
 
 // kill sends SIGKILL and records why. Only the first reason is kept.
@@ -349,6 +359,8 @@ type procConfig struct {
 	// uidBase is slot 0's own uid when cred is set: slot i runs as
 	// uidBase+i (see sandbox.IDs).
 	uidBase uint32
+	// fast, when set, starts children on the fast path.
+	fast *FastPath
 }
 
 var errChildNotReady = errors.New("child did not become ready")
@@ -395,6 +407,22 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		cmd.Stderr = errW
 	}
 	cmd.ExtraFiles = []*os.File{childEnd} // fd 3
+	var fk fastStart
+	if cfg.fast != nil {
+		if fk, err = cfg.fast.prepare(); err != nil {
+			conn.Close()
+			if errW != nil {
+				errR.Close()
+				errW.Close()
+			}
+			return nil, err
+		}
+		defer fk.closeChildEnds()
+		// fds 4-7: control socket, shared epoll set, manager page, slot.
+		cmd.ExtraFiles = append(cmd.ExtraFiles, fk.ctlChild, fk.epoll, fk.page, fk.slot.File)
+		args = append(args, "--fast", fk.childFlag(cfg.fast.base))
+		cmd.Args = append([]string{cfg.command[0]}, args...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
 		Pdeathsig:  syscall.SIGKILL,
 		Setpgid:    true, // a terminal's ^C reaches the manager, which decides
@@ -409,6 +437,7 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 			errR.Close()
 		}
 		conn.Close()
+		fk.abandon(cfg.fast)
 		return nil, fmt.Errorf("start child: %w", err)
 	}
 
@@ -421,6 +450,9 @@ func startProc(ctx context.Context, sp *spawner, cfg *procConfig, id int) (*proc
 		r:        ipc.NewReader(conn, 64<<10),
 		exited:   make(chan struct{}),
 		spawnCPU: spawnCPU,
+		fastCtl:  fk.ctl,
+		fastSlot: fk.slot,
+		fastIdx:  fk.idx,
 	}
 	p.r.SetMaxPayload(ipc.MaxChildPayload)
 	log := cfg.logger.With("child", id, "pid", p.pid)

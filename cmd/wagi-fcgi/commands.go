@@ -73,6 +73,16 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer ledger.Close()
 	opts := manager.Options{Logger: log, Version: getVersion(), Ledger: ledger}
+	if cfg.Pool.FastPath {
+		// Like the ledger, the fast path's connections belong to the
+		// process: every generation's children join them.
+		fast, err := manager.NewFastPath(log, connLimit(cfg, log), cfg.Pool.IdleTimeout)
+		if err != nil {
+			return err
+		}
+		defer fast.Close()
+		opts.Fast = fast
+	}
 	m, err := manager.New(cfg, opts)
 	if err != nil {
 		return err
@@ -115,6 +125,9 @@ func serveCmd(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+	}
+	if opts.Fast != nil {
+		l = opts.Fast.Listener(l)
 	}
 	capacity := cfg.Pool.Children + cfg.Pool.Queue
 	conns := connLimit(cfg, log)
@@ -204,6 +217,10 @@ func reload(ctx context.Context, sw *manager.Switch, path string, o config.Overr
 	cfg, err := config.LoadWith(path, o)
 	if err == nil && (cfg.Listen != running.Listen || cfg.LogFile != running.LogFile || cfg.LogFormat != running.LogFormat) {
 		log.Warn("listen and log settings change only on a restart; keeping the running ones")
+	}
+	if err == nil && cfg.Pool.FastPath != running.Pool.FastPath {
+		log.Warn("fast_path changes only on a restart; keeping the running setting")
+		cfg.Pool.FastPath = running.Pool.FastPath
 	}
 	if err == nil && (cfg.Pool.MaxConnections != running.Pool.MaxConnections || cfg.Pool.RequestReadTimeout != running.Pool.RequestReadTimeout ||
 		cfg.Pool.IdleTimeout != running.Pool.IdleTimeout || cfg.Pool.ParamsMemory != running.Pool.ParamsMemory) {

@@ -35,6 +35,16 @@ const (
 	// TypeStdin carries part of a request body: Run.BodySize bytes of
 	// them follow a Run frame (manager → child).
 	TypeStdin Type = 7
+	// TypeRoutes gives a child on the fast path the routes it may answer
+	// by itself (payload Routes); it answers with one Done.
+	TypeRoutes Type = 8
+	// TypeBorrow asks a child on the fast path to stop taking requests
+	// from connections and serve the manager; the child answers
+	// TypeHeld once it has finished the request it was running (the
+	// manager's CPU baseline for what it sends next). After the next
+	// Done the child goes back to the fast path.
+	TypeBorrow Type = 9
+	TypeHeld   Type = 10
 )
 
 func (t Type) String() string {
@@ -53,6 +63,12 @@ func (t Type) String() string {
 		return "preload"
 	case TypeStdin:
 		return "stdin"
+	case TypeRoutes:
+		return "routes"
+	case TypeBorrow:
+		return "borrow"
+	case TypeHeld:
+		return "held"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -171,6 +187,9 @@ func (r *Reader) ReadFrame() (Type, []byte, error) {
 	}
 	return Type(r.hdr[0]), p, nil
 }
+
+// Buffered is how many bytes are read but not yet returned in frames.
+func (r *Reader) Buffered() int { return r.r.Buffered() }
 
 // cut turns an end of stream inside a frame into io.ErrUnexpectedEOF.
 func (r *Reader) cut(err error) error {

@@ -379,3 +379,73 @@ func DecodePreload(p []byte) ([]Module, error) {
 	}
 	return mods, d.finish("preload")
 }
+
+// Route is one route a child may answer by itself on the fast path, in
+// the manager's table order (its index is the route's number in the
+// scoreboard). Fast is false for routes only the manager may answer
+// (volumes, outbound HTTP, a concurrency limit, a module not loaded): the
+// child hands their requests to the manager.
+type Route struct {
+	Pattern      string
+	Fast         bool
+	ModuleKey    string
+	ModulePath   string
+	MemoryPages  uint32
+	Entrypoint   string
+	ArgvTemplate string
+	Env          []string // the module's environment, "K=V", in order
+	MaxBody      int64
+	MaxOutput    int64
+	StderrCap    uint32
+}
+
+// Routes is the payload of TypeRoutes.
+type Routes struct {
+	ServerSoftware string
+	IDPrefix       string // request ids of this child are IDPrefix + "-" + a counter
+	// Reserved are paths the manager answers itself (the status page,
+	// /healthz); ReservedPrefix, if not "", a prefix it does (the
+	// gateway's). Their requests are handed to the manager.
+	Reserved       []string
+	ReservedPrefix string
+	Routes         []Route
+}
+
+// AppendRoutes appends the encoding of m to b.
+func AppendRoutes(b []byte, m *Routes) []byte {
+	b = appendString(b, m.ServerSoftware)
+	b = appendString(b, m.IDPrefix)
+	b = appendStrings(b, m.Reserved)
+	b = appendString(b, m.ReservedPrefix)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Routes)))
+	for i := range m.Routes {
+		r := &m.Routes[i]
+		b = appendString(b, r.Pattern)
+		b = appendBool(b, r.Fast)
+		b = appendString(b, r.ModuleKey)
+		b = appendString(b, r.ModulePath)
+		b = binary.BigEndian.AppendUint32(b, r.MemoryPages)
+		b = appendString(b, r.Entrypoint)
+		b = appendString(b, r.ArgvTemplate)
+		b = appendStrings(b, r.Env)
+		b = binary.BigEndian.AppendUint64(b, uint64(r.MaxBody))
+		b = binary.BigEndian.AppendUint64(b, uint64(r.MaxOutput))
+		b = binary.BigEndian.AppendUint32(b, r.StderrCap)
+	}
+	return b
+}
+
+// DecodeRoutes decodes a TypeRoutes payload.
+func DecodeRoutes(p []byte) (*Routes, error) {
+	d := decoder{p: p}
+	m := &Routes{ServerSoftware: d.string(), IDPrefix: d.string(), Reserved: d.strings(), ReservedPrefix: d.string()}
+	n := d.count(4)
+	for i := 0; i < n && d.err == nil; i++ {
+		m.Routes = append(m.Routes, Route{
+			Pattern: d.string(), Fast: d.bool(), ModuleKey: d.string(), ModulePath: d.string(),
+			MemoryPages: d.u32(), Entrypoint: d.string(), ArgvTemplate: d.string(), Env: d.strings(),
+			MaxBody: int64(d.u64()), MaxOutput: int64(d.u64()), StderrCap: d.u32(),
+		})
+	}
+	return m, d.finish("routes")
+}

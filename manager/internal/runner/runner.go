@@ -25,14 +25,22 @@ const (
 	// reniced to demoteNice: a long CPU-bound request then yields to the
 	// many short ones (hello-world pages take well under a millisecond),
 	// and a module burning CPU cannot double its neighbours' latency.
-	demoteAfter = 20 * time.Millisecond
-	demoteNice  = 19
+	demoteAfter = DemoteAfter
+	demoteNice  = DemoteNice
 	// abortGrace is how long a request whose client went away may still
 	// run before its child is killed.
-	abortGrace = 20 * time.Millisecond
+	abortGrace = AbortGrace
 )
 
 // Child is one child process, as a run holds it.
+// The limits' constants, shared with the fast path's tick (package
+// manager), which enforces the same limits on requests it did not hold.
+const (
+	DemoteAfter = 20 * time.Millisecond
+	DemoteNice  = 19
+	AbortGrace  = 20 * time.Millisecond
+)
+
 type Child interface {
 	PID() int
 	// CPU is the child's CPU clock; after it exited, the final figure.

@@ -66,3 +66,29 @@ func (st *stderrLog) line(log *slog.Logger, s string) {
 	st.lines++
 	log.Warn("module stderr", "line", s)
 }
+
+// StderrLog logs one request's guest stderr as it arrives in pieces, with
+// the bounds of a run's (for requests the manager did not hold: the fast
+// path's). End logs what is left.
+type StderrLog struct {
+	log *slog.Logger
+	st  stderrLog
+	n   int
+}
+
+// NewStderrLog starts the stderr log of one request.
+func NewStderrLog(log *slog.Logger) *StderrLog { return &StderrLog{log: log} }
+
+// Write logs p's complete lines; bytes past the cap are dropped.
+func (l *StderrLog) Write(p []byte) {
+	room := 64<<10 + stderrSlack - l.n
+	if room <= 0 {
+		return
+	}
+	p = p[:min(len(p), room)]
+	l.n += len(p)
+	logStderr(l.log, &l.st, p, false)
+}
+
+// End logs a last partial line and what was dropped.
+func (l *StderrLog) End() { logStderr(l.log, &l.st, nil, true) }
