@@ -503,19 +503,7 @@ func (pl *pool) offer(p *proc) {
 			return
 		default:
 		}
-		for range len(pl.idle) {
-			select {
-			case q := <-pl.idle:
-				if q.alive() {
-					select {
-					case pl.idle <- q:
-					case <-pl.ctx.Done():
-						return
-					}
-				}
-			default:
-			}
-		}
+		pl.purgeIdle()
 		select {
 		case pl.idle <- p:
 			return

@@ -246,22 +246,7 @@ const clockTick = 10 * time.Millisecond
 // every live process below it, including the children each has already
 // reaped (cutime, cstime), so that short-lived CGI processes count too.
 func treeCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The command name may contain spaces; the fields start after its ')'.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	var ticks int64
-	// utime, stime, cutime, cstime are fields 14-17; f[0] is field 3.
-	for _, i := range []int{11, 12, 13, 14} {
-		if i < len(f) {
-			v, _ := strconv.ParseInt(f[i], 10, 64)
-			ticks += v
-		}
-	}
-	total := time.Duration(ticks) * clockTick
+	total := statCPU(pid, 11, 12, 13, 14)
 	for _, c := range children(pid) {
 		total += treeCPU(c)
 	}
@@ -270,15 +255,20 @@ func treeCPU(pid int) time.Duration {
 
 // selfCPU returns the CPU time (user + system) of pid alone: for
 // wagi-fcgi and the prototypes, the manager without its children.
-func selfCPU(pid int) time.Duration {
+func selfCPU(pid int) time.Duration { return statCPU(pid, 11, 12) }
+
+// statCPU sums fields of /proc/<pid>/stat (utime 11, stime 12, cutime 13,
+// cstime 14, counted after the command name) as CPU time.
+func statCPU(pid int, fields ...int) time.Duration {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
+	// The command name may contain spaces; the fields start after its ')'.
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	var ticks int64
-	for _, i := range []int{11, 12} {
+	for _, i := range fields {
 		if i < len(f) {
 			v, _ := strconv.ParseInt(f[i], 10, 64)
 			ticks += v
