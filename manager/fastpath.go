@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -725,12 +726,12 @@ func (f *FastPath) readCtl(k *fastKid) {
 			f.mu.Unlock()
 		case child.CtlFailed:
 			id, text, ok := cutByte(buf[9:n], 0)
-			if ok && len(id) <= scoreboard.MaxID {
+			if ok && k.gen.ownID(string(id)) {
 				k.gen.failed(string(id), int(gen), string(text[:min(len(text), 4096)]))
 			}
 		case child.CtlStderr:
 			id, text, ok := cutByte(buf[9:n], 0)
-			if ok && len(id) <= scoreboard.MaxID {
+			if ok && k.gen.ownID(string(id)) {
 				f.mu.Lock()
 				k.gen.fastStderr(k, string(id), int(gen), text)
 				f.mu.Unlock()
@@ -1016,4 +1017,11 @@ func (f *FastPath) busy(procs []*proc) int {
 		}
 	}
 	return n
+}
+
+// ownID reports whether id is a request id this generation's children
+// make (ipc.Routes.IDPrefix): what a child says about other ids is not
+// logged.
+func (g *fastGen) ownID(id string) bool {
+	return scoreboard.ValidID(id) && strings.HasPrefix(id, g.routes.IDPrefix+"-")
 }

@@ -328,6 +328,9 @@ func (s *Slot) Read() Snapshot {
 	}
 }
 
+// ValidID reports whether id is what a child may call a request.
+func ValidID(id string) bool { return validID([]byte(id)) }
+
 // validID accepts what a child may call a request: [0-9a-z-], 1 to 31 bytes.
 func validID(b []byte) bool {
 	if len(b) == 0 {
