@@ -92,10 +92,25 @@ ipns_ttl = "1s"
 		fmt.Fprintf(&config, "[[module]]\nroute = \"/m%d\"\nmodule = \"ipfs://%s\"\n", i, cid)
 	}
 	fmt.Fprintf(&config, "[[module]]\nroute = \"/named\"\nmodule = \"/ipns/%s\"\n", siteName)
+	// A writes a guestbook on its MFS and publishes it under the key
+	// "book"; B and C mount the name read-only and serve its files.
+	bookName := ka.Name(t, "book")
+	writer := config.String() + `
+[[module]]
+route = "/guestbook"
+module = "{{mods}}/guestbook.wasm"
+volumes = { "/data" = { source = "mfs:/wagi/guestbook", publish_ipns = "book", publish_every = "1s" } }
+`
+	reader := config.String() + fmt.Sprintf(`
+[[module]]
+route = "/shared/..."
+module = "{{mods}}/static.wasm"
+volumes = { "/assets" = "/ipns/%s" }
+`, bookName)
 
-	a := startFleetNode(t, bin, "a", ka, config.String())
-	b := startFleetNode(t, bin, "b", kb, config.String())
-	c := startFleetNode(t, bin, "c", kc, config.String())
+	a := startFleetNode(t, bin, "a", ka, writer)
+	b := startFleetNode(t, bin, "b", kb, reader)
+	c := startFleetNode(t, bin, "c", kc, reader)
 
 	for _, n := range []*fleetNode{b, c} {
 		for _, cid := range cids {
@@ -149,6 +164,35 @@ ipns_ttl = "1s"
 			}
 		}
 	})
+	t.Run("an MFS volume written on A is read on B and C through its IPNS name", func(t *testing.T) {
+		want := ""
+		for round := 1; round <= 2; round++ {
+			entry := fmt.Sprintf("entry %d", round)
+			if r := a.c.do("POST", "/guestbook", []byte(entry)); r.status != 200 {
+				t.Fatalf("A POST /guestbook: %d %q", r.status, r.body)
+			}
+			want += entry + "\n"
+			written := time.Now()
+			for _, n := range []*fleetNode{b, c} {
+				for {
+					r := n.c.get("/shared/guestbook.txt")
+					if r.status == 200 && string(r.body) == want {
+						t.Logf("write %d on A to its first read on %s: %v", round, n.name, time.Since(written))
+						break
+					}
+					// publish_every (1 s) + ipns_ttl (1 s) + kubo's cache (1 s);
+					// a minute is the generous bound of a wall-time test.
+					if time.Since(written) > time.Minute {
+						t.Fatalf("%s: GET /shared/guestbook.txt = %d %q a minute after the write, want %q\nA:\n%s\n%s:\n%s",
+							n.name, r.status, r.body, want, a.wagi.log, n.name, n.wagi.log)
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			}
+		}
+		a.wagi.log.waitFor(t, 5*time.Second, "MFS volume published", bookName)
+	})
+
 	t.Run("with A down, C gets the module from B", func(t *testing.T) {
 		ka.Stop(t)
 		var took []time.Duration
