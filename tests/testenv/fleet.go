@@ -15,12 +15,14 @@ const fleetPeerTimeout = 60 * time.Second
 // StartFleet starts n online kubo daemons, each in its own repo with its
 // own ports, peered with each other and with nothing else: swarm, API and
 // gateway listen on 127.0.0.1 only, there are no bootstrap peers, no mDNS,
-// no AutoConf, no NAT mapping, no relays, no content routing (Routing.Type
-// "none": blocks travel by bitswap between the connected peers), and an
-// address filter refuses every dial outside 127.0.0.0/8. IPNS records travel
-// over pubsub (Ipns.UsePubsub), and a node caches a resolved name for at
-// most a second, so tests see updates promptly. It returns once every node
-// is connected to all the others; the daemons stop when the test ends.
+// no AutoConf, no NAT mapping, no relays, and an address filter refuses
+// every dial outside 127.0.0.0/8. Blocks travel by bitswap between the
+// peers; the DHT (every node a server) has the fleet's nodes and nobody
+// else, so it holds the fleet's provider and IPNS records; IPNS updates are
+// also pushed over pubsub (Ipns.UsePubsub). A node caches a resolved name
+// for at most a second, so tests see updates promptly. It returns once
+// every node is connected to all the others; the daemons stop when the
+// test ends.
 //
 // These are the settings README's "Running a fleet" recommends, minus the
 // loopback-only parts.
@@ -104,7 +106,7 @@ func fleetConfig() map[string]any {
 		"Swarm.Transports.Network.WebTransport": false,
 		"Swarm.Transports.Network.WebRTCDirect": false,
 		"Swarm.AddrFilters":                     outsideLoopback,
-		"Routing.Type":                          "none",
+		"Routing.Type":                          "dhtserver",
 		"Pubsub.Enabled":                        true,
 		"Ipns.UsePubsub":                        true,
 		"Ipns.MaxCacheTTL":                      "1s",

@@ -145,9 +145,13 @@ func TestStartFleet(t *testing.T) {
 	a.Restart(t)
 	a.WaitPeers(t, 2)
 
-	// IPNS over pubsub: a name published on A resolves on B, and follows.
+	// IPNS: a name published on A resolves on B, and follows; the record
+	// is in the fleet's DHT, so it resolves even once its publisher has
+	// restarted (and forgotten its pubsub subscriptions).
 	name := a.Name(t, "site")
 	a.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+cid)
+	a.Restart(t)
+	a.WaitPeers(t, 2)
 	if got := strings.TrimSpace(b.Run(t, "name", "resolve", "/ipns/"+name)); got != "/ipfs/"+cid {
 		t.Errorf("B: name resolve = %q, want /ipfs/%s", got, cid)
 	}
