@@ -54,6 +54,7 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"max_dir_size is 256MiB", c.IPFS.MaxDirSize, int64(256 << 20)},
 		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
 		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
+		{"budgets are per node", c.Budget.Shared, ""},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -256,6 +257,12 @@ gateway_daily_cpu = "90m"
 max_dir_size = "1MiB"
 max_dir_files = 500
 store_size = "1GiB"
+
+[budget]
+shared = "redis://127.0.0.1:6379/3"
+local_share = 0.1
+sync = "200ms"
+node_id = "edge-1"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -292,6 +299,7 @@ store_size = "1GiB"
 			MaxDirFiles:     500,
 			StoreSize:       1 << 30,
 		},
+		Budget: Budget{Shared: "redis://127.0.0.1:6379/3", LocalShare: 0.1, Sync: 200 * time.Millisecond, NodeID: "edge-1"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)
