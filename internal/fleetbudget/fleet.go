@@ -1,0 +1,323 @@
+// Package fleetbudget shares daily CPU budgets across a fleet of nodes
+// through a Redis-protocol store.
+//
+// Each node pushes its own cumulative total per account and budget day
+// (its durable local ledger, plus what running requests have used so far)
+// into one hash per account-day, one field per node; a Lua script keeps the
+// largest total each node ever pushed and returns the sum. Pushes are
+// idempotent, so a lost reply is retried by the next round, and a store
+// that restarts empty is refilled by every node's next push: no charge is
+// lost and none is counted twice (RATIONALE.md).
+//
+// A node decides on its cached view, never on a call to the store: a slow
+// or hostile store cannot hold up a request. While the view is fresh an
+// account is spent when the other nodes' last totals plus this node's
+// current spend reach the limit. While it is stale (the store unreachable,
+// or no round succeeded for a few sync intervals) the node may spend only
+// local_share of the limit on its own, and still counts the other nodes'
+// last known totals.
+package fleetbudget
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/config"
+)
+
+// Account is one budget on one day: a module's content hash (the same on
+// every node) or "@gateway", and the start of its budget day in Unix
+// seconds (a number, not a time.Time, so that it compares as a map key).
+type Account struct {
+	Key string
+	Day int64
+}
+
+// Options configure a Fleet.
+type Options struct {
+	// URL is the store, redis:// or rediss://; ignored when Store is set.
+	URL string
+	// Store replaces the Redis store (tests of failure paths).
+	Store Store
+	// Node is this node's id: its field in every account-day hash.
+	Node string
+	// Sync is how often a round pushes and reads; 0 means 100ms.
+	Sync time.Duration
+	// LocalShare is the fraction of a limit this node may spend on its own
+	// while its view is stale; in (0, 1].
+	LocalShare float64
+	// Totals returns this node's spend on every account of a current day.
+	// It is called by the sync goroutine once per round.
+	Totals func() []Total
+	// Logger gets one line when the store is lost and one when it is back.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// maxWanted bounds the accounts a node reads for without having spent on
+// them (asked about by requests that were then refused, say).
+const maxWanted = 4096
+
+// Fleet is one node's side of the shared budgets. Exhausted is safe for
+// concurrent use and never blocks on the store.
+type Fleet struct {
+	opts       Options
+	store      Store
+	staleAfter time.Duration
+	timeout    time.Duration // bounds one round, every call included
+
+	view atomic.Pointer[view]
+
+	wantMu sync.Mutex
+	want   map[Account]struct{} // accounts to read though not spent here
+
+	mu         sync.Mutex
+	state      State
+	lostLogged bool // the loss of the store was logged (this outage, or before the first round)
+	warnedID   bool // logged that another node pushes under our id
+
+	cancel context.CancelFunc // ends the sync goroutine's context
+	done   chan struct{}      // closed when the sync goroutine has returned
+}
+
+// view is what the last successful round learnt.
+type view struct {
+	at       time.Time // when that round started: its figures are at least this new
+	accounts map[Account]Stored
+}
+
+// State is the store's state as the status page shows it.
+type State struct {
+	Store     string    // the URL without its password
+	Node      string    // this node's id
+	Connected bool      // the last round succeeded
+	Since     time.Time // when Connected last changed (or the start)
+	LastSync  time.Time // the last successful round; zero if none yet
+	LastError string    // why the last failed round failed
+}
+
+// New makes a Fleet; Start runs its sync goroutine.
+func New(o Options) (*Fleet, error) {
+	if o.Sync <= 0 {
+		o.Sync = 100 * time.Millisecond
+	}
+	if !(o.LocalShare > 0 && o.LocalShare <= 1) {
+		return nil, fmt.Errorf("fleet budget: local_share %v is not in (0, 1]", o.LocalShare)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	f := &Fleet{opts: o, want: map[Account]struct{}{}}
+	// A view older than staleAfter is not trusted to bound the fleet.
+	// Three rounds, and never under 300ms: a loaded machine delays a
+	// goroutine by tens of milliseconds, and that must not flip a node
+	// into its local share.
+	f.staleAfter = max(3*o.Sync, 300*time.Millisecond)
+	f.timeout = f.staleAfter / 2
+	f.store = o.Store
+	if f.store == nil {
+		s, err := openRedis(o.URL, f.timeout)
+		if err != nil {
+			return nil, err
+		}
+		f.store = s
+	}
+	f.state = State{Store: config.RedactURL(o.URL), Node: o.Node, Since: o.Now()}
+	return f, nil
+}
+
+// Start runs the sync goroutine until Close.
+func (f *Fleet) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel, f.done = cancel, make(chan struct{})
+	go f.run(ctx)
+}
+
+// Close stops the sync goroutine, waits for it (a round in flight ends at
+// its timeout at the latest) and closes the store.
+func (f *Fleet) Close() error {
+	if f.cancel != nil {
+		f.cancel()
+		<-f.done
+	}
+	return f.store.Close()
+}
+
+func (f *Fleet) run(ctx context.Context) {
+	defer close(f.done)
+	t := time.NewTicker(f.opts.Sync)
+	defer t.Stop()
+	for {
+		f.round(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// round pushes this node's totals and installs the fleet's answer as the
+// view. A failed round leaves the old view in place to age.
+func (f *Fleet) round(ctx context.Context) {
+	start := f.opts.Now()
+	totals := f.totals(start)
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	var stored []Stored
+	var err error
+	if len(totals) > 0 {
+		stored, err = f.store.Push(ctx, f.opts.Node, totals)
+		if err == nil && len(stored) != len(totals) {
+			err = fmt.Errorf("store answered %d accounts for %d", len(stored), len(totals))
+		}
+	}
+	if err != nil {
+		f.failed(err)
+		return
+	}
+	v := &view{at: start, accounts: make(map[Account]Stored, len(totals))}
+	idTaken := false
+	for i, t := range totals {
+		v.accounts[t.Account] = stored[i]
+		// A stored total well above what this node pushed: another node
+		// runs under the same id (a cloned state_dir).
+		idTaken = idTaken || stored[i].Own > t.CPU+time.Second
+	}
+	f.view.Store(v)
+	f.succeeded(start, idTaken)
+}
+
+// totals is what a round pushes: this node's spend, and a zero for each
+// account it only needs to read.
+func (f *Fleet) totals(now time.Time) []Total {
+	var out []Total
+	if f.opts.Totals != nil {
+		out = f.opts.Totals()
+	}
+	have := make(map[Account]bool, len(out))
+	kept := out[:0]
+	for _, t := range out {
+		if current(t.Account, now) && !have[t.Account] {
+			have[t.Account] = true
+			kept = append(kept, t)
+		}
+	}
+	out = kept
+	f.wantMu.Lock()
+	for a := range f.want {
+		switch {
+		case !current(a, now):
+			delete(f.want, a)
+		case !have[a]:
+			out = append(out, Total{Account: a})
+		}
+	}
+	f.wantMu.Unlock()
+	return out
+}
+
+// current says whether an account's day may still be running: a day is
+// 24 h, 25 h across a DST change.
+func current(a Account, now time.Time) bool {
+	return now.Sub(time.Unix(a.Day, 0)) < 25*time.Hour
+}
+
+func (f *Fleet) failed(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state.LastError = err.Error()
+	if f.state.Connected || !f.lostLogged {
+		if f.state.Connected {
+			f.state.Since = f.opts.Now()
+		}
+		f.state.Connected, f.lostLogged = false, true
+		f.opts.Logger.Warn("fleet budget store unreachable: each budget is limited to this node's local share until it is back",
+			"store", f.state.Store, "node", f.opts.Node, "local_share", f.opts.LocalShare, "err", err)
+	}
+}
+
+func (f *Fleet) succeeded(at time.Time, idTaken bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state.LastSync = at
+	if !f.state.Connected {
+		if f.lostLogged {
+			f.opts.Logger.Info("fleet budget store reachable again: totals pushed, fleet-wide budgets apply",
+				"store", f.state.Store, "node", f.opts.Node, "down", at.Sub(f.state.Since).Round(time.Millisecond))
+		} else {
+			f.opts.Logger.Info("fleet budget store connected", "store", f.state.Store, "node", f.opts.Node)
+		}
+		f.state.Connected, f.state.Since, f.lostLogged = true, at, false
+	}
+	if idTaken && !f.warnedID {
+		f.warnedID = true
+		f.opts.Logger.Error("fleet budget: the store holds more CPU under this node's id than this node spent; "+
+			"another node uses the same id (a copied state_dir?): give each node its own [budget] node_id", "node", f.opts.Node)
+	}
+}
+
+// Status is the store's state for the status page.
+func (f *Fleet) Status() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.state
+}
+
+// FleetSpent is the fleet's total for an account as of the last
+// successful round, and whether the view has it.
+func (f *Fleet) FleetSpent(a Account) (time.Duration, bool) {
+	v := f.view.Load()
+	if v == nil {
+		return 0, false
+	}
+	s, ok := v.accounts[a]
+	return s.Fleet, ok
+}
+
+// Exhausted says whether account a, whose limit is limit (> 0), is spent
+// when this node has spent local on it (finished and running requests).
+// It reads only the cached view.
+func (f *Fleet) Exhausted(a Account, limit, local time.Duration) bool {
+	v := f.view.Load()
+	var s Stored
+	known, fresh := false, false
+	if v != nil {
+		s, known = v.accounts[a]
+		fresh = known && f.opts.Now().Sub(v.at) <= f.staleAfter
+	}
+	if !known {
+		f.wantAccount(a)
+	}
+	return decide(limit, local, s, fresh, f.opts.LocalShare)
+}
+
+// decide is the rule. The fleet's spend is the other nodes' last totals
+// plus this node's current spend, or the last sum if that is larger (this
+// node's stored total is ahead of its current spend only if another node
+// shares its id). Stale, the node is also held to its local share.
+func decide(limit, local time.Duration, s Stored, fresh bool, share float64) bool {
+	if max(s.Fleet-s.Own+local, s.Fleet) >= limit {
+		return true
+	}
+	if fresh {
+		return false
+	}
+	return float64(local) >= share*float64(limit)
+}
+
+func (f *Fleet) wantAccount(a Account) {
+	f.wantMu.Lock()
+	if len(f.want) < maxWanted {
+		f.want[a] = struct{}{}
+	}
+	f.wantMu.Unlock()
+}
