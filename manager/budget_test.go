@@ -39,13 +39,10 @@ func TestBudgetsCountRunningRequestsWithFinishedOnes(t *testing.T) {
 		{name: "a new request of the module is refused", do: func() (account, bool) { return b.exhausted(one) }, spent: true, who: "aaaa"},
 		{name: "another module has its own budget but shares the gateway's", do: func() (account, bool) { return c3.report(400 * time.Millisecond) }},
 		{name: "the gateway budget is spent by the sum of both modules", do: func() (account, bool) { return c3.report(500 * time.Millisecond) }, spent: true, who: gatewayAccount},
-		{name: "charged and closed requests still count", do: func() (account, bool) {
-			b.charge(log, one, 400*time.Millisecond)
-			c1.close()
-			b.charge(log, one, 600*time.Millisecond)
-			c2.close()
-			b.charge(log, other, 500*time.Millisecond)
-			c3.close()
+		{name: "settled requests still count", do: func() (account, bool) {
+			c1.settle(log, 400*time.Millisecond)
+			c2.settle(log, 600*time.Millisecond)
+			c3.settle(log, 500*time.Millisecond)
 			return b.exhausted(other)
 		}, spent: true, who: gatewayAccount},
 	} {

@@ -1,0 +1,216 @@
+package fleetbudget
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestTheDecision(t *testing.T) {
+	const limit = 10 * time.Second
+	tests := []struct {
+		name   string
+		local  time.Duration
+		stored Stored
+		fresh  bool
+		spent  bool
+	}{
+		{"a fresh view with room serves", 2 * time.Second, Stored{Own: 2 * time.Second, Fleet: 5 * time.Second}, true, false},
+		{"others' totals plus this node's current spend reaching the limit refuse", 6 * time.Second, Stored{Own: 2 * time.Second, Fleet: 6 * time.Second}, true, true},
+		{"this node's spend since its last push counts at once", 9 * time.Second, Stored{Own: 1 * time.Second, Fleet: 2 * time.Second}, true, true},
+		{"a stored sum at the limit refuses even if this node's own spend looks lower", time.Second, Stored{Own: 5 * time.Second, Fleet: limit}, true, true},
+		{"a fresh view lets one node spend past its local share", 5 * time.Second, Stored{Own: 5 * time.Second, Fleet: 5 * time.Second}, true, false},
+		{"a stale view holds the node to its local share", 2500 * time.Millisecond, Stored{Own: 2 * time.Second, Fleet: 2 * time.Second}, false, true},
+		{"a stale view below the local share serves", 2 * time.Second, Stored{Own: time.Second, Fleet: time.Second}, false, false},
+		{"a stale view still counts the others' last totals", 2 * time.Second, Stored{Own: 0, Fleet: 8 * time.Second}, false, true},
+		{"nothing known holds the node to its local share", 2500 * time.Millisecond, Stored{}, false, true},
+		{"nothing known and little spent serves", time.Second, Stored{}, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := decide(limit, tt.local, tt.stored, tt.fresh, 0.25); got != tt.spent {
+				t.Errorf("decide = %v, want %v", got, tt.spent)
+			}
+		})
+	}
+}
+
+// fakeStore answers Push with what its answer function returns: the error
+// paths that a real server cannot be made to take on demand.
+type fakeStore struct {
+	mu     sync.Mutex
+	answer func(totals []Total) ([]Stored, error)
+	pushes int
+}
+
+func (s *fakeStore) Push(ctx context.Context, node string, totals []Total) ([]Stored, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushes++
+	return s.answer(totals)
+}
+
+func (s *fakeStore) Close() error { return nil }
+
+func (s *fakeStore) set(f func(totals []Total) ([]Stored, error)) {
+	s.mu.Lock()
+	s.answer = f
+	s.mu.Unlock()
+}
+
+// clock is a settable time for staleness.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Add(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
+func newClock() *clock               { return &clock{now: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)} }
+func fleetAnswer(fleet time.Duration) func([]Total) ([]Stored, error) {
+	return func(totals []Total) ([]Stored, error) {
+		out := make([]Stored, len(totals))
+		for i, t := range totals {
+			out[i] = Stored{Own: t.CPU, Fleet: t.CPU + fleet}
+		}
+		return out, nil
+	}
+}
+
+func TestAnUnreachableStoreHoldsTheNodeToItsLocalShareAndIsLoggedOnce(t *testing.T) {
+	clk := newClock()
+	day := clk.Now().Truncate(24 * time.Hour).Unix()
+	acct := Account{Key: "abc", Day: day}
+	var logBuf bytes.Buffer
+	store := &fakeStore{answer: fleetAnswer(3 * time.Second)}
+	local := 2 * time.Second
+	f, err := New(Options{Store: store, Node: "n1", Sync: 100 * time.Millisecond, LocalShare: 0.25, Now: clk.Now,
+		Logger: slog.New(slog.NewTextHandler(&logBuf, nil)),
+		Totals: func() []Total { return []Total{{Account: acct, CPU: local}} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const limit = 10 * time.Second
+
+	f.round(ctx)
+	if f.Exhausted(acct, limit, local) {
+		t.Fatal("connected with 5s of 10s spent: refused")
+	}
+	store.set(func([]Total) ([]Stored, error) { return nil, errors.New("connection refused") })
+	for range 3 {
+		f.round(ctx)
+	}
+	if f.Exhausted(acct, limit, local) {
+		t.Fatal("refused while the last good view is still fresh")
+	}
+	clk.Add(f.staleAfter + time.Millisecond)
+	if f.Exhausted(acct, limit, local) {
+		t.Fatal("unreachable, 2s spent here of a 2.5s local share: refused")
+	}
+	if !f.Exhausted(acct, limit, 2500*time.Millisecond) {
+		t.Fatal("unreachable, the 2.5s local share spent here: served")
+	}
+	if st := f.Status(); st.Connected || !strings.Contains(st.LastError, "connection refused") {
+		t.Errorf("Status = %+v, want unreachable with the error", st)
+	}
+	store.set(fleetAnswer(3 * time.Second))
+	f.round(ctx)
+	if f.Exhausted(acct, limit, local) || !f.Status().Connected {
+		t.Fatal("back: still held to the local share")
+	}
+	log := logBuf.String()
+	if n := strings.Count(log, "store unreachable"); n != 1 {
+		t.Errorf("logged the loss %d times, want once:\n%s", n, log)
+	}
+	if n := strings.Count(log, "reachable again"); n != 1 {
+		t.Errorf("logged the return %d times, want once:\n%s", n, log)
+	}
+}
+
+func TestAStaleViewHoldsANodeToItsLocalShare(t *testing.T) {
+	clk := newClock()
+	acct := Account{Key: "abc", Day: clk.Now().Truncate(24 * time.Hour).Unix()}
+	store := &fakeStore{answer: fleetAnswer(0)}
+	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Now: clk.Now, Logger: slog.New(slog.DiscardHandler),
+		Totals: func() []Total { return []Total{{Account: acct, CPU: 3 * time.Second}} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.round(context.Background())
+	if f.Exhausted(acct, 10*time.Second, 3*time.Second) {
+		t.Fatal("fresh: refused at 3s of 10s")
+	}
+	clk.Add(f.staleAfter + time.Millisecond) // no round since: the sync goroutine is stuck
+	if !f.Exhausted(acct, 10*time.Second, 3*time.Second) {
+		t.Fatal("stale: served at 3s of 10s with a 2.5s local share")
+	}
+}
+
+func TestABrokenStoreAnswerIsNotUsed(t *testing.T) {
+	tests := []struct {
+		name   string
+		answer func([]Total) ([]Stored, error)
+	}{
+		{"fewer accounts than pushed", func([]Total) ([]Stored, error) { return nil, nil }},
+		{"an error", func([]Total) ([]Stored, error) {
+			return nil, errors.New("READONLY You can't write against a read only replica")
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newClock()
+			acct := Account{Key: "abc", Day: clk.Now().Truncate(24 * time.Hour).Unix()}
+			f, err := New(Options{Store: &fakeStore{answer: tt.answer}, Node: "n1", LocalShare: 0.5, Now: clk.Now, Logger: slog.New(slog.DiscardHandler),
+				Totals: func() []Total { return []Total{{Account: acct, CPU: time.Second}} }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.round(context.Background())
+			if f.Status().Connected {
+				t.Error("connected after a broken answer")
+			}
+			if _, ok := f.FleetSpent(acct); ok {
+				t.Error("a broken answer became the view")
+			}
+			if !f.Exhausted(acct, 2*time.Second, time.Second) {
+				t.Error("not held to the local share after a broken answer")
+			}
+		})
+	}
+}
+
+func TestAnAccountAskedAboutIsReadOnTheNextRound(t *testing.T) {
+	clk := newClock()
+	acct := Account{Key: "abc", Day: clk.Now().Truncate(24 * time.Hour).Unix()}
+	store := &fakeStore{answer: fleetAnswer(7 * time.Second)}
+	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Now: clk.Now, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Exhausted(acct, 10*time.Second, 0) {
+		t.Fatal("unknown account, nothing spent: refused")
+	}
+	f.round(context.Background())
+	if !f.Exhausted(acct, 10*time.Second, 3*time.Second) {
+		t.Fatal("others spent 7s, this node 3s of 10s: served")
+	}
+	yesterday := Account{Key: "abc", Day: acct.Day - 26*3600}
+	f.Exhausted(yesterday, time.Second, 0)
+	if got := f.totals(clk.Now()); len(got) != 1 || got[0].Account != acct {
+		t.Errorf("totals = %+v, want only today's account (a day over is not read)", got)
+	}
+}
+
+func TestLocalShareMustBeAFraction(t *testing.T) {
+	for _, share := range []float64{0, -1, 1.01} {
+		if _, err := New(Options{Store: &fakeStore{}, LocalShare: share}); err == nil {
+			t.Errorf("local_share %v accepted", share)
+		}
+	}
+}
