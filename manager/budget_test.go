@@ -4,6 +4,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,5 +57,52 @@ func TestBudgetsCountRunningRequestsWithFinishedOnes(t *testing.T) {
 	}
 	if got := l.Spent(gatewayAccount, day); got != 1500*time.Millisecond {
 		t.Fatalf("gateway charged %v, want 1.5s", got)
+	}
+}
+
+func TestTotalsNeverCountASettlingRequestTwice(t *testing.T) {
+	l, err := cpuacct.OpenLedger(filepath.Join(t.TempDir(), "ledger"), cpuacct.LedgerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	day := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	to := chargeTo{accts: []account{{key: "aaaa", day: day, limit: time.Hour}}}
+	b := newBudgets(l)
+	log := slog.New(slog.DiscardHandler)
+
+	// The store keeps the largest total it was ever pushed: a total read
+	// between a request's charge and its removal from the running CPU
+	// would count it twice, for good.
+	const requests, each = 2000, time.Millisecond
+	var started atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range requests {
+			started.Add(1)
+			c := b.open(to)
+			c.report(each)
+			c.settle(log, each)
+		}
+	}()
+	for {
+		select {
+		case <-done:
+			if got := b.totals(); len(got) != 1 || got[0].CPU != requests*each {
+				t.Fatalf("totals at the end = %+v, want %v", got, requests*each)
+			}
+			return
+		default:
+		}
+		var got time.Duration
+		for _, tt := range b.totals() {
+			got += tt.CPU
+		}
+		// Each request started so far counts at most once, running or
+		// settled.
+		if n := started.Load(); got > time.Duration(n)*each {
+			t.Fatalf("totals = %v with %d requests started: one counted twice", got, n)
+		}
 	}
 }
