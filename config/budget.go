@@ -64,7 +64,7 @@ func (d *decoder) budget(p keyPath, m map[string]any, b *Budget) {
 			}
 		case "node_id":
 			if s, ok := d.str(kp, v); ok {
-				if err := CheckNodeID(s); err != nil {
+				if err := CheckNodeID(s); s != "" && err != nil {
 					d.bad(kp, "%v", err)
 				} else {
 					b.NodeID = s

@@ -27,6 +27,7 @@ func TestBudgetSettingsAreRead(t *testing.T) {
 			Budget{Shared: "redis://[::1]:6379", LocalShare: 0.5, Sync: 250 * time.Millisecond, NodeID: "edge-7.fra"}},
 		{"a whole local_share as an integer", "local_share = 1", Budget{LocalShare: 1, Sync: 100 * time.Millisecond}},
 		{"an empty shared keeps budgets per node", `shared = ""`, Budget{LocalShare: 0.25, Sync: 100 * time.Millisecond}},
+		{"an empty node_id means the id kept in state_dir", `node_id = ""`, Budget{LocalShare: 0.25, Sync: 100 * time.Millisecond}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -62,7 +63,6 @@ func TestBadBudgetValuesAreRejected(t *testing.T) {
 		{"a sync below 10ms", `sync = "1ms"`, "must be between 10ms and 10s, got 1ms"},
 		{"a sync above 10s", `sync = "1m"`, "must be between 10ms and 10s, got 1m0s"},
 		{"a sync that is not a duration", `sync = 100`, "want a duration string"},
-		{"an empty node_id", `node_id = ""`, "a node id has 1 to 64 characters, got 0"},
 		{"a node_id with a space", `node_id = "edge 1"`, `invalid node id "edge 1"`},
 		{"a node_id with a colon", `node_id = "a:b"`, `invalid node id "a:b"`},
 		{"a node_id too long", `node_id = "` + strings.Repeat("n", 65) + `"`, "a node id has 1 to 64 characters, got 65"},

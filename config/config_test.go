@@ -161,6 +161,12 @@ gateway = ""                        # e.g. "/ipfs/": serve any allowed CID at /i
 allow = []                          # CIDs allowed in gateway mode; ["*"] = any
 max_module_size = "64MiB"
 
+[budget]                            # daily budgets shared by a fleet of nodes (opt-in)
+shared = ""                         # "redis://[:PASSWORD@]HOST:PORT/DB" or rediss://; "" = each node keeps its own
+local_share = 0.25                  # of each budget, what a node may spend alone while the store is unreachable; (0, 1]
+sync = "100ms"                      # how often a node pushes its own totals and reads the fleet's
+node_id = ""                        # "" = the id kept in state_dir/node-id
+
 [[module]]                          # WAGI fields: route, module, entrypoint, volumes, argv, allowed_hosts, http_max_concurrency
 route = "/hello/..."                # exact, or prefix with "/..."
 module = "hello.wasm"               # path | file:///abs | ipfs://CID | /ipfs/CID[/path] | /ipns/NAME
@@ -196,7 +202,7 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
-		Line:        31, // the constant starts with a newline
+		Line:        38, // the constant starts with a newline
 	}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)
