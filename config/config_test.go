@@ -202,7 +202,7 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
-		Line:        38, // the constant starts with a newline
+		Line:        37, // the constant starts with a newline
 	}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)
