@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -407,5 +408,61 @@ func TestAStoreUnreachableFromTheStartHoldsANodeToItsLocalShare(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(n.w.sock), "state", "node-id")); err != nil {
 		t.Errorf("no node id kept in state_dir: %v", err)
+	}
+}
+
+// redisClients is how many connections redis-server has, this test's own
+// excluded.
+func redisClients(t *testing.T, r *testenv.Redis) int {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: r.Addr})
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list, err := c.ClientList(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(strings.TrimSpace(list), "\n")
+}
+
+func TestReloadsStopTheOldGenerationsFleetSync(t *testing.T) {
+	r := testenv.StartRedis(t)
+	bin := buildBinary(t, t.TempDir())
+	n := startFleetNode(t, bin, 0, r.URL, "10s", 0.25)
+	if code, _, body := n.get("/burn?1"); code != 200 {
+		t.Fatalf("before the reloads: %d %s", code, body)
+	}
+	const reloads = 5
+	for i := range reloads {
+		if err := n.w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(time.Minute)
+		for strings.Count(n.w.log.String(), `msg=reloaded`) < i+1 {
+			if time.Now().After(deadline) {
+				t.Fatalf("reload %d did not happen:\n%s", i+1, n.w.log.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// Each generation's sync goroutine holds at most two connections;
+	// the old ones' goroutines are stopped and their clients closed.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		c := redisClients(t, r)
+		if c <= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections to the store after %d reloads of one node: old generations still sync", c, reloads)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, _, body := n.get("/burn?1"); code != 200 {
+		t.Fatalf("after the reloads: %d %s", code, body)
+	}
+	if st := n.status(t); st.Fleet == nil || !st.Fleet.Connected {
+		t.Errorf("status after the reloads: %+v, want connected", st.Fleet)
 	}
 }
