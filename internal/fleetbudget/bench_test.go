@@ -5,19 +5,12 @@ import (
 	"fmt"
 	"testing"
 	"time"
-
-	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
 
 // BenchmarkPush is one sync round's cost against a local redis-server, by
 // the number of accounts a node pushes (RATIONALE.md, "Cost").
 func BenchmarkPush(b *testing.B) {
-	r := testenv.StartRedis(b)
-	s, err := openRedis(r.URL, 5*time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	_, s := startStore(b, 5*time.Second)
 	day := time.Now().Truncate(24 * time.Hour).Unix()
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprintf("accounts=%d", n), func(b *testing.B) {

@@ -11,6 +11,18 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
 
+// startStore starts a redis-server and a store on it.
+func startStore(t testing.TB, timeout time.Duration) (*testenv.Redis, *redisStore) {
+	t.Helper()
+	r := testenv.StartRedis(t)
+	s, err := openRedis(r.URL, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return r, s
+}
+
 // pushOK pushes and fails the test on an error.
 func pushOK(t *testing.T, s *redisStore, node string, totals ...Total) []Stored {
 	t.Helper()
@@ -24,12 +36,7 @@ func pushOK(t *testing.T, s *redisStore, node string, totals ...Total) []Stored 
 }
 
 func TestARealRedisKeepsEachNodesLargestTotalAndSumsThem(t *testing.T) {
-	r := testenv.StartRedis(t)
-	s, err := openRedis(r.URL, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	r, s := startStore(t, 5*time.Second)
 	day := time.Now().Truncate(24 * time.Hour).Unix()
 	a := Account{Key: "abcdef", Day: day}
 
@@ -71,12 +78,7 @@ func TestARealRedisKeepsEachNodesLargestTotalAndSumsThem(t *testing.T) {
 }
 
 func TestARedisRestartedEmptyIsRefilledByTheNextPushes(t *testing.T) {
-	r := testenv.StartRedis(t)
-	s, err := openRedis(r.URL, 2*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	r, s := startStore(t, 2*time.Second)
 	day := time.Now().Truncate(24 * time.Hour).Unix()
 	// More accounts than one script call takes.
 	var totals []Total
@@ -88,7 +90,7 @@ func TestARedisRestartedEmptyIsRefilledByTheNextPushes(t *testing.T) {
 
 	r.Kill(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_, err = s.Push(ctx, "n1", totals)
+	_, err := s.Push(ctx, "n1", totals)
 	cancel()
 	if err == nil {
 		t.Fatal("push to a killed server succeeded")
