@@ -79,7 +79,10 @@ type Fleet struct {
 	mu         sync.Mutex
 	state      State
 	lostLogged bool // the loss of the store was logged (this outage, or before the first round)
-	warnedID   bool // logged that another node pushes under our id
+
+	// Only the sync goroutine touches these.
+	excessSince time.Time // since when the store holds more under our id than we spent
+	warnedID    bool      // logged that another node pushes under our id
 
 	cancel context.CancelFunc // ends the sync goroutine's context
 	done   chan struct{}      // closed when the sync goroutine has returned
@@ -179,21 +182,46 @@ func (f *Fleet) round(ctx context.Context) {
 		if err == nil && len(stored) != len(totals) {
 			err = fmt.Errorf("store answered %d accounts for %d", len(stored), len(totals))
 		}
+	} else {
+		err = f.store.Ping(ctx) // nothing to push: still say whether it answers
 	}
 	if err != nil {
 		f.failed(err)
 		return
 	}
 	v := &view{at: start, accounts: make(map[Account]Stored, len(totals))}
-	idTaken := false
+	excess := false
 	for i, t := range totals {
 		v.accounts[t.Account] = stored[i]
-		// A stored total well above what this node pushed: another node
-		// runs under the same id (a cloned state_dir).
-		idTaken = idTaken || stored[i].Own > t.CPU+time.Second
+		excess = excess || stored[i].Own > t.CPU+time.Second
 	}
 	f.view.Store(v)
-	f.succeeded(start, idTaken)
+	f.succeeded(start)
+	f.checkID(start, excess)
+}
+
+// idSharedAfter is how long the store must hold more under this node's id
+// than the node has spent before that is taken for another node using the
+// same id: during a reload two generations of one node push under one id,
+// the old one's running requests included, for up to their timeout.
+const idSharedAfter = time.Minute
+
+// checkID logs once when the store has held more CPU under this node's id
+// than this node spent, for idSharedAfter: another node uses the id (a
+// copied state_dir), or this node's ledger was lost. The fleet's total
+// still counts the larger figure (see decide). Only the sync goroutine
+// calls it.
+func (f *Fleet) checkID(now time.Time, excess bool) {
+	switch {
+	case !excess:
+		f.excessSince = time.Time{}
+	case f.excessSince.IsZero():
+		f.excessSince = now
+	case now.Sub(f.excessSince) >= idSharedAfter && !f.warnedID:
+		f.warnedID = true
+		f.opts.Logger.Error("fleet budget: the store holds more CPU under this node's id than this node has spent; "+
+			"another node uses the same id (a copied state_dir?) or this node's ledger was lost: give each node its own [budget] node_id", "node", f.opts.Node)
+	}
 }
 
 // totals is what a round pushes: this node's spend, and a zero for each
@@ -245,7 +273,7 @@ func (f *Fleet) failed(err error) {
 	}
 }
 
-func (f *Fleet) succeeded(at time.Time, idTaken bool) {
+func (f *Fleet) succeeded(at time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state.LastSync = at
@@ -257,11 +285,6 @@ func (f *Fleet) succeeded(at time.Time, idTaken bool) {
 			f.opts.Logger.Info("fleet budget store connected", "store", f.state.Store, "node", f.opts.Node)
 		}
 		f.state.Connected, f.state.Since, f.lostLogged = true, at, false
-	}
-	if idTaken && !f.warnedID {
-		f.warnedID = true
-		f.opts.Logger.Error("fleet budget: the store holds more CPU under this node's id than this node spent; "+
-			"another node uses the same id (a copied state_dir?): give each node its own [budget] node_id", "node", f.opts.Node)
 	}
 }
 

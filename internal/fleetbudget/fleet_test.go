@@ -55,6 +55,11 @@ func (s *fakeStore) Push(ctx context.Context, node string, totals []Total) ([]St
 	return s.answer(totals)
 }
 
+func (s *fakeStore) Ping(ctx context.Context) error {
+	_, err := s.Push(ctx, "", nil)
+	return err
+}
+
 func (s *fakeStore) Close() error { return nil }
 
 func (s *fakeStore) set(f func(totals []Total) ([]Stored, error)) {
@@ -212,5 +217,54 @@ func TestLocalShareMustBeAFraction(t *testing.T) {
 		if _, err := New(Options{Store: &fakeStore{}, LocalShare: share}); err == nil {
 			t.Errorf("local_share %v accepted", share)
 		}
+	}
+}
+
+func TestANodeWithNothingToPushStillLearnsWhetherTheStoreAnswers(t *testing.T) {
+	store := &fakeStore{answer: func([]Total) ([]Stored, error) { return nil, errors.New("connection refused") }}
+	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.round(context.Background())
+	if st := f.Status(); st.Connected || st.LastError == "" {
+		t.Errorf("store down, nothing to push: Status = %+v, want unreachable", st)
+	}
+	store.set(fleetAnswer(0))
+	f.round(context.Background())
+	if st := f.Status(); !st.Connected || st.LastSync.IsZero() {
+		t.Errorf("store up, nothing to push: Status = %+v, want connected", st)
+	}
+}
+
+func TestAnotherNodeUnderTheSameIDIsLoggedOnceItLasts(t *testing.T) {
+	clk := newClock()
+	acct := Account{Key: "abc", Day: clk.Now().Truncate(24 * time.Hour).Unix()}
+	var logBuf bytes.Buffer
+	// The store holds 5 s under this id; this node spent 1 s.
+	store := &fakeStore{answer: func(totals []Total) ([]Stored, error) {
+		return []Stored{{Own: 5 * time.Second, Fleet: 5 * time.Second}}, nil
+	}}
+	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(&logBuf, nil)),
+		Totals: func() []Total { return []Total{{Account: acct, CPU: time.Second}} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.round(context.Background())
+	clk.Add(idSharedAfter / 2) // a reload's overlap: not yet
+	f.round(context.Background())
+	if strings.Contains(logBuf.String(), "same id") {
+		t.Fatal("logged before the excess lasted")
+	}
+	for range 3 {
+		clk.Add(idSharedAfter)
+		f.round(context.Background())
+	}
+	if n := strings.Count(logBuf.String(), "same id"); n != 1 {
+		t.Errorf("logged %d times, want once:\n%s", n, logBuf.String())
+	}
+	// The fleet's total counts the larger figure meanwhile.
+	if !f.Exhausted(acct, 5*time.Second, time.Second) {
+		t.Error("5 s stored under this id against a 5 s limit: served")
 	}
 }

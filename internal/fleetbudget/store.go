@@ -16,9 +16,11 @@ import (
 // Store is where the fleet's totals meet. Push records this node's total
 // for each account (the store keeps the largest total a node ever pushed)
 // and returns, in the same order, what the store holds for this node and
-// the sum over every node.
+// the sum over every node. Ping checks that the store answers, for a round
+// with nothing to push.
 type Store interface {
 	Push(ctx context.Context, node string, totals []Total) ([]Stored, error)
+	Ping(ctx context.Context) error
 	Close() error
 }
 
@@ -172,5 +174,7 @@ func (s *redisStore) push(ctx context.Context, node string, totals []Total) ([]S
 	}
 	return out, nil
 }
+
+func (s *redisStore) Ping(ctx context.Context) error { return s.c.Ping(ctx).Err() }
 
 func (s *redisStore) Close() error { return s.c.Close() }
