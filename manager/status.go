@@ -384,7 +384,7 @@ func writeStatusText(w io.Writer, st Status) {
 		if f.LastSync != nil {
 			fmt.Fprintf(w, "fleet last sync:      %s\n", f.LastSync.UTC().Format(time.RFC3339Nano))
 		}
-		if f.LastError != "" && !f.Connected {
+		if f.LastError != "" {
 			fmt.Fprintf(w, "fleet last error:     %s\n", f.LastError)
 		}
 	}

@@ -101,7 +101,7 @@ type State struct {
 	Connected bool      // the last round succeeded
 	Since     time.Time // when Connected last changed (or the start)
 	LastSync  time.Time // the last successful round; zero if none yet
-	LastError string    // why the last failed round failed
+	LastError string    // why the last round failed, while it is unreachable
 }
 
 // New makes a Fleet; Start runs its sync goroutine.
@@ -276,7 +276,7 @@ func (f *Fleet) failed(err error) {
 func (f *Fleet) succeeded(at time.Time) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.state.LastSync = at
+	f.state.LastSync, f.state.LastError = at, ""
 	if !f.state.Connected {
 		if f.lostLogged {
 			f.opts.Logger.Info("fleet budget store reachable again: totals pushed, fleet-wide budgets apply",
