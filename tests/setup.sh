@@ -3,7 +3,7 @@
 # clang/lld/wasi-libc/libclang-rt for wasm32-wasi, wabt, nginx, apache2, wrk,
 # docker-registry (a local OCI registry for the oci: module tests), redis-server
 # (the store of the fleet-wide budget tests).
-# Never leaves the system nginx/apache2 services running: the tests start
+# Never leaves the system nginx/apache2/redis-server services running: the tests start
 # their own instances on their own ports. Go is expected to be on the machine
 # already (Debian's Go is too old); a missing go is reported, not installed.
 set -euo pipefail
