@@ -220,7 +220,7 @@ func TestFleetBudgetHoldsAcrossThreeNodesUnderConcurrentLoad(t *testing.T) {
 	for i, n := range nodes {
 		s := n.spent(t)
 		total += s
-		per = append(per, fmt.Sprintf("node %d %.3f s (%d served)", i, s, l.served[i].Load()))
+		per = append(per, fmt.Sprintf("node %d %.3f s, %.3f s of it in request lines (%d served)", i, s, requestCPU(t, n.w.log.String(), "/burn"), l.served[i].Load()))
 		code, h, body := n.get("/burn?1")
 		if !isBudget503(code, h, body) {
 			t.Errorf("node %d after the budget: %d, Retry-After %q, %q; want the budget's 503", i, code, h.Get("Retry-After"), body)
@@ -399,7 +399,8 @@ func TestAStoreUnreachableFromTheStartHoldsANodeToItsLocalShare(t *testing.T) {
 	s := n.spent(t)
 	share := 0.5
 	bound := share + (2*fleetPoll + 2*replacement).Seconds() // two children: a poll and a replacement each
-	t.Logf("store unreachable: the node spent %.3f s of its 0.5 s local share of a 2 s budget (bound %.3f s), served %d", s, bound, l.served[0].Load())
+	t.Logf("store unreachable: the node spent %.3f s (%.3f s in request lines) of its 0.5 s local share of a 2 s budget (bound %.3f s), served %d",
+		s, requestCPU(t, n.w.log.String(), "/burn"), bound, l.served[0].Load())
 	if s > bound {
 		t.Errorf("spent %.3f s with the store unreachable, past the %.3f s local share (bound %.3f s)", s, share, bound)
 	}

@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,9 +60,18 @@ type Options struct {
 	Now func() time.Time
 }
 
-// maxWanted bounds the accounts a node reads for without having spent on
-// them (asked about by requests that were then refused, say).
-const maxWanted = 4096
+// A round pushes only the hot accounts: those whose total changed since
+// it was last pushed, and those asked about (by a request, or the fast
+// path's tick) within hotFor; every fullEvery, after a failed round, and
+// when the store shows it lost totals (a restart), it pushes them all.
+// So the store's load follows the accounts in use, not every module a node
+// has served today (RATIONALE.md, "Cost").
+const (
+	hotFor    = 10 * time.Second
+	fullEvery = 10 * time.Second
+	// maxAsked bounds the accounts remembered as asked about.
+	maxAsked = 4096
+)
 
 // Fleet is one node's side of the shared budgets. Exhausted is safe for
 // concurrent use and never blocks on the store.
@@ -73,24 +83,28 @@ type Fleet struct {
 
 	view atomic.Pointer[view]
 
-	wantMu sync.Mutex
-	want   map[Account]struct{} // accounts to read though not spent here
+	askMu sync.Mutex
+	asked map[Account]time.Time // when each account was last asked about
 
 	mu         sync.Mutex
 	state      State
 	lostLogged bool // the loss of the store was logged (this outage, or before the first round)
 
 	// Only the sync goroutine touches these.
-	excessSince time.Time // since when the store holds more under our id than we spent
-	warnedID    bool      // logged that another node pushes under our id
+	pushed      map[Account]time.Duration // what the last successful push of each account sent
+	lastFull    time.Time                 // the last round that pushed every account
+	needFull    bool                      // the next round pushes every account
+	excessSince time.Time                 // since when the store holds more under our id than we spent
+	warnedID    bool                      // logged that another node pushes under our id
 
 	cancel context.CancelFunc // ends the sync goroutine's context
 	done   chan struct{}      // closed when the sync goroutine has returned
 }
 
-// view is what the last successful round learnt.
+// view is what the successful rounds learnt: the last one's start, and
+// each account's figures as of the last round that pushed it.
 type view struct {
-	at       time.Time // when that round started: its figures are at least this new
+	at       time.Time
 	accounts map[Account]Stored
 }
 
@@ -118,7 +132,7 @@ func New(o Options) (*Fleet, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	f := &Fleet{opts: o, want: map[Account]struct{}{}}
+	f := &Fleet{opts: o, asked: map[Account]time.Time{}, pushed: map[Account]time.Duration{}, needFull: true}
 	// A view older than staleAfter is not trusted to bound the fleet.
 	// Three rounds, and never under 300ms: a loaded machine delays a
 	// goroutine by tens of milliseconds, and that must not flip a node
@@ -168,36 +182,86 @@ func (f *Fleet) run(ctx context.Context) {
 	}
 }
 
-// round pushes this node's totals and installs the fleet's answer as the
-// view. A failed round leaves the old view in place to age.
+// round pushes this node's hot totals (all of them on a full round) and
+// merges the fleet's answer into the view. A failed round leaves the view
+// in place to age.
 func (f *Fleet) round(ctx context.Context) {
 	start := f.opts.Now()
-	totals := f.totals(start)
+	all := f.totals(start)
+	full := f.needFull || start.Sub(f.lastFull) >= fullEvery
+	push := all
+	if !full {
+		push = slices.DeleteFunc(slices.Clone(all), func(t Total) bool {
+			p, ok := f.pushed[t.Account]
+			return ok && p == t.CPU && !f.hot(t.Account, start)
+		})
+	}
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
 	var stored []Stored
 	var err error
-	if len(totals) > 0 {
-		stored, err = f.store.Push(ctx, f.opts.Node, totals)
-		if err == nil && len(stored) != len(totals) {
-			err = fmt.Errorf("store answered %d accounts for %d", len(stored), len(totals))
+	if len(push) > 0 {
+		stored, err = f.store.Push(ctx, f.opts.Node, push)
+		if err == nil && len(stored) != len(push) {
+			err = fmt.Errorf("store answered %d accounts for %d", len(stored), len(push))
 		}
 	} else {
 		err = f.store.Ping(ctx) // nothing to push: still say whether it answers
 	}
 	if err != nil {
+		f.needFull = true // catch up when it is back
 		f.failed(err)
 		return
 	}
-	v := &view{at: start, accounts: make(map[Account]Stored, len(totals))}
-	excess := false
-	for i, t := range totals {
+	v := &view{at: start, accounts: map[Account]Stored{}}
+	if old := f.view.Load(); old != nil {
+		for a, st := range old.accounts {
+			if current(a, start) {
+				v.accounts[a] = st
+			}
+		}
+	}
+	excess, lost := false, false
+	for i, t := range push {
 		v.accounts[t.Account] = stored[i]
 		excess = excess || stored[i].Own > t.CPU+time.Second
+		// The store keeps each node's largest total: holding less than
+		// this node pushed before, it lost data (a restart).
+		lost = lost || stored[i].Prev.Microseconds() < min(f.pushed[t.Account].Microseconds(), maxMicros)
+		f.pushed[t.Account] = t.CPU
+	}
+	for a := range f.pushed {
+		if !current(a, start) {
+			delete(f.pushed, a)
+		}
 	}
 	f.view.Store(v)
+	if full {
+		f.lastFull, f.needFull = start, false
+	}
+	if lost && !full {
+		f.needFull = true
+		f.opts.Logger.Info("fleet budget store lost totals (restarted?): pushing every account again", "store", f.state.Store, "node", f.opts.Node)
+	}
 	f.succeeded(start)
 	f.checkID(start, excess)
+}
+
+// hot says whether a was asked about within hotFor of now.
+func (f *Fleet) hot(a Account, now time.Time) bool {
+	f.askMu.Lock()
+	defer f.askMu.Unlock()
+	at, ok := f.asked[a]
+	return ok && now.Sub(at) < hotFor
+}
+
+// ask records that a decision about a was asked for now.
+func (f *Fleet) ask(a Account, now time.Time) {
+	f.askMu.Lock()
+	if _, ok := f.asked[a]; ok || len(f.asked) < maxAsked {
+		f.asked[a] = now
+	}
+	f.askMu.Unlock()
 }
 
 // idSharedAfter is how long the store must hold more under this node's id
@@ -224,8 +288,9 @@ func (f *Fleet) checkID(now time.Time, excess bool) {
 	}
 }
 
-// totals is what a round pushes: this node's spend, and a zero for each
-// account it only needs to read.
+// totals is every account a round may push: this node's spend on the
+// current days, and a zero for each account it was asked about recently
+// without having spent on it (it only reads those).
 func (f *Fleet) totals(now time.Time) []Total {
 	var out []Total
 	if f.opts.Totals != nil {
@@ -240,16 +305,16 @@ func (f *Fleet) totals(now time.Time) []Total {
 		}
 	}
 	out = kept
-	f.wantMu.Lock()
-	for a := range f.want {
+	f.askMu.Lock()
+	for a, at := range f.asked {
 		switch {
-		case !current(a, now):
-			delete(f.want, a)
+		case now.Sub(at) >= hotFor || !current(a, now):
+			delete(f.asked, a)
 		case !have[a]:
 			out = append(out, Total{Account: a})
 		}
 	}
-	f.wantMu.Unlock()
+	f.askMu.Unlock()
 	return out
 }
 
@@ -309,16 +374,21 @@ func (f *Fleet) FleetSpent(a Account) (time.Duration, bool) {
 // Exhausted says whether account a, whose limit is limit (> 0), is spent
 // when this node has spent local on it (finished and running requests).
 // It reads only the cached view.
+//
+// Fresh means the last round succeeded within staleAfter and the account
+// is in the view. An account asked about is hot from the next round on,
+// so its figures are then one round old; before that (one asked about
+// after more than hotFor of quiet) they may be up to fullEvery old.
 func (f *Fleet) Exhausted(a Account, limit, local time.Duration) bool {
+	now := f.opts.Now()
+	f.ask(a, now)
 	v := f.view.Load()
 	var s Stored
-	known, fresh := false, false
+	fresh := false
 	if v != nil {
+		var known bool
 		s, known = v.accounts[a]
-		fresh = known && f.opts.Now().Sub(v.at) <= f.staleAfter
-	}
-	if !known {
-		f.wantAccount(a)
+		fresh = known && now.Sub(v.at) <= f.staleAfter
 	}
 	return decide(limit, local, s, fresh, f.opts.LocalShare)
 }
@@ -335,12 +405,4 @@ func decide(limit, local time.Duration, s Stored, fresh bool, share float64) boo
 		return false
 	}
 	return float64(local) >= share*float64(limit)
-}
-
-func (f *Fleet) wantAccount(a Account) {
-	f.wantMu.Lock()
-	if len(f.want) < maxWanted {
-		f.want[a] = struct{}{}
-	}
-	f.wantMu.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -81,7 +82,7 @@ func fleetAnswer(fleet time.Duration) func([]Total) ([]Stored, error) {
 	return func(totals []Total) ([]Stored, error) {
 		out := make([]Stored, len(totals))
 		for i, t := range totals {
-			out[i] = Stored{Own: t.CPU, Fleet: t.CPU + fleet}
+			out[i] = Stored{Prev: t.CPU, Own: t.CPU, Fleet: t.CPU + fleet}
 		}
 		return out, nil
 	}
@@ -243,7 +244,7 @@ func TestAnotherNodeUnderTheSameIDIsLoggedOnceItLasts(t *testing.T) {
 	var logBuf bytes.Buffer
 	// The store holds 5 s under this id; this node spent 1 s.
 	store := &fakeStore{answer: func(totals []Total) ([]Stored, error) {
-		return []Stored{{Own: 5 * time.Second, Fleet: 5 * time.Second}}, nil
+		return []Stored{{Prev: 5 * time.Second, Own: 5 * time.Second, Fleet: 5 * time.Second}}, nil
 	}}
 	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(&logBuf, nil)),
 		Totals: func() []Total { return []Total{{Account: acct, CPU: time.Second}} }})
@@ -267,4 +268,83 @@ func TestAnotherNodeUnderTheSameIDIsLoggedOnceItLasts(t *testing.T) {
 	if !f.Exhausted(acct, 5*time.Second, time.Second) {
 		t.Error("5 s stored under this id against a 5 s limit: served")
 	}
+}
+
+func TestARoundPushesOnlyHotAccountsBetweenFullRounds(t *testing.T) {
+	clk := newClock()
+	day := clk.Now().Truncate(24 * time.Hour).Unix()
+	busy, quiet, asked := Account{Key: "busy", Day: day}, Account{Key: "quiet", Day: day}, Account{Key: "asked", Day: day}
+	var mu sync.Mutex
+	local := map[Account]time.Duration{busy: time.Second, quiet: 2 * time.Second, asked: 3 * time.Second}
+	var lastPush []Account
+	lose := false // the store answers as if it had lost everything
+	answer := func(totals []Total) ([]Stored, error) {
+		lastPush = lastPush[:0]
+		out := make([]Stored, len(totals))
+		for i, t := range totals {
+			lastPush = append(lastPush, t.Account)
+			out[i] = Stored{Prev: t.CPU, Own: t.CPU, Fleet: t.CPU}
+			if lose {
+				out[i].Prev = 0
+			}
+		}
+		return out, nil
+	}
+	store := &fakeStore{answer: answer}
+	var logBuf bytes.Buffer
+	f, err := New(Options{Store: store, Node: "n1", LocalShare: 0.25, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(&logBuf, nil)),
+		Totals: func() []Total {
+			mu.Lock()
+			defer mu.Unlock()
+			var out []Total
+			for a, d := range local {
+				out = append(out, Total{Account: a, CPU: d})
+			}
+			return out
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pushed := func() []string {
+		var keys []string
+		for _, a := range lastPush {
+			keys = append(keys, a.Key)
+		}
+		slices.Sort(keys)
+		return keys
+	}
+	step := func(name string, want ...string) {
+		t.Helper()
+		clk.Add(100 * time.Millisecond)
+		f.round(context.Background())
+		if got := pushed(); !slices.Equal(got, want) {
+			t.Errorf("%s: pushed %v, want %v", name, got, want)
+		}
+	}
+	step("the first round pushes everything", "asked", "busy", "quiet")
+	mu.Lock()
+	local[busy] += 100 * time.Millisecond
+	mu.Unlock()
+	step("then only what changed", "busy")
+	f.Exhausted(asked, time.Hour, 0)
+	step("and what was asked about", "asked")
+	step("which stays hot for a while", "asked")
+	clk.Add(hotFor)
+	store.set(func([]Total) ([]Stored, error) { return nil, errors.New("down") })
+	f.round(context.Background())
+	store.set(answer)
+	step("after a failed round everything is pushed again", "asked", "busy", "quiet")
+	step("then nothing changed: a ping")
+	mu.Lock()
+	local[busy] += 100 * time.Millisecond
+	mu.Unlock()
+	lose = true
+	step("a store that lost what it held is found out", "busy")
+	lose = false
+	step("and refilled on the next round", "asked", "busy", "quiet")
+	if !strings.Contains(logBuf.String(), "lost totals") {
+		t.Errorf("the loss was not logged:\n%s", logBuf.String())
+	}
+	clk.Add(fullEvery)
+	step("every fullEvery everything is pushed", "asked", "busy", "quiet")
 }

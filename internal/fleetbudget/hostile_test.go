@@ -83,11 +83,12 @@ func TestAHostileStoreNeitherCrashesNorBlocksNorBloats(t *testing.T) {
 		{name: "a 2 GB bulk string", reply: "$2000000000\r\n"},
 		{name: "garbage", reply: "HTTP/1.1 400 Bad Request\r\n\r\n"},
 		{name: "huge and negative totals", reply: "*2\r\n:9223372036854775807\r\n:-5\r\n"},
-		{name: "a total below what was pushed", reply: "*2\r\n:0\r\n:0\r\n"},
+		{name: "a total below what was pushed", reply: "*3\r\n:0\r\n:0\r\n:0\r\n"},
+		{name: "fewer numbers than accounts", reply: "*2\r\n:5000\r\n:5000\r\n"},
 		{name: "a string where numbers belong", reply: "$5\r\nhello\r\n"},
 		{name: "an error", reply: "-ERR unknown command 'EVALSHA'\r\n"},
 		{name: "no answer at all", reply: ""},
-		{name: "an answer one byte at a time", reply: "*2\r\n:1000\r\n:1000\r\n", drip: true},
+		{name: "an answer one byte at a time", reply: "*3\r\n:0\r\n:5000\r\n:5000\r\n", drip: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

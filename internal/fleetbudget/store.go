@@ -32,6 +32,7 @@ type Total struct {
 
 // Stored is what the store holds for one account-day after a Push.
 type Stored struct {
+	Prev  time.Duration // this node's total before the push
 	Own   time.Duration // this node's total, as stored
 	Fleet time.Duration // every node's total, summed
 }
@@ -41,7 +42,8 @@ type Stored struct {
 const maxMicros = 1 << 53
 
 // pushScript keeps, per account-day hash, each node's largest total, and
-// returns this node's stored total and the sum of all fields. Junk in a
+// returns this node's total before and after the push and the sum of all
+// fields. Junk in a
 // field (another client's HSET) counts as 0, and an absurd value as the
 // maximum, so the sum stays a number Redis can return.
 //
@@ -57,6 +59,7 @@ for i, key in ipairs(KEYS) do
   local cur = tonumber(redis.call('HGET', key, node)) or 0
   if cur ~= cur or cur < 0 then cur = 0 end
   if cur > cap then cur = cap end
+  local prev = cur
   if mine > cur then
     redis.call('HSET', key, node, ARGV[2*i])
     cur = mine
@@ -67,8 +70,9 @@ for i, key in ipairs(KEYS) do
     local n = tonumber(v)
     if n and n == n and n > 0 then sum = sum + math.min(n, cap) end
   end
-  out[2*i-1] = cur
-  out[2*i] = math.min(sum, cap)
+  out[3*i-2] = prev
+  out[3*i-1] = cur
+  out[3*i] = math.min(sum, cap)
 end
 return out
 `)
@@ -158,19 +162,20 @@ func (s *redisStore) push(ctx context.Context, node string, totals []Total) ([]S
 	if err != nil {
 		return nil, err
 	}
-	if len(res) != 2*len(totals) {
+	if len(res) != 3*len(totals) {
 		return nil, fmt.Errorf("store answered %d numbers for %d accounts", len(res), len(totals))
 	}
 	out := make([]Stored, len(totals))
 	for i, t := range totals {
-		own, fleet := res[2*i], res[2*i+1]
+		prev, own, fleet := res[3*i], res[3*i+1], res[3*i+2]
 		mine := min(t.CPU.Microseconds(), maxMicros)
 		// What the script guarantees; anything else is a broken or
 		// hostile store, and its figures are not used at all.
-		if own < mine || own > maxMicros || fleet < own || fleet > maxMicros {
-			return nil, fmt.Errorf("store answered inconsistent totals for %s (own %d µs after pushing %d, fleet %d)", t.Key, own, mine, fleet)
+		if prev < 0 || prev > own || own < mine || own > maxMicros || fleet < own || fleet > maxMicros {
+			return nil, fmt.Errorf("store answered inconsistent totals for %s (own %d µs, %d before, after pushing %d; fleet %d)", t.Key, own, prev, mine, fleet)
 		}
-		out[i] = Stored{Own: time.Duration(own) * time.Microsecond, Fleet: time.Duration(fleet) * time.Microsecond}
+		us := func(n int64) time.Duration { return time.Duration(n) * time.Microsecond }
+		out[i] = Stored{Prev: us(prev), Own: us(own), Fleet: us(fleet)}
 	}
 	return out, nil
 }
