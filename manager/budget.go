@@ -115,6 +115,9 @@ func (b *budgets) exhausted(to chargeTo) (account, bool) {
 		}
 		spent := b.spent(a)
 		if b.fleet != nil {
+			if a.key == "" {
+				continue // no module loaded yet: nothing to ask the fleet
+			}
 			if b.fleet.Exhausted(fleetbudget.Account{Key: a.key, Day: a.day.Unix()}, a.limit, spent) {
 				return a, true
 			}

@@ -241,7 +241,7 @@ func (f *Fleet) round(ctx context.Context) {
 	}
 	if lost && !full {
 		f.needFull = true
-		f.opts.Logger.Info("fleet budget store lost totals (restarted?): pushing every account again", "store", f.state.Store, "node", f.opts.Node)
+		f.opts.Logger.Info("fleet budget store lost totals (restarted?): pushing every account again", "store", config.RedactURL(f.opts.URL), "node", f.opts.Node)
 	}
 	f.succeeded(start)
 	f.checkID(start, excess)
