@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/fleetbudget"
 )
 
 func TestBudgetsCountRunningRequestsWithFinishedOnes(t *testing.T) {
@@ -104,5 +106,63 @@ func TestTotalsNeverCountASettlingRequestTwice(t *testing.T) {
 		if n := started.Load(); got > time.Duration(n)*each {
 			t.Fatalf("totals = %v with %d requests started: one counted twice", got, n)
 		}
+	}
+}
+
+// othersStore is a fleet store where the other nodes have spent others on
+// every account.
+type othersStore struct{ others time.Duration }
+
+func (s othersStore) Push(_ context.Context, _ string, totals []fleetbudget.Total) ([]fleetbudget.Stored, error) {
+	out := make([]fleetbudget.Stored, len(totals))
+	for i, t := range totals {
+		out[i] = fleetbudget.Stored{Prev: t.CPU, Own: t.CPU, Fleet: t.CPU + s.others}
+	}
+	return out, nil
+}
+func (othersStore) Ping(context.Context) error { return nil }
+func (othersStore) Close() error               { return nil }
+
+func TestWithAFleetBudgetsCountTheOtherNodesAndTheRunningRequests(t *testing.T) {
+	l, err := cpuacct.OpenLedger(filepath.Join(t.TempDir(), "ledger"), cpuacct.LedgerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	now := time.Now()
+	day := now.Truncate(24 * time.Hour)
+	to := chargeTo{accts: []account{{key: "aaaa", day: day, limit: time.Second}}}
+	b := newBudgets(l)
+	f, err := fleetbudget.New(fleetbudget.Options{Store: othersStore{others: 700 * time.Millisecond}, Node: "n1", LocalShare: 0.25,
+		Sync: 10 * time.Millisecond, Totals: b.totals, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.fleet = f
+	f.Start()
+	defer f.Close()
+
+	c := b.open(to)
+	c.report(200 * time.Millisecond) // this node: 200 ms running
+	// Until the first round, held to the local share (250 ms): room.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if spent, ok := f.FleetSpent(fleetbudget.Account{Key: "aaaa", Day: day.Unix()}); ok && spent == 900*time.Millisecond {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the running request never reached the store's sum")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, spent := b.exhausted(to); spent {
+		t.Fatal("700 ms elsewhere + 200 ms here of 1 s: refused")
+	}
+	if _, spent := c.report(300 * time.Millisecond); !spent {
+		t.Fatal("700 ms elsewhere + 300 ms running here of 1 s: not spent")
+	}
+	c.settle(slog.New(slog.DiscardHandler), 300*time.Millisecond)
+	if _, spent := b.exhausted(to); !spent {
+		t.Fatal("700 ms elsewhere + 300 ms settled here of 1 s: not spent")
 	}
 }
