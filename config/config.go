@@ -51,7 +51,8 @@ type Config struct {
 	Pool   Pool
 	Limits Limits // the [limits] defaults, before per-module overrides
 	IPFS   IPFS
-	OCI    OCI // the [oci] table: how oci: modules are pulled
+	OCI    OCI    // the [oci] table: how oci: modules are pulled
+	Budget Budget // the [budget] table: budgets shared by a fleet
 
 	// Modules are the [[module]] entries in file order.
 	Modules []Module
@@ -302,6 +303,7 @@ func Default() *Config {
 		StateDir:   "/var/lib/wagi-fcgi",
 		StatusPath: "/_wagi/status",
 		LogFormat:  "text",
+		Budget:     Budget{LocalShare: DefaultLocalShare, Sync: DefaultBudgetSync},
 		Healthz:    true,
 		Pool: Pool{
 			Children:     runtime.NumCPU(),

@@ -54,6 +54,7 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"max_dir_size is 256MiB", c.IPFS.MaxDirSize, int64(256 << 20)},
 		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
 		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
+		{"budgets are per node", c.Budget.Shared, ""},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -160,6 +161,12 @@ gateway = ""                        # e.g. "/ipfs/": serve any allowed CID at /i
 allow = []                          # CIDs allowed in gateway mode; ["*"] = any
 max_module_size = "64MiB"
 
+[budget]                            # daily budgets shared by a fleet of nodes (opt-in)
+shared = ""                         # "redis://[:PASSWORD@]HOST:PORT/DB" or rediss://; "" = each node keeps its own
+local_share = 0.25                  # of each budget, what a node may spend alone while the store is unreachable; (0, 1]
+sync = "100ms"                      # how often a node pushes its own totals and reads the fleet's
+node_id = ""                        # "" = the id kept in state_dir/node-id
+
 [[module]]                          # WAGI fields: route, module, entrypoint, volumes, argv, allowed_hosts, http_max_concurrency
 route = "/hello/..."                # exact, or prefix with "/..."
 module = "hello.wasm"               # path | file:///abs | ipfs://CID | /ipfs/CID[/path] | /ipns/NAME
@@ -195,7 +202,7 @@ func TestTheDesignExampleLoads(t *testing.T) {
 		},
 		Environment: map[string]string{"GREETING": "hi"},
 		Limits:      wantLimits,
-		Line:        31, // the constant starts with a newline
+		Line:        37, // the constant starts with a newline
 	}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)
@@ -256,6 +263,12 @@ gateway_daily_cpu = "90m"
 max_dir_size = "1MiB"
 max_dir_files = 500
 store_size = "1GiB"
+
+[budget]
+shared = "redis://127.0.0.1:6379/3"
+local_share = 0.1
+sync = "200ms"
+node_id = "edge-1"
 `
 	c, err := Parse([]byte(src), "wagi.toml", "/srv/wagi")
 	if err != nil {
@@ -292,6 +305,7 @@ store_size = "1GiB"
 			MaxDirFiles:     500,
 			StoreSize:       1 << 30,
 		},
+		Budget: Budget{Shared: "redis://127.0.0.1:6379/3", LocalShare: 0.1, Sync: 200 * time.Millisecond, NodeID: "edge-1"},
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got\n%+v\nwant\n%+v", c, want)

@@ -293,7 +293,7 @@ func (d *decoder) decode(data []byte, o Overrides) *Config {
 	d.lines = locateKeys(string(data))
 
 	known := []string{"listen", "listen_mode", "listen_owner", "listen_group", "state_dir",
-		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "oci", "module", "env", "env_file"}
+		"status_path", "healthz", "log_format", "log_file", "pool", "limits", "ipfs", "oci", "budget", "module", "env", "env_file"}
 	// [limits] is decoded first: modules start from its values wherever
 	// it appears in the file.
 	if v, ok := raw["limits"]; ok {
@@ -374,6 +374,10 @@ func (d *decoder) decode(data []byte, o Overrides) *Config {
 		case "oci":
 			if m, ok := d.table(p, v); ok {
 				d.oci(p, m, &cfg.OCI)
+			}
+		case "budget":
+			if m, ok := d.table(p, v); ok {
+				d.budget(p, m, &cfg.Budget)
 			}
 		case "module":
 			cfg.Modules = d.modules(p, v, cfg.Limits)

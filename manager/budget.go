@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/fleetbudget"
 )
 
 // gatewayAccount is the ledger key of the budget that all gateway CIDs
@@ -44,9 +45,18 @@ func (c chargeTo) module() string {
 // judged on both: concurrent requests share what is left of it, and none
 // runs on after the sum has reached it. Each running request then overshoots
 // by at most the CPU its child used since its last poll.
+//
+// With a fleet (a [budget] shared store), a budget is judged on the whole
+// fleet's spend instead: the other nodes' last pushed totals plus this
+// node's spend, as fleetbudget decides from its cached view.
 type budgets struct {
-	ledger *cpuacct.Ledger // nil: nothing is enforced or recorded
+	ledger *cpuacct.Ledger    // nil: nothing is enforced or recorded
+	fleet  *fleetbudget.Fleet // nil: budgets are this node's alone
 
+	// mu guards running, and makes a finished request's move from running
+	// to the ledger (settle) one step for totals: the fleet must never be
+	// pushed a total that counts a request twice, since the store keeps
+	// the largest total it was ever pushed.
 	mu      sync.Mutex
 	running map[acctKey]*runningCPU
 }
@@ -94,7 +104,7 @@ func (b *budgets) open(to chargeTo) *claim {
 }
 
 // exhausted returns the first account whose day's spend, finished and
-// running, has reached its budget.
+// running (and with a fleet, the other nodes'), has reached its budget.
 func (b *budgets) exhausted(to chargeTo) (account, bool) {
 	if b.ledger == nil {
 		return account{}, false
@@ -103,17 +113,57 @@ func (b *budgets) exhausted(to chargeTo) (account, bool) {
 		if a.limit <= 0 {
 			continue
 		}
-		spent := b.ledger.Spent(a.key, a.day)
-		b.mu.Lock()
-		if r := b.running[acctKey{a.key, a.day.Unix()}]; r != nil {
-			spent += time.Duration(r.ns.Load())
+		spent := b.spent(a)
+		if b.fleet != nil {
+			if a.key == "" {
+				continue // no module loaded yet: nothing to ask the fleet
+			}
+			if b.fleet.Exhausted(fleetbudget.Account{Key: a.key, Day: a.day.Unix()}, a.limit, spent) {
+				return a, true
+			}
+			continue
 		}
-		b.mu.Unlock()
 		if spent >= a.limit {
 			return a, true
 		}
 	}
 	return account{}, false
+}
+
+// spent is this node's spend on a's day: the ledger's and the running
+// requests'.
+func (b *budgets) spent(a account) time.Duration {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	spent := b.ledger.Spent(a.key, a.day)
+	if r := b.running[acctKey{a.key, a.day.Unix()}]; r != nil {
+		spent += time.Duration(r.ns.Load())
+	}
+	return spent
+}
+
+// totals is this node's spend on every account it holds, finished and
+// running, for the fleet's sync goroutine (which keeps the current days).
+func (b *budgets) totals() []fleetbudget.Total {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	snap := b.ledger.Snapshot()
+	out := make([]fleetbudget.Total, 0, len(snap)+len(b.running))
+	at := make(map[fleetbudget.Account]int, len(snap))
+	for _, s := range snap {
+		a := fleetbudget.Account{Key: s.Module, Day: s.Day.Unix()}
+		at[a] = len(out)
+		out = append(out, fleetbudget.Total{Account: a, CPU: s.CPU})
+	}
+	for k, r := range b.running {
+		a := fleetbudget.Account{Key: k.key, Day: k.day}
+		if i, ok := at[a]; ok {
+			out[i].CPU += time.Duration(r.ns.Load())
+		} else {
+			out = append(out, fleetbudget.Total{Account: a, CPU: time.Duration(r.ns.Load())})
+		}
+	}
+	return out
 }
 
 // report records that the request has used cpu so far, and says whether
@@ -128,16 +178,19 @@ func (c *claim) report(cpu time.Duration) (account, bool) {
 	return c.b.exhausted(c.to)
 }
 
-// close removes the request from the running CPU. Call it after the
-// request's CPU is in the ledger, so that the spend is never seen short.
-func (c *claim) close() {
-	c.b.mu.Lock()
-	defer c.b.mu.Unlock()
+// settle charges the request's CPU d to its accounts and removes it from
+// the running CPU, in one step under b.mu (see budgets.mu): the spend is
+// never seen short, nor twice.
+func (c *claim) settle(log *slog.Logger, d time.Duration) {
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.chargeLocked(log, c.to, d)
 	for i, a := range c.to.accts {
 		r := c.run[i]
 		r.ns.Add(-int64(c.counted))
 		if r.refs--; r.refs == 0 {
-			delete(c.b.running, acctKey{a.key, a.day.Unix()})
+			delete(b.running, acctKey{a.key, a.day.Unix()})
 		}
 	}
 	c.counted = 0
@@ -145,6 +198,12 @@ func (c *claim) close() {
 
 // charge records CPU in the ledger for every account of to.
 func (b *budgets) charge(log *slog.Logger, to chargeTo, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.chargeLocked(log, to, d)
+}
+
+func (b *budgets) chargeLocked(log *slog.Logger, to chargeTo, d time.Duration) {
 	if b.ledger == nil || d <= 0 {
 		return
 	}

@@ -313,8 +313,7 @@ func (m *Manager) runOnChild(ctx context.Context, log *slog.Logger, p *proc, run
 	if res.reusable {
 		m.pool.release(p)
 	}
-	m.charge(log, owner, res.cpu)
-	claim.close() // after the charge: the spend is never seen short
+	m.settle(log, claim, res.cpu)
 	m.charge(log, res.idleOwner, res.idle)
 	m.requests.Add(1)
 	return res
@@ -353,6 +352,15 @@ func (m *Manager) charge(log *slog.Logger, to chargeTo, d time.Duration) {
 	}
 	m.charged.Add(int64(d))
 	m.budgets.charge(log, to, d)
+}
+
+// settle charges a finished request's CPU (and the totals) and ends its
+// claim.
+func (m *Manager) settle(log *slog.Logger, c *claim, d time.Duration) {
+	if !c.to.empty() && d > 0 {
+		m.charged.Add(int64(d))
+	}
+	c.settle(log, d)
 }
 
 // chargeTo names the budgets a request of module key pays from: the

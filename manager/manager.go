@@ -32,6 +32,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/cpuacct"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/egress"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/fleetbudget"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfspublish"
@@ -93,14 +94,17 @@ type Manager struct {
 	ledger    *cpuacct.Ledger // nil with Options.NoLedger
 	budgets   *budgets        // daily budgets, over the ledger
 	ownLedger bool            // opened here, so closed here
-	procfs    procfs.FS
-	routes    atomic.Pointer[wagi.Table[*target]]
-	sources   []*source // one per configured module, in config order
-	ipfs      *ipfs.Client
-	srcEnv    *modsource.Env  // what module sources share (IPFS client, HTTP client, OCI settings)
-	mfs       *mfsproxy.Proxy // how children reach MFS; started with the children if ipfs is set
-	egress    *egress.Server  // the only way guest code reaches the network (outbound HTTP)
-	gateway   *gateway        // nil unless [ipfs] gateway is set
+	// fleetStarted: Start ran budgets.fleet's sync goroutine (Start may
+	// be called again after a failure).
+	fleetStarted bool
+	procfs       procfs.FS
+	routes       atomic.Pointer[wagi.Table[*target]]
+	sources      []*source // one per configured module, in config order
+	ipfs         *ipfs.Client
+	srcEnv       *modsource.Env  // what module sources share (IPFS client, HTTP client, OCI settings)
+	mfs          *mfsproxy.Proxy // how children reach MFS; started with the children if ipfs is set
+	egress       *egress.Server  // the only way guest code reaches the network (outbound HTTP)
+	gateway      *gateway        // nil unless [ipfs] gateway is set
 
 	drainMu  sync.Mutex
 	draining bool
@@ -286,7 +290,31 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 	if cfg.IPFS.Gateway != "" {
 		m.gateway = newGateway(cfg, m.srcEnv)
 	}
+	if cfg.Budget.Shared != "" && ledger != nil {
+		if err := m.openFleet(); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	return m, nil
+}
+
+// openFleet prepares the shared budgets of [budget] shared; Start runs
+// their sync goroutine and Close stops it.
+func (m *Manager) openFleet() error {
+	node, err := fleetbudget.NodeID(m.cfg.Budget.NodeID, m.cfg.StateDir)
+	if err != nil {
+		return fmt.Errorf("[budget]: %w", err)
+	}
+	f, err := fleetbudget.New(fleetbudget.Options{
+		URL: m.cfg.Budget.Shared, Node: node, Sync: m.cfg.Budget.Sync, LocalShare: m.cfg.Budget.LocalShare,
+		Totals: m.budgets.totals, Logger: m.log, Now: m.opts.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("[budget]: %w", err)
+	}
+	m.budgets.fleet = f
+	return nil
 }
 
 // Start loads and compiles every module, starts the children and resolves
@@ -308,6 +336,11 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 	} else if m.cfg.Pool.User != "" {
 		m.log.Warn("pool.user is ignored: the manager does not run as root", "user", m.cfg.Pool.User)
+	}
+	if f := m.budgets.fleet; f != nil && !m.fleetStarted {
+		// First, so that the first requests decide on the fleet's totals.
+		m.fleetStarted = true
+		f.Start()
 	}
 	// Compile every module that is at hand first (local files, and IPFS
 	// modules already in the cache), so children start with a warm cache.
@@ -381,6 +414,9 @@ func (m *Manager) Close() error {
 	}
 	if m.egress != nil {
 		_ = m.egress.Close()
+	}
+	if m.budgets.fleet != nil {
+		_ = m.budgets.fleet.Close() // stops and waits for its sync goroutine
 	}
 	m.store.close(context.Background())
 	if m.ledger != nil && m.ownLedger {
@@ -629,8 +665,7 @@ func (m *Manager) moduleRoutes(ctx context.Context, mod *module, src *source) ([
 	if res.reusable {
 		m.pool.release(p)
 	}
-	m.charge(log, owner, res.cpu)
-	claim.close()
+	m.settle(log, claim, res.cpu)
 	m.charge(log, res.idleOwner, res.idle)
 	if res.killed == killBudget {
 		return nil, &budgetError{a: res.budget, now: now}

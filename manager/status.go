@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/wagi-fcgi/wagi-fcgi/internal/fleetbudget"
 	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
@@ -138,6 +139,8 @@ type Status struct {
 	Gateway *GatewayStatus `json:"gateway,omitempty"`
 	// Published are the MFS volumes this node publishes under IPNS names.
 	Published []PublishedStatus `json:"published,omitempty"`
+	// Fleet is the store of fleet-wide budgets; nil without [budget] shared.
+	Fleet *FleetStatus `json:"fleet,omitempty"`
 }
 
 // PublishedStatus describes one MFS volume published under an IPNS name.
@@ -150,10 +153,24 @@ type PublishedStatus struct {
 	Error     string `json:"error,omitempty"`     // the last error, if the last step failed
 }
 
+// FleetStatus describes the store of the fleet-wide budgets.
+type FleetStatus struct {
+	Store      string     `json:"store"` // the URL without its password
+	Node       string     `json:"node"`
+	Connected  bool       `json:"connected"`
+	Since      time.Time  `json:"since"` // when it was last connected or lost
+	LastSync   *time.Time `json:"last_sync,omitempty"`
+	LastError  string     `json:"last_error,omitempty"`
+	LocalShare float64    `json:"local_share"`
+}
+
 // GatewayStatus describes the gateway-wide daily budget.
 type GatewayStatus struct {
 	CPUToday float64 `json:"cpu_today_seconds"`
 	DailyCPU float64 `json:"daily_cpu_seconds"`
+	// FleetCPUToday is every node's spend as of the last sync (with
+	// [budget] shared and once synced).
+	FleetCPUToday *float64 `json:"fleet_cpu_today_seconds,omitempty"`
 }
 
 // PoolStatus describes the child pool.
@@ -173,15 +190,18 @@ type PoolStatus struct {
 
 // ModuleStatus describes one module.
 type ModuleStatus struct {
-	Module     string           `json:"module"` // content hash (sha256, hex)
-	Ref        string           `json:"ref"`
-	Route      string           `json:"route"`
-	Requests   map[string]int64 `json:"requests"` // by status class: "2xx", ...
-	Timeouts   int64            `json:"timeouts"`
-	CPUToday   float64          `json:"cpu_today_seconds"`
-	DailyCPU   float64          `json:"daily_cpu_seconds"`
-	P50Seconds float64          `json:"p50_seconds"`
-	P99Seconds float64          `json:"p99_seconds"`
+	Module   string           `json:"module"` // content hash (sha256, hex)
+	Ref      string           `json:"ref"`
+	Route    string           `json:"route"`
+	Requests map[string]int64 `json:"requests"` // by status class: "2xx", ...
+	Timeouts int64            `json:"timeouts"`
+	CPUToday float64          `json:"cpu_today_seconds"` // this node's
+	// FleetCPUToday is every node's spend as of the last sync (with
+	// [budget] shared and once synced).
+	FleetCPUToday *float64 `json:"fleet_cpu_today_seconds,omitempty"`
+	DailyCPU      float64  `json:"daily_cpu_seconds"`
+	P50Seconds    float64  `json:"p50_seconds"`
+	P99Seconds    float64  `json:"p99_seconds"`
 }
 
 // ChildStatus describes one child (with ?full).
@@ -222,7 +242,9 @@ func (m *Manager) Status(full bool) Status {
 	// Spend comes from the ledger, which knows each module's day.
 	if m.ledger != nil {
 		for i := range mods {
-			mods[i].CPUToday = m.ledger.Spent(mods[i].Module, m.dayOf(mods[i].Module, now)).Seconds()
+			day := m.dayOf(mods[i].Module, now)
+			mods[i].CPUToday = m.ledger.Spent(mods[i].Module, day).Seconds()
+			mods[i].FleetCPUToday = m.fleetSpent(mods[i].Module, day)
 		}
 	}
 	sort.Slice(mods, func(i, j int) bool {
@@ -246,7 +268,9 @@ func (m *Manager) Status(full bool) Status {
 	if m.gateway != nil {
 		g := &GatewayStatus{DailyCPU: m.cfg.IPFS.GatewayDailyCPU.Seconds()}
 		if m.ledger != nil {
-			g.CPUToday = m.ledger.Spent(gatewayAccount, m.cfg.Limits.DayStart.Start(now)).Seconds()
+			day := m.cfg.Limits.DayStart.Start(now)
+			g.CPUToday = m.ledger.Spent(gatewayAccount, day).Seconds()
+			g.FleetCPUToday = m.fleetSpent(gatewayAccount, day)
 		}
 		out.Gateway = g
 	}
@@ -259,6 +283,14 @@ func (m *Manager) Status(full bool) Status {
 			out.Published = append(out.Published, ps)
 		}
 	}
+	if f := m.budgets.fleet; f != nil {
+		fs := f.Status()
+		out.Fleet = &FleetStatus{Store: fs.Store, Node: fs.Node, Connected: fs.Connected, Since: fs.Since,
+			LastError: fs.LastError, LocalShare: m.cfg.Budget.LocalShare}
+		if !fs.LastSync.IsZero() {
+			out.Fleet.LastSync = &fs.LastSync
+		}
+	}
 	if full {
 		for _, c := range m.Children() {
 			out.Children = append(out.Children, ChildStatus{
@@ -268,6 +300,20 @@ func (m *Manager) Status(full bool) Status {
 		}
 	}
 	return out
+}
+
+// fleetSpent is the fleet's spend on an account-day as of the last sync,
+// or nil without a fleet or before the account was synced.
+func (m *Manager) fleetSpent(key string, day time.Time) *float64 {
+	if m.budgets.fleet == nil {
+		return nil
+	}
+	d, ok := m.budgets.fleet.FleetSpent(fleetbudget.Account{Key: key, Day: day.Unix()})
+	if !ok {
+		return nil
+	}
+	s := d.Seconds()
+	return &s
 }
 
 // dayOf is the current budget day of a module, by the limits of a route
@@ -345,6 +391,23 @@ func writeStatusText(w io.Writer, st Status) {
 	fmt.Fprintf(w, "ipfs fetches:         %d\n", st.IPFSFetchs)
 	if g := st.Gateway; g != nil {
 		fmt.Fprintf(w, "gateway cpu today:    %.3f of %.0f\n", g.CPUToday, g.DailyCPU)
+		if g.FleetCPUToday != nil {
+			fmt.Fprintf(w, "gateway fleet cpu:    %.3f of %.0f\n", *g.FleetCPUToday, g.DailyCPU)
+		}
+	}
+	if f := st.Fleet; f != nil {
+		state := "connected"
+		if !f.Connected {
+			state = "unreachable"
+		}
+		fmt.Fprintf(w, "fleet store:          %s (%s since %s)\n", f.Store, state, f.Since.UTC().Format(time.RFC3339))
+		fmt.Fprintf(w, "fleet node:           %s\n", f.Node)
+		if f.LastSync != nil {
+			fmt.Fprintf(w, "fleet last sync:      %s\n", f.LastSync.UTC().Format(time.RFC3339Nano))
+		}
+		if f.LastError != "" {
+			fmt.Fprintf(w, "fleet last error:     %s\n", f.LastError)
+		}
 	}
 	for _, ms := range st.Modules {
 		fmt.Fprintf(w, "\nmodule:               %s\n", ms.Module)
@@ -354,6 +417,9 @@ func writeStatusText(w io.Writer, st Status) {
 			ms.Requests["1xx"], ms.Requests["2xx"], ms.Requests["3xx"], ms.Requests["4xx"], ms.Requests["5xx"])
 		fmt.Fprintf(w, "timeouts:             %d\n", ms.Timeouts)
 		fmt.Fprintf(w, "cpu today seconds:    %.3f of %.0f\n", ms.CPUToday, ms.DailyCPU)
+		if ms.FleetCPUToday != nil {
+			fmt.Fprintf(w, "fleet cpu today:      %.3f of %.0f\n", *ms.FleetCPUToday, ms.DailyCPU)
+		}
 		fmt.Fprintf(w, "p50 / p99 seconds:    %.6f / %.6f\n", ms.P50Seconds, ms.P99Seconds)
 	}
 	for _, p := range st.Published {
@@ -400,6 +466,13 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 		gauge("wagi_gateway_cpu_today_seconds", "CPU used by all gateway CIDs in the current budget day.", g.CPUToday)
 		gauge("wagi_gateway_cpu_daily_budget_seconds", "The daily CPU budget all gateway CIDs share.", g.DailyCPU)
 	}
+	if f := st.Fleet; f != nil {
+		up := 0.0
+		if f.Connected {
+			up = 1
+		}
+		gauge("wagi_fleet_store_up", "1 while the fleet budget store answers, 0 while each budget is held to the local share.", up)
+	}
 	for _, r := range runner.RunKills {
 		killed.WithLabelValues(r.String()).Add(float64(p.Killed[r.String()]))
 	}
@@ -410,7 +483,8 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 	timeouts := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wagi_module_timeouts_total", Help: "Requests killed for their wall-clock or CPU limit."}, labels)
 	cpuToday := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wagi_module_cpu_today_seconds", Help: "CPU used in the module's current budget day."}, labels)
 	budget := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wagi_module_cpu_daily_budget_seconds", Help: "The module's daily CPU budget."}, labels)
-	reg.MustRegister(reqs, timeouts, cpuToday, budget)
+	fleetToday := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wagi_module_fleet_cpu_today_seconds", Help: "CPU used by the whole fleet in the module's current budget day, as of the last sync."}, labels)
+	reg.MustRegister(reqs, timeouts, cpuToday, budget, fleetToday)
 	for _, ms := range st.Modules {
 		lv := []string{ms.Module[:min(12, len(ms.Module))], ms.Route}
 		for class, n := range ms.Requests {
@@ -419,6 +493,9 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 		timeouts.WithLabelValues(lv...).Add(float64(ms.Timeouts))
 		cpuToday.WithLabelValues(lv...).Set(ms.CPUToday)
 		budget.WithLabelValues(lv...).Set(ms.DailyCPU)
+		if ms.FleetCPUToday != nil {
+			fleetToday.WithLabelValues(lv...).Set(*ms.FleetCPUToday)
+		}
 	}
 	// Duration histograms are kept live per module; wrap each with its
 	// labels for this scrape.

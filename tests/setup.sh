@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian 12 machine (run as root; idempotent):
 # clang/lld/wasi-libc/libclang-rt for wasm32-wasi, wabt, nginx, apache2, wrk,
-# docker-registry (a local OCI registry for the oci: module tests).
-# Never leaves the system nginx/apache2 services running: the tests start
+# docker-registry (a local OCI registry for the oci: module tests), redis-server
+# (the store of the fleet-wide budget tests).
+# Never leaves the system nginx/apache2/redis-server services running: the tests start
 # their own instances on their own ports. Go is expected to be on the machine
 # already (Debian's Go is too old); a missing go is reported, not installed.
 set -euo pipefail
 
-PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk systemd util-linux docker-registry apache2-utils)
+PACKAGES=(clang lld wasi-libc libclang-rt-dev-wasm32 wabt nginx apache2 wrk systemd util-linux docker-registry apache2-utils redis-server)
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd redis-server; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 [ -f /usr/include/wasm32-wasi/stdio.h ] || missing+=("wasi-libc sysroot")
@@ -29,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 		echo "setup: missing ${missing[*]}; run this script as root" >&2
 		exit 1
 	fi
-	# Keep Debian's postinst scripts from starting nginx/apache2/docker-registry
+	# Keep Debian's postinst scripts from starting nginx/apache2/docker-registry/redis-server
 # while installing.
 	policy=/usr/sbin/policy-rc.d
 	own_policy=no
@@ -52,7 +53,7 @@ fi
 # files, so the tests' own nginx/apache2 instances are not touched).
 stopped=()
 if [ "$(id -u)" -eq 0 ]; then
-	for svc in nginx apache2 docker-registry; do
+	for svc in nginx apache2 docker-registry redis-server; do
 		[ -x "/etc/init.d/$svc" ] || continue
 		if service "$svc" status >/dev/null 2>&1; then
 			service "$svc" stop >/dev/null 2>&1 || true
@@ -75,7 +76,7 @@ if [ "$(bash "$(dirname "${BASH_SOURCE[0]}")/../conf/systemd/useradd.sh")" = cre
 fi
 
 # Check the result.
-for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd; do
+for cmd in clang wasm-ld wat2wasm nginx apache2 wrk systemd-socket-activate systemd-analyze setpriv prlimit docker-registry htpasswd redis-server; do
 	command -v "$cmd" >/dev/null 2>&1 || {
 		echo "setup: $cmd still missing after install" >&2
 		exit 1
