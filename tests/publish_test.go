@@ -142,6 +142,21 @@ ipns_ttl = "1s"
 		}
 	})
 
+	t.Run("a module lacking its entrypoint is published with serve's warning", func(t *testing.T) {
+		out, errs, code := runBin(t, bin, nil, "publish", "--api", k.API, "--route", "/nope", "--entrypoint", "nope", filepath.Join(mods, "hello.wasm"))
+		if code != 0 || !strings.Contains(out, "entrypoint = \"nope\"\n") ||
+			!strings.Contains(errs, `warning: route /nope answers 500: entrypoint "nope" is not an exported function of `) {
+			t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+		}
+	})
+
+	t.Run("a Go module is checked and published like a C one", func(t *testing.T) {
+		out := publishOK(t, bin, "--api", k.API, filepath.Join(mods, "gohello.wasm"))
+		if !strings.Contains(out, "route = \"/gohello/...\"\n") || !strings.HasPrefix(snippetField(t, out, "cid"), "bafy") {
+			t.Fatalf("publish printed:\n%s\nwant a multi-block file's CIDv1 (bafy...)", out)
+		}
+	})
+
 	t.Run("a second publish under the name moves it, and serve follows", func(t *testing.T) {
 		again := publishOK(t, bin, "--api", k.API, "--route", "/app/...", "--name", "app", "--allow-offline", "--ttl", "1s",
 			filepath.Join(mods, "exit.wasm"))
@@ -194,6 +209,10 @@ func TestPublishRefuses(t *testing.T) {
 	bomb := write("bomb.wasm", wasmCommand(compileBombs[0].body, "publish"))
 	small := config("small.toml", "max_module_size = \"16KiB\"\nmax_dir_files = 10\nmax_dir_size = \"1KiB\"\n")
 	bombCfg := config("bomb.toml", "\n[[module]]\nroute = \"/bomb\"\nmodule = \"ipfs://bafkqaaa\"\ncompile_cpu = \"1s\"\n")
+	huge := write("huge.wasm", nil)
+	if err := os.Truncate(huge, 10<<30); err != nil {
+		t.Fatal(err)
+	}
 	fifo := filepath.Join(dir, "fifo.wasm")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
@@ -243,6 +262,8 @@ func TestPublishRefuses(t *testing.T) {
 			"bad.wat is not a WebAssembly module: not a WebAssembly binary (no \\0asm magic), and as WebAssembly text it does not convert: line 1"},
 		{"a module over max_module_size is too large", []string{"-c", small, hello}, 1,
 			"module too large: " + hello + " has"},
+		{"a huge sparse file is refused before a byte is read", []string{huge}, 1,
+			"module too large: " + huge + " has 10737418240 bytes, over max_module_size (64MiB)"},
 		{"an import wagi-fcgi does not provide is named", []string{filepath.Join(mods, "badimport.wasm")}, 1,
 			"badimport.wasm: serve would refuse it: imports env.missing_host_function, which wagi-fcgi does not provide"},
 		{"a compile past the route's compile_cpu fails as in serve", []string{"-c", bombCfg, "--route", "/bomb", bomb}, 1,
