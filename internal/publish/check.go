@@ -37,7 +37,7 @@ type checkSpec struct {
 // exports one, are run in a sandboxed child. It returns serve's warnings
 // (a missing entrypoint), and serve's error when serve would refuse it.
 func checkModule(ctx context.Context, spec checkSpec) (warnings []string, err error) {
-	tmp, err := os.MkdirTemp("", "wagi-fcgi-publish-*")
+	tmp, err := os.MkdirTemp(tempParent(), "wagi-fcgi-publish-*")
 	if err != nil {
 		return nil, err
 	}
@@ -107,4 +107,24 @@ func unplaced(err error) error {
 		return out[0]
 	}
 	return fmt.Errorf("%w", errors.Join(out...))
+}
+
+// tempParent is where the check's state directory goes: the temporary
+// directory, unless this runs as root and another user could not reach
+// it (a TMPDIR under /root): compiles and children run as other users then,
+// and it is /tmp.
+func tempParent() string {
+	dir := os.TempDir()
+	if os.Geteuid() != 0 {
+		return dir
+	}
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		st, err := os.Stat(d)
+		if err != nil || st.Mode().Perm()&0o001 == 0 {
+			return "/tmp"
+		}
+		if d == "/" {
+			return dir
+		}
+	}
 }

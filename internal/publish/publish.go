@@ -222,14 +222,21 @@ func pinName(p string) string {
 
 // notModule says why serve would not load bin, without the manager's
 // "load NAME: invalid module: ": for bytes that are neither a WebAssembly
-// binary nor text it converts, that they are not a module.
+// binary nor text it converts, that they are not a module. A failure that
+// is not the module's (a compile process that could not start or read
+// it) is said to be the check's.
 func notModule(name string, err error) error {
 	msg := strings.TrimPrefix(err.Error(), "load "+name+": ")
-	msg = strings.TrimPrefix(msg, "invalid module: ")
-	if strings.Contains(msg, `no \0asm magic`) {
-		return fmt.Errorf("%s is not a WebAssembly module: %s", name, msg)
+	rest, invalid := strings.CutPrefix(msg, "invalid module: ")
+	switch {
+	case invalid && strings.Contains(rest, `no \0asm magic`):
+		return fmt.Errorf("%s is not a WebAssembly module: %s", name, rest)
+	case invalid:
+		return fmt.Errorf("%s: serve would refuse it: %s", name, rest)
+	case strings.HasPrefix(msg, "_routes"):
+		return fmt.Errorf("%s: serve would refuse it: %s", name, msg)
 	}
-	return fmt.Errorf("%s: serve would refuse it: %s", name, msg)
+	return fmt.Errorf("checking %s as serve would: %s", name, msg)
 }
 
 // nodeCalls are the calls to one node, each bounded by timeout, their
