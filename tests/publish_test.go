@@ -142,6 +142,18 @@ ipns_ttl = "1s"
 		}
 	})
 
+	t.Run("a directory published under a name is still mounted by CID, the name said beside it", func(t *testing.T) {
+		out := publishOK(t, bin, "--api", k.API, "--name", "assets", "--create-key", "--allow-offline", "--mount", "/static", site)
+		dirName := strings.TrimPrefix(snippetField(t, out, "ipns"), "/ipns/")
+		if !strings.Contains(out, `volumes = { "/static" = "ipfs://`+siteCID+`" }`) || !strings.Contains(out, "# /ipns/"+dirName+" names this directory") ||
+			!strings.Contains(out, `module = "module.wasm"  # the module that reads /static: replace with its reference`) {
+			t.Fatalf("publish printed:\n%s", out)
+		}
+		if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+dirName)); got != "/ipfs/"+siteCID {
+			t.Fatalf("the name resolves to %s, want /ipfs/%s", got, siteCID)
+		}
+	})
+
 	t.Run("a module lacking its entrypoint is published with serve's warning", func(t *testing.T) {
 		out, errs, code := runBin(t, bin, nil, "publish", "--api", k.API, "--route", "/nope", "--entrypoint", "nope", filepath.Join(mods, "hello.wasm"))
 		if code != 0 || !strings.Contains(out, "entrypoint = \"nope\"\n") ||
