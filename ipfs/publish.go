@@ -100,6 +100,13 @@ func (c *Client) AddPinned(ctx context.Context, nd files.Node, opts AddOptions) 
 	return id, nil
 }
 
+// Cat reads the file at p ("/ipfs/CID"), at most max bytes of it (more is
+// an ErrBadAnswer): unlike Fetch, every answer of the node is bounded,
+// errors included.
+func (c *Client) Cat(ctx context.Context, p string, max int64) ([]byte, error) {
+	return c.call(ctx, "cat", []string{p}, url.Values{"length": {fmt.Sprint(max + 1)}}, nil, "", max)
+}
+
 // Key is one IPNS key of the node.
 type Key struct {
 	Name string // as the node's keystore names it

@@ -260,6 +260,27 @@ func TestPublishRefuses(t *testing.T) {
 		}
 	})
 	stall := node(func(w http.ResponseWriter, r *http.Request) { <-stop })
+	// Nodes that take the add and then lie about, or flood, what the CID holds.
+	addThen := func(cat func(w http.ResponseWriter)) string {
+		return node(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			if r.URL.Path == "/api/v0/add" {
+				w.Write([]byte(`{"Name":"x","Hash":"bafkreiedfk6r23ev4cjnrgxkhu3svrmsjycfnir46wrasvdqpcojhgbyai","Size":"1"}`))
+				return
+			}
+			cat(w)
+		})
+	}
+	liar := addThen(func(w http.ResponseWriter) { w.Write([]byte("\x00asm other bytes")) })
+	flood := addThen(func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(500)
+		for {
+			if _, err := w.Write(make([]byte, 1<<16)); err != nil {
+				return
+			}
+		}
+	})
 	t.Cleanup(func() { close(stop) }) // before the servers close: cleanups run last first
 
 	cases := []struct {
@@ -300,6 +321,10 @@ func TestPublishRefuses(t *testing.T) {
 			"the node's answer is not kubo's: add answered more than"},
 		{"a node that never answers times out", []string{"--api", stall, "--timeout", "1s", hello}, 1,
 			"the IPFS node at " + stall + " did not answer adding and pinning within 1s"},
+		{"a node that lies about what the CID holds is caught by the read-back", []string{"--api", liar, hello}, 1,
+			"the node's answer is not kubo's: /ipfs/bafkreiedfk6r23ev4cjnrgxkhu3svrmsjycfnir46wrasvdqpcojhgbyai does not hold the bytes just added"},
+		{"a node flooding the read-back with an error is read to a bound", []string{"--api", flood, hello}, 1,
+			"reading back /ipfs/bafkreiedfk6r23ev4cjnrgxkhu3svrmsjycfnir46wrasvdqpcojhgbyai: cat: 500 Internal Server Error"},
 		{"no file is a usage error", []string{}, 2, "publish needs one FILE.wasm, FILE.wat or DIR"},
 	}
 	for _, tc := range cases {

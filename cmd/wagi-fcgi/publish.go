@@ -130,5 +130,10 @@ func publishCmd(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // oneLineError keeps an error on one line: each is one line of stderr.
 func oneLineError(err error) string {
-	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ReplaceAll(strings.TrimSpace(err.Error()), "\n", "; "))
 }

@@ -295,7 +295,7 @@ func (n *nodeCalls) add(ctx context.Context, nd files.Node, opts ipfs.AddOptions
 func (n *nodeCalls) verify(ctx context.Context, id string, bin []byte) error {
 	cctx, cancel := n.ctx(ctx)
 	defer cancel()
-	got, err := n.c.Fetch(cctx, "/ipfs/"+id, int64(len(bin)))
+	got, err := n.c.Cat(cctx, "/ipfs/"+id, int64(len(bin)))
 	if err != nil {
 		return n.failed("reading back /ipfs/"+id, err)
 	}
