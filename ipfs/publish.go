@@ -145,7 +145,7 @@ func (c *Client) GenerateKey(ctx context.Context, name string) (Key, error) {
 	return checkKey(out.Name, out.Id)
 }
 
-// NameOptions are the options of PublishName; zero durations leave the
+// NameOptions are the options of PublishRecord; zero durations leave the
 // node's defaults.
 type NameOptions struct {
 	// Lifetime is how long the record is valid (kubo's --lifetime).
@@ -157,10 +157,12 @@ type NameOptions struct {
 	AllowOffline bool
 }
 
-// PublishName points the IPNS name of key at p ("/ipfs/CID") and returns
-// that name (k51...). A node that is offline refuses, with ErrOffline,
-// unless opts.AllowOffline.
-func (c *Client) PublishName(ctx context.Context, key, p string, opts NameOptions) (string, error) {
+// PublishRecord points the IPNS name of key at p ("/ipfs/CID") and returns
+// that name (k51...): PublishName for `wagi-fcgi publish`, which may be
+// pointed at any address, so its answer is bounded and checked, and which
+// publishes on an offline node only when asked (it refuses, with
+// ErrOffline, unless opts.AllowOffline).
+func (c *Client) PublishRecord(ctx context.Context, key, p string, opts NameOptions) (string, error) {
 	q := url.Values{"key": {key}, "resolve": {"false"}, "allow-offline": {fmt.Sprint(opts.AllowOffline)}}
 	if opts.Lifetime > 0 {
 		q.Set("lifetime", opts.Lifetime.String())

@@ -117,7 +117,7 @@ func TestPublishNameChecksTheAnswer(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			name, err := c.PublishName(context.Background(), "k", "/ipfs/bafkqaaa", NameOptions{})
+			name, err := c.PublishRecord(context.Background(), "k", "/ipfs/bafkqaaa", NameOptions{})
 			if tc.want == "" {
 				if err != nil || name != "k51qzi5uqu5dexample" {
 					t.Fatalf("got %q, %v", name, err)

@@ -70,6 +70,9 @@ func TestPublish(t *testing.T) {
 		filepath.Join(mods, "hello.wasm"))
 	name := strings.TrimPrefix(snippetField(t, app, "ipns"), "/ipns/")
 
+	named := publishOK(t, bin, "--api", k.API, "--name", "assets", "--create-key", "--allow-offline", "--route", "/named/...",
+		"--mount", "/assets", "--module", "ipfs://"+snippetField(t, static, "cid"), site)
+
 	config := fmt.Sprintf(`
 listen = "unix:{{dir}}/wagi.sock"
 state_dir = "{{dir}}/state"
@@ -81,7 +84,7 @@ children = 2
 api = %q
 fetch_timeout = "20s"
 ipns_ttl = "1s"
-`, k.API) + hello + volume + app
+`, k.API) + hello + volume + app + named
 	w := startWagi(t, bin, dir, config)
 	n := startNginx(t, dir, w.sock)
 	c := newClient(t, n.base)
@@ -142,15 +145,16 @@ ipns_ttl = "1s"
 		}
 	})
 
-	t.Run("a directory published under a name is still mounted by CID, the name said beside it", func(t *testing.T) {
-		out := publishOK(t, bin, "--api", k.API, "--name", "assets", "--create-key", "--allow-offline", "--mount", "/static", site)
-		dirName := strings.TrimPrefix(snippetField(t, out, "ipns"), "/ipns/")
-		if !strings.Contains(out, `volumes = { "/static" = "ipfs://`+siteCID+`" }`) || !strings.Contains(out, "# /ipns/"+dirName+" names this directory") ||
-			!strings.Contains(out, `module = "module.wasm"  # the module that reads /static: replace with its reference`) {
-			t.Fatalf("publish printed:\n%s", out)
+	t.Run("a directory published under a name is mounted by the name and serves", func(t *testing.T) {
+		dirName := strings.TrimPrefix(snippetField(t, named, "ipns"), "/ipns/")
+		if !strings.Contains(named, `volumes = { "/assets" = "/ipns/`+dirName+`" }`) || !strings.Contains(named, "# cid:  "+siteCID+"\n") {
+			t.Fatalf("publish printed:\n%s", named)
 		}
 		if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+dirName)); got != "/ipfs/"+siteCID {
 			t.Fatalf("the name resolves to %s, want /ipfs/%s", got, siteCID)
+		}
+		if r := c.get("/named/index.html"); r.status != 200 || string(r.body) != "<p>published</p>\n" {
+			t.Fatalf("got %d %q", r.status, r.body)
 		}
 	})
 

@@ -308,7 +308,7 @@ func (n *nodeCalls) verify(ctx context.Context, id string, bin []byte) error {
 func (n *nodeCalls) publishName(ctx context.Context, key ipfs.Key, id string, opts ipfs.NameOptions) (string, error) {
 	cctx, cancel := n.ctx(ctx)
 	defer cancel()
-	name, err := n.c.PublishName(cctx, key.Name, "/ipfs/"+id, opts)
+	name, err := n.c.PublishRecord(cctx, key.Name, "/ipfs/"+id, opts)
 	if errors.Is(err, ipfs.ErrOffline) {
 		return "", fmt.Errorf("the IPFS node at %s is offline, so the IPNS record for key %q would stay on it; "+
 			"/ipfs/%s is added and pinned; pass --allow-offline to publish the name anyway", n.api, key.Name, id)

@@ -54,12 +54,13 @@ func snippet(o Options, r *Result, cid, ipns string) (string, error) {
 		} else {
 			fmt.Fprintf(&b, "module = %s  # the module that reads %s: replace with its reference\n", tomlString(placeholderModule), oneLine(o.Mount))
 		}
+		src := "ipfs://" + cid
 		if ipns != "" {
-			// A volume is mounted by CID: publish again, and put the new
-			// CID here, to move it.
-			fmt.Fprintf(&b, "# /ipns/%s names this directory; volumes are mounted by CID\n", ipns)
+			// Followed by serve as the name moves (a read-only IPNS
+			// volume), like a module named by IPNS.
+			src = "/ipns/" + ipns
 		}
-		fmt.Fprintf(&b, "volumes = { %s = %s }\n", tomlString(o.Mount), tomlString("ipfs://"+cid))
+		fmt.Fprintf(&b, "volumes = { %s = %s }\n", tomlString(o.Mount), tomlString(src))
 	}
 	out := b.String()
 	if _, err := config.Parse([]byte(out), "the [[module]] snippet", ""); err != nil {
