@@ -28,6 +28,15 @@ func snippetField(t testing.TB, out, key string) string {
 	return ""
 }
 
+// resolvesTo fails the test unless the IPNS name resolves to /ipfs/cid on
+// the node.
+func resolvesTo(t *testing.T, k *testenv.Kubo, name, cid string) {
+	t.Helper()
+	if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+name)); got != "/ipfs/"+cid {
+		t.Fatalf("/ipns/%s resolves to %s, want /ipfs/%s", name, got, cid)
+	}
+}
+
 // publishOK runs `wagi-fcgi publish args...`, which must succeed, and
 // returns its stdout.
 func publishOK(t *testing.T, bin string, args ...string) string {
@@ -137,9 +146,7 @@ ipns_ttl = "1s"
 		if !strings.Contains(app, "module = \"/ipns/"+name+"\"\n") || !strings.Contains(app, `(key "app", created now)`) {
 			t.Fatalf("publish printed:\n%s", app)
 		}
-		if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+name)); got != "/ipfs/"+helloCID {
-			t.Fatalf("the name resolves to %s, want /ipfs/%s", got, helloCID)
-		}
+		resolvesTo(t, k, name, helloCID)
 		if r := c.get("/app/"); r.status != 200 || string(r.body) != "Hello, world!\n" {
 			t.Fatalf("got %d %q", r.status, r.body)
 		}
@@ -150,9 +157,7 @@ ipns_ttl = "1s"
 		if !strings.Contains(named, `volumes = { "/assets" = "/ipns/`+dirName+`" }`) || !strings.Contains(named, "# cid:  "+siteCID+"\n") {
 			t.Fatalf("publish printed:\n%s", named)
 		}
-		if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+dirName)); got != "/ipfs/"+siteCID {
-			t.Fatalf("the name resolves to %s, want /ipfs/%s", got, siteCID)
-		}
+		resolvesTo(t, k, dirName, siteCID)
 		if r := c.get("/named/index.html"); r.status != 200 || string(r.body) != "<p>published</p>\n" {
 			t.Fatalf("got %d %q", r.status, r.body)
 		}
@@ -180,9 +185,7 @@ ipns_ttl = "1s"
 			t.Fatalf("publish printed:\n%s\nwant the same name %s, key not made again", again, name)
 		}
 		exitCID := snippetField(t, again, "cid")
-		if got := strings.TrimSpace(k.Run(t, "name", "resolve", "/ipns/"+name)); got != "/ipfs/"+exitCID {
-			t.Fatalf("the name resolves to %s, want /ipfs/%s", got, exitCID)
-		}
+		resolvesTo(t, k, name, exitCID)
 		// ipns_ttl is 1 s; a refresh is waited for at most 2 s.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
