@@ -5,6 +5,7 @@
 //	wagi-fcgi check -c FILE [--env K=V]... [--env-file FILE]...
 //	wagi-fcgi run [--dir GUEST=SRC]... [--env K=V]... [--timeout D] [--cpu D] [--memory SIZE] MODULE [ARG...]
 //	wagi-fcgi import [-o FILE] spin.toml
+//	wagi-fcgi publish [-c FILE | --api ADDR] [--name KEY]... FILE.wasm|FILE.wat|DIR
 //	wagi-fcgi version
 //
 // This file only wires the packages together; see the README.
@@ -33,6 +34,9 @@ const usage = `usage:
                                           --strict also fails on warnings
   wagi-fcgi run [flags] MODULE [ARG...]   run one module once in a sandboxed child
   wagi-fcgi import [-o FILE] spin.toml    convert a Spin app's WAGI-executor HTTP routes to a config
+  wagi-fcgi publish [flags] FILE.wasm|FILE.wat|DIR
+                                          check a module as serve would, add it (or a directory for a
+                                          volume) to the kubo node, pin it, print its [[module]]
   wagi-fcgi version                       print the version
 `
 
@@ -61,6 +65,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		}
 	case "import":
 		err = importCmd(args[1:], stdout, stderr)
+	case "publish":
+		err = publishCmd(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "wagi-fcgi", getVersion())
 		return 0
