@@ -12,9 +12,9 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
 )
 
-// fleetNode is one edge node: a kubo daemon, a wagi-fcgi on it and an
+// edgeNode is one edge node: a kubo daemon, a wagi-fcgi on it and an
 // nginx in front.
-type fleetNode struct {
+type edgeNode struct {
 	name string
 	kubo *testenv.Kubo
 	dir  string
@@ -22,9 +22,9 @@ type fleetNode struct {
 	c    *client
 }
 
-// startFleetNode starts wagi-fcgi on k with config (its [ipfs] api is
+// startEdgeNode starts wagi-fcgi on k with config (its [ipfs] api is
 // added) behind its own nginx.
-func startFleetNode(t *testing.T, bin, name string, k *testenv.Kubo, config string) *fleetNode {
+func startEdgeNode(t *testing.T, bin, name string, k *testenv.Kubo, config string) *edgeNode {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -33,7 +33,7 @@ func startFleetNode(t *testing.T, bin, name string, k *testenv.Kubo, config stri
 	config = strings.Replace(config, "[ipfs]\n", fmt.Sprintf("[ipfs]\napi = %q\n", k.API), 1)
 	w := startWagi(t, bin, dir, config)
 	n := startNginx(t, dir, w.sock)
-	return &fleetNode{name: name, kubo: k, dir: dir, wagi: w, c: newClient(t, n.base)}
+	return &edgeNode{name: name, kubo: k, dir: dir, wagi: w, c: newClient(t, n.base)}
 }
 
 // textModule is a WAT module that answers text/plain text.
@@ -108,11 +108,11 @@ module = "{{mods}}/static.wasm"
 volumes = { "/assets" = "/ipns/%s" }
 `, bookName)
 
-	a := startFleetNode(t, bin, "a", ka, writer)
-	b := startFleetNode(t, bin, "b", kb, reader)
-	c := startFleetNode(t, bin, "c", kc, reader)
+	a := startEdgeNode(t, bin, "a", ka, writer)
+	b := startEdgeNode(t, bin, "b", kb, reader)
+	c := startEdgeNode(t, bin, "c", kc, reader)
 
-	for _, n := range []*fleetNode{b, c} {
+	for _, n := range []*edgeNode{b, c} {
 		for _, cid := range cids {
 			if out := n.kubo.Run(t, "refs", "local"); strings.Contains(out, cid) {
 				t.Fatalf("node %s holds %s before any request: the test would prove nothing", n.name, cid)
@@ -137,7 +137,7 @@ volumes = { "/assets" = "/ipns/%s" }
 	})
 
 	t.Run("an IPNS name published on A is followed by B and C", func(t *testing.T) {
-		for _, n := range []*fleetNode{b, c} {
+		for _, n := range []*edgeNode{b, c} {
 			if r := n.c.get("/named"); r.status != 200 || string(r.body) != "version 1\n" {
 				t.Fatalf("%s /named: %d %q\n%s", n.name, r.status, r.body, n.wagi.log)
 			}
@@ -145,7 +145,7 @@ volumes = { "/assets" = "/ipns/%s" }
 		v2 := ka.AddBytes(t, textModule(t, "version 2\n"))
 		ka.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+v2)
 		published := time.Now()
-		for _, n := range []*fleetNode{b, c} {
+		for _, n := range []*edgeNode{b, c} {
 			for {
 				r := n.c.get("/named")
 				if r.status == 200 && string(r.body) == "version 2\n" {
@@ -173,7 +173,7 @@ volumes = { "/assets" = "/ipns/%s" }
 			}
 			want += entry + "\n"
 			written := time.Now()
-			for _, n := range []*fleetNode{b, c} {
+			for _, n := range []*edgeNode{b, c} {
 				for {
 					r := n.c.get("/shared/guestbook.txt")
 					if r.status == 200 && string(r.body) == want {
