@@ -38,6 +38,7 @@ type source struct {
 	mod      *module
 	subs     []wagi.SubRoute
 	resolved time.Time // when a mutable reference was last resolved
+	cid      string    // an IPNS name's last resolution, "/ipfs/CID", for the pinner
 	loading  *loadCall
 }
 
@@ -333,6 +334,11 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 			return m.finishLoad(ctx, src, mod)
 		}
 		return nil, nil, fmt.Errorf("load %s: resolve: %w", src.ref.Raw, err)
+	}
+	if src.ref.Kind == config.RefIPNS {
+		src.mu.Lock()
+		src.cid = id
+		src.mu.Unlock()
 	}
 	mod, err := m.store.cachedRef(ctx, id, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
 	if err != nil {

@@ -1,0 +1,244 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wagi-fcgi/wagi-fcgi/tests/testenv"
+)
+
+// TestPinning runs a node whose kubo garbage-collects: what the config
+// names and what was served recently stays pinned under wagi-fcgi's pin
+// names and survives `ipfs repo gc`; what the config drops and was not
+// served within pin_recent is unpinned; an operator's own pin is never
+// touched; a gateway client cannot make the node pin what is not a module.
+func TestPinning(t *testing.T) {
+	k := testenv.StartKubo(t)
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	mods := testenv.Modules(t)
+
+	// Added without a pin: only wagi-fcgi's pins keep these from gc.
+	addUnpinned := func(path string, stdin []byte) string {
+		t.Helper()
+		args := []string{"add", "-Q", "--cid-version=1", "--pin=false"}
+		if path != "" {
+			args = append(args, path)
+		}
+		cmd := exec.Command(k.Bin, args...)
+		cmd.Env = append(os.Environ(), "IPFS_PATH="+k.Repo, "IPFS_TELEMETRY=off")
+		if stdin != nil {
+			cmd.Stdin = strings.NewReader(string(stdin))
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("ipfs add --pin=false: %v", err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	hello := addUnpinned(filepath.Join(mods, "hello.wasm"), nil)      // the config's, kept
+	dropped := addUnpinned(filepath.Join(mods, "env.wasm"), nil)      // the config's, then dropped
+	served := addUnpinned(filepath.Join(mods, "echo.wasm"), nil)      // a gateway CID, served
+	notWasm := addUnpinned("", []byte("not a module, but allowed\n")) // a gateway CID that is no module
+	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))         // pinned by the operator, without a name
+
+	config := func(recent string, withDropped bool) string {
+		extra := ""
+		if withDropped {
+			extra = fmt.Sprintf(`
+[[module]]
+route = "/drop"
+module = "ipfs://%s"
+
+[[module]]
+route = "/op"
+module = "ipfs://%s"
+`, dropped, operator)
+		}
+		return fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+status_path = "/_wagi/status"
+
+[pool]
+children = 2
+
+[ipfs]
+api = %q
+fetch_timeout = "20s"
+gateway = "/ipfs/"
+allow = [%q, %q]
+pin_recent = %q
+pin_max = 8
+
+[[module]]
+route = "/hello"
+module = "ipfs://%s"
+%s`, k.API, served, notWasm, recent, hello, extra)
+	}
+	w := startWagi(t, bin, dir, config("1h", true))
+	n := startNginx(t, dir, w.sock)
+	c := newClient(t, n.base)
+
+	// pins lists the recursive pins, CID → name.
+	pins := func() map[string]string {
+		out := map[string]string{}
+		for _, line := range strings.Split(strings.TrimSpace(k.Run(t, "pin", "ls", "--type=recursive", "--names")), "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 2 {
+				out[f[0]] = strings.Join(f[2:], " ")
+			}
+		}
+		return out
+	}
+	waitPins := func(what string, ok func(map[string]string) bool) map[string]string {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			p := pins()
+			if ok(p) {
+				return p
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: pins are %v\nlog:\n%s", what, p, w.log)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	blockHere := func(cid string) bool {
+		cmd := exec.Command(k.Bin, "block", "stat", "--offline", cid)
+		cmd.Env = append(os.Environ(), "IPFS_PATH="+k.Repo, "IPFS_TELEMETRY=off")
+		return cmd.Run() == nil
+	}
+
+	t.Run("the modules the config names are pinned under wagi-fcgi's name", func(t *testing.T) {
+		p := waitPins("config modules", func(p map[string]string) bool {
+			return p[hello] == "wagi-fcgi:/hello" && p[dropped] == "wagi-fcgi:/drop"
+		})
+		if name, ok := p[operator]; !ok || name != "" {
+			t.Fatalf("the operator's pin of %s became %q (present %v), want it unnamed as the operator made it", operator, name, ok)
+		}
+	})
+
+	t.Run("a gateway CID served is pinned; an allowed CID that is no module is not", func(t *testing.T) {
+		if r := c.do("POST", "/ipfs/"+served+"/x", []byte("kept")); r.status != 200 || string(r.body) != "kept" {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
+		if r := c.get("/ipfs/" + notWasm + "/"); r.status == 200 {
+			t.Fatalf("a CID that is no module answered %d", r.status)
+		}
+		if r := c.get("/drop"); r.status != 200 {
+			t.Fatalf("/drop: %d %q", r.status, r.body)
+		}
+		p := waitPins("served CID", func(p map[string]string) bool { return p[served] == "wagi-fcgi:served" })
+		if _, ok := p[notWasm]; ok {
+			t.Fatalf("an allowed CID that is no module was pinned: %v", p)
+		}
+	})
+
+	t.Run("ipfs repo gc keeps what wagi-fcgi pinned and drops what nobody pinned", func(t *testing.T) {
+		k.Run(t, "repo", "gc")
+		for _, cid := range []string{hello, served, dropped, operator} {
+			if !blockHere(cid) {
+				t.Errorf("%s is gone after gc", cid)
+			}
+		}
+		if blockHere(notWasm) {
+			t.Errorf("the unpinned %s survived gc: gc did not run", notWasm)
+		}
+		if r := c.do("POST", "/ipfs/"+served+"/x", []byte("still")); r.status != 200 || string(r.body) != "still" {
+			t.Fatalf("after gc: %d %q", r.status, r.body)
+		}
+	})
+
+	t.Run("the status page lists the pins and the node's peers", func(t *testing.T) {
+		r := c.get("/_wagi/status?json")
+		if r.status != 200 {
+			t.Fatalf("status: %d", r.status)
+		}
+		var st struct {
+			Pinning *struct {
+				On   bool `json:"on"`
+				Pins []struct {
+					CID, Why, Pinned, Owner string
+				} `json:"pins"`
+			} `json:"pinning"`
+			Peers *struct {
+				Count int               `json:"count"`
+				Peers []json.RawMessage `json:"peers"`
+			} `json:"peers"`
+		}
+		if err := json.Unmarshal(r.body, &st); err != nil {
+			t.Fatalf("%v: %s", err, r.body)
+		}
+		if st.Pinning == nil || !st.Pinning.On || st.Peers == nil || st.Peers.Count != 0 || st.Peers.Peers == nil {
+			t.Fatalf("want pinning on and an empty peers list (an offline node):\n%s", r.body)
+		}
+		want := map[string][3]string{
+			hello:    {"config /hello", "yes", "wagi-fcgi"},
+			dropped:  {"config /drop", "yes", "wagi-fcgi"},
+			operator: {"config /op", "yes", "other"},
+			served:   {"served", "yes", "wagi-fcgi"},
+		}
+		for _, p := range st.Pinning.Pins {
+			if w, ok := want[p.CID]; ok {
+				if got := [3]string{p.Why, p.Pinned, p.Owner}; got != w {
+					t.Errorf("%s: got %v, want %v", p.CID, got, w)
+				}
+				delete(want, p.CID)
+			}
+		}
+		if len(want) > 0 {
+			t.Errorf("not listed: %v\n%s", want, r.body)
+		}
+		text := c.get("/_wagi/status")
+		for _, s := range []string{"pinning:              on", "peers:                0\n", "pin:                  " + served, "why:                  served"} {
+			if !strings.Contains(string(text.body), s) {
+				t.Errorf("the text status has no %q:\n%s", s, text.body)
+			}
+		}
+	})
+
+	t.Run("the served CIDs are kept in state_dir", func(t *testing.T) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			b, _ := os.ReadFile(filepath.Join(dir, "state", "pins-served.json"))
+			if strings.Contains(string(b), "/ipfs/"+served) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pins-served.json: %s", b)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+
+	t.Run("a reload that drops a module unpins it after pin_recent, and never the operator's pin", func(t *testing.T) {
+		if err := os.WriteFile(filepath.Join(dir, "wagi.toml"), []byte(expand(t, config("2s", false), dir)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		w.log.waitFor(t, 30*time.Second, "reloaded")
+		p := waitPins("after the reload", func(p map[string]string) bool {
+			_, d := p[dropped]
+			_, s := p[served]
+			return !d && !s
+		})
+		if p[hello] != "wagi-fcgi:/hello" {
+			t.Errorf("the module the config still names lost its pin: %v", p)
+		}
+		if name, ok := p[operator]; !ok || name != "" {
+			t.Errorf("the operator's pin was touched: %q (present %v)", name, ok)
+		}
+		w.log.waitFor(t, 5*time.Second, "unpinned", dropped)
+	})
+}
