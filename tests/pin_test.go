@@ -46,6 +46,7 @@ func TestPinning(t *testing.T) {
 	hello := addUnpinned(filepath.Join(mods, "hello.wasm"), nil)      // the config's, kept
 	dropped := addUnpinned(filepath.Join(mods, "env.wasm"), nil)      // the config's, then dropped
 	served := addUnpinned(filepath.Join(mods, "echo.wasm"), nil)      // a gateway CID, served
+	older := addUnpinned(filepath.Join(mods, "stderr.wasm"), nil)     // a gateway CID served before it: past pin_max
 	notWasm := addUnpinned("", []byte("not a module, but allowed\n")) // a gateway CID that is no module
 	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))         // pinned by the operator, without a name
 
@@ -74,14 +75,14 @@ children = 2
 api = %q
 fetch_timeout = "20s"
 gateway = "/ipfs/"
-allow = [%q, %q]
+allow = [%q, %q, %q]
 pin_recent = %q
-pin_max = 8
+pin_max = 1
 
 [[module]]
 route = "/hello"
 module = "ipfs://%s"
-%s`, k.API, served, notWasm, recent, hello, extra)
+%s`, k.API, served, older, notWasm, recent, hello, extra)
 	}
 	w := startWagi(t, bin, dir, config("1h", true))
 	n := startNginx(t, dir, w.sock)
@@ -127,7 +128,10 @@ module = "ipfs://%s"
 		}
 	})
 
-	t.Run("a gateway CID served is pinned; an allowed CID that is no module is not", func(t *testing.T) {
+	t.Run("a gateway CID served is pinned, within pin_max; an allowed CID that is no module is not", func(t *testing.T) {
+		if r := c.get("/ipfs/" + older + "/"); r.status != 200 {
+			t.Fatalf("got %d %q", r.status, r.body)
+		}
 		if r := c.do("POST", "/ipfs/"+served+"/x", []byte("kept")); r.status != 200 || string(r.body) != "kept" {
 			t.Fatalf("got %d %q", r.status, r.body)
 		}
@@ -137,7 +141,11 @@ module = "ipfs://%s"
 		if r := c.get("/drop"); r.status != 200 {
 			t.Fatalf("/drop: %d %q", r.status, r.body)
 		}
-		p := waitPins("served CID", func(p map[string]string) bool { return p[served] == "wagi-fcgi:served" })
+		// pin_max = 1: only the most recently served of the two.
+		p := waitPins("served CID", func(p map[string]string) bool {
+			_, o := p[older]
+			return p[served] == "wagi-fcgi:served" && !o
+		})
 		if _, ok := p[notWasm]; ok {
 			t.Fatalf("an allowed CID that is no module was pinned: %v", p)
 		}
@@ -150,8 +158,10 @@ module = "ipfs://%s"
 				t.Errorf("%s is gone after gc", cid)
 			}
 		}
-		if blockHere(notWasm) {
-			t.Errorf("the unpinned %s survived gc: gc did not run", notWasm)
+		for _, cid := range []string{notWasm, older} {
+			if blockHere(cid) {
+				t.Errorf("the unpinned %s survived gc", cid)
+			}
 		}
 		if r := c.do("POST", "/ipfs/"+served+"/x", []byte("still")); r.status != 200 || string(r.body) != "still" {
 			t.Fatalf("after gc: %d %q", r.status, r.body)
@@ -221,6 +231,12 @@ module = "ipfs://%s"
 	})
 
 	t.Run("a reload that drops a module unpins it after pin_recent, and never the operator's pin", func(t *testing.T) {
+		// The operator pins a CID wagi-fcgi pinned: kubo renames the pin,
+		// and from then on it is the operator's.
+		k.Run(t, "pin", "add", served)
+		if p := pins(); p[served] != "" {
+			t.Fatalf("after the operator's pin add: %q, want the operator's unnamed pin", p[served])
+		}
 		if err := os.WriteFile(filepath.Join(dir, "wagi.toml"), []byte(expand(t, config("2s", false), dir)), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -230,15 +246,37 @@ module = "ipfs://%s"
 		w.log.waitFor(t, 30*time.Second, "reloaded")
 		p := waitPins("after the reload", func(p map[string]string) bool {
 			_, d := p[dropped]
-			_, s := p[served]
-			return !d && !s
+			return !d
 		})
 		if p[hello] != "wagi-fcgi:/hello" {
 			t.Errorf("the module the config still names lost its pin: %v", p)
 		}
-		if name, ok := p[operator]; !ok || name != "" {
-			t.Errorf("the operator's pin was touched: %q (present %v)", name, ok)
+		for _, cid := range []string{operator, served} {
+			if name, ok := p[cid]; !ok || name != "" {
+				t.Errorf("the operator's pin of %s was touched: %q (present %v)", cid, name, ok)
+			}
 		}
 		w.log.waitFor(t, 5*time.Second, "unpinned", dropped)
+	})
+
+	t.Run("with kubo down the modules still serve, the status page answers, and pinning resumes when it is back", func(t *testing.T) {
+		if r := c.get("/hello"); r.status != 200 {
+			t.Fatalf("/hello: %d %q", r.status, r.body)
+		}
+		k.Stop(t)
+		if r := c.get("/hello"); r.status != 200 {
+			t.Fatalf("/hello with kubo down: %d %q", r.status, r.body)
+		}
+		r := c.get("/_wagi/status?json")
+		if r.status != 200 || !strings.Contains(string(r.body), `"peers"`) {
+			t.Fatalf("status with kubo down: %d %s", r.status, r.body)
+		}
+		// pin_recent is 2s since the reload: a pass every second.
+		w.log.waitFor(t, 30*time.Second, "pinning paused")
+		k.Restart(t)
+		w.log.waitFor(t, 90*time.Second, "pinning resumed")
+		if n := strings.Count(w.log.String(), "pinning paused"); n != 1 {
+			t.Errorf("logged %d times that pinning paused, want once", n)
+		}
 	})
 }

@@ -112,6 +112,20 @@ func CheckPath(p string) error {
 	return nil
 }
 
+// checkNamed checks a path the config names: an /ipfs/ path (CheckPath),
+// or "/ipns/NAME[/sub]", which the pinner resolves at every pass.
+func checkNamed(p string) error {
+	rest, ok := strings.CutPrefix(p, "/ipns/")
+	if !ok {
+		return CheckPath(p)
+	}
+	if rest == "" || len(p) > maxPathLen || strings.HasPrefix(rest, "/") ||
+		filepath.Clean("/"+rest) != "/"+rest || strings.ContainsAny(rest, "\x00\\") {
+		return fmt.Errorf("pinner: %q is not a clean /ipns/ path", p)
+	}
+	return nil
+}
+
 // note records that path was served at t, and says whether the book did
 // not know it yet.
 func (b *Book) note(path string, t time.Time) bool {

@@ -121,7 +121,8 @@ func New(api API, book *Book, cfg Config) *Pinner {
 // an IPNS module's key keeps its key as its name moves to new CIDs), and
 // Unname drops it.
 func (p *Pinner) Name(key string, n Named) {
-	if CheckPath(n.Path) != nil {
+	if checkNamed(n.Path) != nil {
+		p.log.Warn("pinning: not an IPFS path; not pinned", "path", n.Path)
 		return
 	}
 	p.mu.Lock()
@@ -214,9 +215,14 @@ func (p *Pinner) run(ctx context.Context, done chan struct{}) {
 		}
 		next, kick := interval, p.kick
 		switch {
-		case unreachable(err):
+		case err != nil:
+			// The node is down, or answered the list with an error:
+			// try again soon, then less and less often.
 			retry = min(max(2*retry, 2*time.Second), maxRetry)
-			next, kick = retry, nil // nothing to gain from trying sooner
+			next = min(retry, interval)
+			if unreachable(err) {
+				kick = nil // nothing to gain from trying sooner
+			}
 		case more:
 			retry, next = 0, minGap
 		default:
@@ -410,16 +416,17 @@ func (p *Pinner) pinOf(ctx context.Context, c string) (string, string, error) {
 }
 
 // cidOf is the CID a path names: its own for /ipfs/CID, else resolved
-// (once: the path is immutable).
+// (an /ipfs/ path once, as it is immutable; an /ipns/ name at every pass,
+// so that when it moves its old CID is no longer named).
 func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
-	rest := strings.TrimPrefix(path, "/ipfs/")
-	if !strings.Contains(rest, "/") {
+	rest, immutable := strings.CutPrefix(path, "/ipfs/")
+	if immutable && !strings.Contains(rest, "/") {
 		return ipfs.NormalizeCID(rest)
 	}
 	p.mu.Lock()
 	c, ok := p.resolved[path]
 	p.mu.Unlock()
-	if ok {
+	if ok && immutable {
 		return c, nil
 	}
 	r, err := call(ctx, callTimeout, func(ctx context.Context) (string, error) { return p.api.Resolve(ctx, path) })
