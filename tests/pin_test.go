@@ -84,6 +84,7 @@ route = "/hello"
 module = "ipfs://%s"
 %s`, k.API, served, older, notWasm, recent, hello, extra)
 	}
+	top := t // the server outlives the subtest that restarts it
 	w := startWagi(t, bin, dir, config("1h", true))
 	n := startNginx(t, dir, w.sock)
 	c := newClient(t, n.base)
@@ -227,6 +228,28 @@ module = "ipfs://%s"
 				t.Fatalf("pins-served.json: %s", b)
 			}
 			time.Sleep(100 * time.Millisecond)
+		}
+	})
+
+	t.Run("a restart forgets nothing: a CID served before it stays pinned", func(t *testing.T) {
+		w.stop(t)
+		w = startWagi(top, bin, dir, config("1h", true))
+		// The status page lists pins once the new process's pinner has
+		// made a pass; the served CID is among them only if the book in
+		// state_dir was read back.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			body := string(c.get("/_wagi/status").body)
+			if strings.Contains(body, "pin:                  "+served+"\npath:                 /ipfs/"+served+"\nwhy:                  served\nlast served:") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after a restart the served CID is not listed:\n%s\nlog:\n%s", body, w.log)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if p := pins(); p[served] != "wagi-fcgi:served" {
+			t.Fatalf("after a restart: %v", p)
 		}
 	})
 

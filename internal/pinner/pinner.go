@@ -57,6 +57,10 @@ const (
 	// maxRetry is the longest wait before trying an unreachable node
 	// again.
 	maxRetry = time.Minute
+	// otherRecheck is how long a CID found pinned by someone else is
+	// taken to stay so: if they unpin it, the pinner pins it within
+	// about this long.
+	otherRecheck = time.Minute
 )
 
 // States of a pin on the status page.
@@ -99,6 +103,11 @@ type Pinner struct {
 	failed   map[string]string // CID or path → the error last logged
 	down     bool              // the node was unreachable at the last pass
 
+	// others are the wanted CIDs found pinned by someone else, and when:
+	// looked at again only after otherRecheck, so that many of them do
+	// not cost two calls each at every pass. Only the pass uses it.
+	others map[string]time.Time
+
 	runMu  sync.Mutex
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -114,7 +123,7 @@ func New(api API, book *Book, cfg Config) *Pinner {
 	}
 	cfg.Max = min(cfg.Max, MaxServed)
 	return &Pinner{api: api, book: book, cfg: cfg, log: cfg.Logger, kick: make(chan struct{}, 1),
-		named: map[string]Named{}, resolved: map[string]string{}, failed: map[string]string{}}
+		named: map[string]Named{}, resolved: map[string]string{}, failed: map[string]string{}, others: map[string]time.Time{}}
 }
 
 // Name sets what the config names under key (one per module and volume;
@@ -333,13 +342,22 @@ func (p *Pinner) pass(ctx context.Context) (more bool, err error) {
 			pin.State = StatePinned
 		}
 	}
+	for c := range p.others {
+		if _, ok := want[c]; !ok || now.Sub(p.others[c]) >= otherRecheck {
+			delete(p.others, c)
+		}
+	}
 	ops := 0
 	for _, w := range add {
+		if _, ok := p.others[w.cid]; ok {
+			v.pins[w.cid].State, v.pins[w.cid].Owner = StatePinned, "other"
+			continue
+		}
 		if ops >= maxOps {
 			return true, nil
 		}
 		ops += 2
-		if err := p.add(ctx, v.pins[w.cid], w); err != nil && unreachable(err) {
+		if err := p.add(ctx, v.pins[w.cid], w, now); err != nil && unreachable(err) {
 			return false, p.markDown(err)
 		}
 	}
@@ -358,12 +376,13 @@ func (p *Pinner) pass(ctx context.Context) (more bool, err error) {
 // add pins w's CID unless someone else already pins it: kubo would rename
 // their recursive pin to ours (and drop a direct one), and the pinner
 // would later remove it.
-func (p *Pinner) add(ctx context.Context, pin *Pin, w want) error {
+func (p *Pinner) add(ctx context.Context, pin *Pin, w want, now time.Time) error {
 	typ, name, err := p.pinOf(ctx, w.cid)
 	if err == nil && typ != "" {
 		pin.State = StatePinned
 		if typ != ipfs.PinRecursive || !Owns(name) {
 			pin.Owner = "other"
+			p.others[w.cid] = now
 		}
 		return nil
 	}

@@ -238,6 +238,29 @@ func TestPinnerErrorPaths(t *testing.T) {
 		}
 	})
 
+	t.Run("CIDs pinned by someone else are looked at again only now and then, so passes stay one call", func(t *testing.T) {
+		node := &fakeNode{pins: map[string][2]string{}}
+		p, _ := newTestPinner(t, node, 4)
+		for i := range 40 {
+			c := testCID(t, fmt.Sprint("op", i))
+			node.pins[c] = [2]string{ipfs.PinRecursive, "operator"}
+			p.Name(fmt.Sprint("m", i), Named{Path: "/ipfs/" + c, Route: "/r"})
+		}
+		for more := true; more; {
+			var err error
+			if more, err = p.pass(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		node.calls = 0
+		if more, err := p.pass(ctx); more || err != nil || node.calls != 1 {
+			t.Fatalf("more=%v err=%v with %d calls, want one call (the list)", more, err, node.calls)
+		}
+		if len(node.pins) != 40 {
+			t.Fatalf("the operator's pins changed: %d", len(node.pins))
+		}
+	})
+
 	t.Run("Stop waits for the goroutine and a stopped pinner starts again", func(t *testing.T) {
 		node := &fakeNode{pins: map[string][2]string{}}
 		p, _ := newTestPinner(t, node, 4)
