@@ -303,3 +303,65 @@ module = "ipfs://%s"
 		}
 	})
 }
+
+// TestPinningFollowsAnIPNSName: the CID an IPNS name resolves to is the
+// one pinned; when the name moves, the new CID is pinned and the old one
+// follows the served-window rule.
+func TestPinningFollowsAnIPNSName(t *testing.T) {
+	k := testenv.StartKubo(t)
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	mods := testenv.Modules(t)
+	first := strings.TrimSpace(k.Run(t, "add", "-Q", "--cid-version=1", "--pin=false", filepath.Join(mods, "hello.wasm")))
+	second := strings.TrimSpace(k.Run(t, "add", "-Q", "--cid-version=1", "--pin=false", filepath.Join(mods, "echo.wasm")))
+	name := strings.TrimSpace(k.Run(t, "id", "-f", "<id>"))
+	k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+first)
+
+	w := startWagi(t, bin, dir, fmt.Sprintf(`
+listen = "unix:{{dir}}/wagi.sock"
+state_dir = "{{dir}}/state"
+
+[pool]
+children = 1
+
+[ipfs]
+api = %q
+ipns_ttl = "1s"
+pin_recent = "2s"
+
+[[module]]
+route = "/named"
+module = "/ipns/%s"
+`, k.API, name))
+	n := startNginx(t, dir, w.sock)
+	c := newClient(t, n.base)
+
+	pinName := func(cid string) (string, bool) {
+		for _, line := range strings.Split(k.Run(t, "pin", "ls", "--type=recursive", "--names"), "\n") {
+			if f := strings.Fields(line); len(f) >= 2 && f[0] == cid {
+				return strings.Join(f[2:], " "), true
+			}
+		}
+		return "", false
+	}
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s; pins:\n%s\nlog:\n%s", what, k.Run(t, "pin", "ls", "--type=recursive", "--names"), w.log)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+
+	wait("the CID the name resolves to is pinned", func() bool { n, _ := pinName(first); return n == "wagi-fcgi:/named" })
+	if r := c.get("/named"); r.status != 200 || string(r.body) != "Hello, world!\n" {
+		t.Fatalf("got %d %q", r.status, r.body)
+	}
+
+	k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+second)
+	wait("the name's new CID is pinned", func() bool { n, _ := pinName(second); return n == "wagi-fcgi:/named" })
+	wait("the name's old CID, served more than pin_recent ago, is unpinned", func() bool { _, ok := pinName(first); return !ok })
+	w.log.waitFor(t, 5*time.Second, "unpinned", first)
+}
