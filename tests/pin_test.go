@@ -26,29 +26,16 @@ func TestPinning(t *testing.T) {
 	mods := testenv.Modules(t)
 
 	// Added without a pin: only wagi-fcgi's pins keep these from gc.
-	addUnpinned := func(path string, stdin []byte) string {
-		t.Helper()
-		args := []string{"add", "-Q", "--cid-version=1", "--pin=false"}
-		if path != "" {
-			args = append(args, path)
-		}
-		cmd := exec.Command(k.Bin, args...)
-		cmd.Env = append(os.Environ(), "IPFS_PATH="+k.Repo, "IPFS_TELEMETRY=off")
-		if stdin != nil {
-			cmd.Stdin = strings.NewReader(string(stdin))
-		}
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("ipfs add --pin=false: %v", err)
-		}
-		return strings.TrimSpace(string(out))
+	notWasmFile := filepath.Join(dir, "notwasm.txt")
+	if err := os.WriteFile(notWasmFile, []byte("not a module, but allowed\n"), 0o644); err != nil {
+		t.Fatal(err)
 	}
-	hello := addUnpinned(filepath.Join(mods, "hello.wasm"), nil)      // the config's, kept
-	dropped := addUnpinned(filepath.Join(mods, "env.wasm"), nil)      // the config's, then dropped
-	served := addUnpinned(filepath.Join(mods, "echo.wasm"), nil)      // a gateway CID, served
-	older := addUnpinned(filepath.Join(mods, "stderr.wasm"), nil)     // a gateway CID served before it: past pin_max
-	notWasm := addUnpinned("", []byte("not a module, but allowed\n")) // a gateway CID that is no module
-	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))         // pinned by the operator, without a name
+	hello := addUnpinned(t, k, filepath.Join(mods, "hello.wasm"))  // the config's, kept
+	dropped := addUnpinned(t, k, filepath.Join(mods, "env.wasm"))  // the config's, then dropped
+	served := addUnpinned(t, k, filepath.Join(mods, "echo.wasm"))  // a gateway CID, served
+	older := addUnpinned(t, k, filepath.Join(mods, "stderr.wasm")) // a gateway CID served before it: past pin_max
+	notWasm := addUnpinned(t, k, notWasmFile)                      // a gateway CID that is no module
+	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))      // pinned by the operator, without a name
 
 	config := func(recent string, withDropped bool) string {
 		extra := ""
@@ -89,31 +76,6 @@ module = "ipfs://%s"
 	n := startNginx(t, dir, w.sock)
 	c := newClient(t, n.base)
 
-	// pins lists the recursive pins, CID → name.
-	pins := func() map[string]string {
-		out := map[string]string{}
-		for _, line := range strings.Split(strings.TrimSpace(k.Run(t, "pin", "ls", "--type=recursive", "--names")), "\n") {
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				out[f[0]] = strings.Join(f[2:], " ")
-			}
-		}
-		return out
-	}
-	waitPins := func(what string, ok func(map[string]string) bool) map[string]string {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			p := pins()
-			if ok(p) {
-				return p
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: pins are %v\nlog:\n%s", what, p, w.log)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
 	blockHere := func(cid string) bool {
 		cmd := exec.Command(k.Bin, "block", "stat", "--offline", cid)
 		cmd.Env = append(os.Environ(), "IPFS_PATH="+k.Repo, "IPFS_TELEMETRY=off")
@@ -121,7 +83,7 @@ module = "ipfs://%s"
 	}
 
 	t.Run("the modules the config names are pinned under wagi-fcgi's name", func(t *testing.T) {
-		p := waitPins("config modules", func(p map[string]string) bool {
+		p := waitPins(t, k, w, "config modules", func(p map[string]string) bool {
 			return p[hello] == "wagi-fcgi:/hello" && p[dropped] == "wagi-fcgi:/drop"
 		})
 		if name, ok := p[operator]; !ok || name != "" {
@@ -143,7 +105,7 @@ module = "ipfs://%s"
 			t.Fatalf("/drop: %d %q", r.status, r.body)
 		}
 		// pin_max = 1: only the most recently served of the two.
-		p := waitPins("served CID", func(p map[string]string) bool {
+		p := waitPins(t, k, w, "served CID", func(p map[string]string) bool {
 			_, o := p[older]
 			return p[served] == "wagi-fcgi:served" && !o
 		})
@@ -248,7 +210,7 @@ module = "ipfs://%s"
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		if p := pins(); p[served] != "wagi-fcgi:served" {
+		if p := recursivePins(t, k); p[served] != "wagi-fcgi:served" {
 			t.Fatalf("after a restart: %v", p)
 		}
 	})
@@ -257,7 +219,7 @@ module = "ipfs://%s"
 		// The operator pins a CID wagi-fcgi pinned: kubo renames the pin,
 		// and from then on it is the operator's.
 		k.Run(t, "pin", "add", served)
-		if p := pins(); p[served] != "" {
+		if p := recursivePins(t, k); p[served] != "" {
 			t.Fatalf("after the operator's pin add: %q, want the operator's unnamed pin", p[served])
 		}
 		if err := os.WriteFile(filepath.Join(dir, "wagi.toml"), []byte(expand(t, config("2s", false), dir)), 0o644); err != nil {
@@ -267,7 +229,7 @@ module = "ipfs://%s"
 			t.Fatal(err)
 		}
 		w.log.waitFor(t, 30*time.Second, "reloaded")
-		p := waitPins("after the reload", func(p map[string]string) bool {
+		p := waitPins(t, k, w, "after the reload", func(p map[string]string) bool {
 			_, d := p[dropped]
 			return !d
 		})
@@ -312,8 +274,8 @@ func TestPinningFollowsAnIPNSName(t *testing.T) {
 	dir := t.TempDir()
 	bin := buildBinary(t, dir)
 	mods := testenv.Modules(t)
-	first := strings.TrimSpace(k.Run(t, "add", "-Q", "--cid-version=1", "--pin=false", filepath.Join(mods, "hello.wasm")))
-	second := strings.TrimSpace(k.Run(t, "add", "-Q", "--cid-version=1", "--pin=false", filepath.Join(mods, "echo.wasm")))
+	first := addUnpinned(t, k, filepath.Join(mods, "hello.wasm"))
+	second := addUnpinned(t, k, filepath.Join(mods, "echo.wasm"))
 	name := strings.TrimSpace(k.Run(t, "id", "-f", "<id>"))
 	k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+first)
 
@@ -336,32 +298,52 @@ module = "/ipns/%s"
 	n := startNginx(t, dir, w.sock)
 	c := newClient(t, n.base)
 
-	pinName := func(cid string) (string, bool) {
-		for _, line := range strings.Split(k.Run(t, "pin", "ls", "--type=recursive", "--names"), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == cid {
-				return strings.Join(f[2:], " "), true
-			}
-		}
-		return "", false
-	}
-	wait := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s; pins:\n%s\nlog:\n%s", what, k.Run(t, "pin", "ls", "--type=recursive", "--names"), w.log)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
-
-	wait("the CID the name resolves to is pinned", func() bool { n, _ := pinName(first); return n == "wagi-fcgi:/named" })
+	waitPins(t, k, w, "the CID the name resolves to is pinned", func(p map[string]string) bool { return p[first] == "wagi-fcgi:/named" })
 	if r := c.get("/named"); r.status != 200 || string(r.body) != "Hello, world!\n" {
 		t.Fatalf("got %d %q", r.status, r.body)
 	}
 
 	k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+second)
-	wait("the name's new CID is pinned", func() bool { n, _ := pinName(second); return n == "wagi-fcgi:/named" })
-	wait("the name's old CID, served more than pin_recent ago, is unpinned", func() bool { _, ok := pinName(first); return !ok })
+	waitPins(t, k, w, "the name's new CID is pinned", func(p map[string]string) bool { return p[second] == "wagi-fcgi:/named" })
+	waitPins(t, k, w, "the name's old CID, served more than pin_recent ago, is unpinned", func(p map[string]string) bool {
+		_, ok := p[first]
+		return !ok
+	})
 	w.log.waitFor(t, 5*time.Second, "unpinned", first)
+}
+
+// addUnpinned adds the file at path without pinning it (CIDv1) and returns
+// its CID: only a pin of wagi-fcgi's then keeps it from `ipfs repo gc`.
+func addUnpinned(t testing.TB, k *testenv.Kubo, path string) string {
+	t.Helper()
+	return strings.TrimSpace(k.Run(t, "add", "-Q", "--cid-version=1", "--pin=false", path))
+}
+
+// recursivePins lists the node's recursive pins, CID → pin name.
+func recursivePins(t testing.TB, k *testenv.Kubo) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(k.Run(t, "pin", "ls", "--type=recursive", "--names")), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 {
+			out[f[0]] = strings.Join(f[2:], " ")
+		}
+	}
+	return out
+}
+
+// waitPins polls the node's recursive pins until ok says they are as
+// wanted, and returns them.
+func waitPins(t testing.TB, k *testenv.Kubo, w *wagiProc, what string, ok func(map[string]string) bool) map[string]string {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		p := recursivePins(t, k)
+		if ok(p) {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: pins are %v\nlog:\n%s", what, p, w.log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
