@@ -171,6 +171,12 @@ module = "ipfs://%s"
 		if len(want) > 0 {
 			t.Errorf("not listed: %v\n%s", want, r.body)
 		}
+		om := c.get("/_wagi/status?openmetrics")
+		for _, s := range []string{`wagi_ipfs_pins{state="yes"} 4`, "wagi_ipfs_peers 0"} {
+			if om.status != 200 || !strings.Contains(string(om.body), s) {
+				t.Errorf("openmetrics has no %q: %d\n%s", s, om.status, om.body)
+			}
+		}
 		text := c.get("/_wagi/status")
 		for _, s := range []string{"pinning:              on", "peers:                0\n", "pin:                  " + served, "why:                  served"} {
 			if !strings.Contains(string(text.body), s) {

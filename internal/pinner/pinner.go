@@ -436,7 +436,8 @@ func (p *Pinner) pinOf(ctx context.Context, c string) (string, string, error) {
 
 // cidOf is the CID a path names: its own for /ipfs/CID, else resolved
 // (an /ipfs/ path once, as it is immutable; an /ipns/ name at every pass,
-// so that when it moves its old CID is no longer named).
+// so that when it moves its old CID is no longer named, and when it does
+// not resolve, the CID it last resolved to stays named).
 func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 	rest, immutable := strings.CutPrefix(path, "/ipfs/")
 	if immutable && !strings.Contains(rest, "/") {
@@ -449,11 +450,21 @@ func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 		return c, nil
 	}
 	r, err := call(ctx, callTimeout, func(ctx context.Context) (string, error) { return p.api.Resolve(ctx, path) })
+	if err == nil {
+		r, err = ipfs.NormalizeCID(strings.TrimPrefix(r, "/ipfs/"))
+	}
 	if err != nil {
+		if ok && !unreachable(err) {
+			// An IPNS name that does not resolve this time keeps the CID
+			// it last had: a hiccup must not unpin the module in use.
+			p.logFailed("resolve", path, err)
+			return c, nil
+		}
 		return "", err
 	}
-	if c, err = ipfs.NormalizeCID(strings.TrimPrefix(r, "/ipfs/")); err != nil {
-		return "", err
+	c = r
+	if ok {
+		p.clearFailed(path)
 	}
 	p.mu.Lock()
 	if len(p.resolved) >= maxResolved {

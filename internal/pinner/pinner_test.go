@@ -26,6 +26,9 @@ type fakeNode struct {
 	calls   int
 	takeRm  string // PinOf reports this CID as someone else's (taken over after the list)
 	removed []string
+	// resolveTo is what Resolve answers; "" fails as an IPNS name that
+	// does not resolve.
+	resolveTo string
 }
 
 func (f *fakeNode) call() error {
@@ -91,7 +94,13 @@ func (f *fakeNode) PinRm(_ context.Context, c string) error {
 func (f *fakeNode) Resolve(_ context.Context, p string) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return "", f.call()
+	if err := f.call(); err != nil {
+		return "", err
+	}
+	if f.resolveTo == "" {
+		return "", fmt.Errorf("%w: could not resolve name", ipfs.ErrNotFound)
+	}
+	return f.resolveTo, nil
 }
 
 func (f *fakeNode) set(fn func()) {
@@ -258,6 +267,28 @@ func TestPinnerErrorPaths(t *testing.T) {
 		}
 		if len(node.pins) != 40 {
 			t.Fatalf("the operator's pins changed: %d", len(node.pins))
+		}
+	})
+
+	t.Run("an IPNS name that stops resolving keeps the CID it had pinned", func(t *testing.T) {
+		c := testCID(t, "ipns target")
+		node := &fakeNode{pins: map[string][2]string{}, resolveTo: "/ipfs/" + c}
+		p, logs := newTestPinner(t, node, 4)
+		p.Name("m0", Named{Path: "/ipns/k51example", Route: "/named"})
+		if _, err := p.pass(ctx); err != nil {
+			t.Fatal(err)
+		}
+		node.set(func() { node.resolveTo = "" })
+		for range 2 {
+			if _, err := p.pass(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if node.pins[c][1] != "wagi-fcgi:/named" || len(node.removed) != 0 {
+			t.Fatalf("pins %v, removed %v", node.pins, node.removed)
+		}
+		if n := logs.count("pinning: resolve failed"); n != 1 {
+			t.Fatalf("logged %d times, want once", n)
 		}
 	})
 
