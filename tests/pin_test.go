@@ -35,7 +35,15 @@ func TestPinning(t *testing.T) {
 	served := addUnpinned(t, k, filepath.Join(mods, "echo.wasm"))  // a gateway CID, served
 	older := addUnpinned(t, k, filepath.Join(mods, "stderr.wasm")) // a gateway CID served before it: past pin_max
 	notWasm := addUnpinned(t, k, notWasmFile)                      // a gateway CID that is no module
-	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))      // pinned by the operator, without a name
+	assets := filepath.Join(dir, "assets")
+	if err := os.MkdirAll(assets, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(assets, "a.txt"), []byte("an asset\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	volume := strings.TrimSpace(k.Run(t, "add", "-Q", "-r", "--cid-version=1", "--pin=false", assets)) // a read-only volume of the config's
+	operator := k.AddFile(t, filepath.Join(mods, "raw.wasm"))                                          // pinned by the operator, without a name
 
 	config := func(recent string, withDropped bool) string {
 		extra := ""
@@ -69,7 +77,8 @@ pin_max = 1
 [[module]]
 route = "/hello"
 module = "ipfs://%s"
-%s`, k.API, served, older, notWasm, recent, hello, extra)
+volumes = { "/assets" = "ipfs://%s" }
+%s`, k.API, served, older, notWasm, recent, hello, volume, extra)
 	}
 	top := t // the server outlives the subtest that restarts it
 	w := startWagi(t, bin, dir, config("1h", true))
@@ -84,7 +93,7 @@ module = "ipfs://%s"
 
 	t.Run("the modules the config names are pinned under wagi-fcgi's name", func(t *testing.T) {
 		p := waitPins(t, k, w, "config modules", func(p map[string]string) bool {
-			return p[hello] == "wagi-fcgi:/hello" && p[dropped] == "wagi-fcgi:/drop"
+			return p[hello] == "wagi-fcgi:/hello" && p[dropped] == "wagi-fcgi:/drop" && p[volume] == "wagi-fcgi:/hello"
 		})
 		if name, ok := p[operator]; !ok || name != "" {
 			t.Fatalf("the operator's pin of %s became %q (present %v), want it unnamed as the operator made it", operator, name, ok)
@@ -116,7 +125,7 @@ module = "ipfs://%s"
 
 	t.Run("ipfs repo gc keeps what wagi-fcgi pinned and drops what nobody pinned", func(t *testing.T) {
 		k.Run(t, "repo", "gc")
-		for _, cid := range []string{hello, served, dropped, operator} {
+		for _, cid := range []string{hello, served, dropped, operator, volume} {
 			if !blockHere(cid) {
 				t.Errorf("%s is gone after gc", cid)
 			}
@@ -159,6 +168,7 @@ module = "ipfs://%s"
 			dropped:  {"config /drop", "yes", "wagi-fcgi"},
 			operator: {"config /op", "yes", "other"},
 			served:   {"served", "yes", "wagi-fcgi"},
+			volume:   {"config /hello volume /assets", "yes", "wagi-fcgi"},
 		}
 		for _, p := range st.Pinning.Pins {
 			if w, ok := want[p.CID]; ok {
@@ -172,7 +182,7 @@ module = "ipfs://%s"
 			t.Errorf("not listed: %v\n%s", want, r.body)
 		}
 		om := c.get("/_wagi/status?openmetrics")
-		for _, s := range []string{`wagi_ipfs_pins{state="yes"} 4`, "wagi_ipfs_peers 0"} {
+		for _, s := range []string{`wagi_ipfs_pins{state="yes"} 5`, "wagi_ipfs_peers 0"} {
 			if om.status != 200 || !strings.Contains(string(om.body), s) {
 				t.Errorf("openmetrics has no %q: %d\n%s", s, om.status, om.body)
 			}
