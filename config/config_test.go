@@ -793,7 +793,7 @@ func TestErrors(t *testing.T) {
 		{
 			name: "a volume with an unknown scheme is rejected",
 			src:  "[[module]]\nroute = \"/\"\nmodule = \"/a.wasm\"\nvolumes = { \"/d\" = \"s3://bucket\" }\n",
-			want: `modules.toml:4: [[module]] #1 volumes: invalid volume "/d" = "s3://bucket": unsupported scheme "s3" (use a path, file:///abs, ipfs://CID or mfs:/path)`,
+			want: `modules.toml:4: [[module]] #1 volumes: invalid volume "/d" = "s3://bucket": unsupported scheme "s3" (use a path, file:///abs, ipfs://CID, ipns://NAME or mfs:/path)`,
 		},
 		{
 			name: "a volume source that is not a string is rejected",

@@ -759,6 +759,7 @@ func (d *decoder) modules(p keyPath, v any, defaults Limits) []Module {
 	for i, m := range tables {
 		mods = append(mods, d.module(p.child(index(i)), m, defaults))
 	}
+	d.checkPublished(p, mods)
 	return mods
 }
 
@@ -860,8 +861,19 @@ func (d *decoder) volumes(p keyPath, v any) []Volume {
 	vols := make([]Volume, 0, len(m))
 	for _, guest := range d.keys(p, m) {
 		kp := p.child(guest)
-		src, ok := d.str(kp, m[guest])
-		if !ok {
+		var src string
+		var pub map[string]any // the table form's other keys
+		if t, isTable := m[guest].(map[string]any); isTable {
+			s, ok := t["source"]
+			if !ok {
+				d.bad(kp, "a volume table needs a source, like { source = \"mfs:/wagi/data\", publish_ipns = \"KEY\" }")
+				continue
+			}
+			if src, ok = d.str(kp.child("source"), s); !ok {
+				continue
+			}
+			pub = t
+		} else if src, ok = d.str(kp, m[guest]); !ok {
 			continue
 		}
 		vol, err := ParseVolume(guest, src, d.baseDir)
@@ -870,10 +882,97 @@ func (d *decoder) volumes(p keyPath, v any) []Volume {
 			d.add(d.lines.line(kp), "%s: %v", display(p), err)
 			continue
 		}
+		if pub != nil && !d.volumePublish(kp, pub, &vol) {
+			continue
+		}
 		vols = append(vols, vol)
 	}
 	slices.SortFunc(vols, func(a, b Volume) int { return cmp.Compare(a.Guest, b.Guest) })
 	return vols
+}
+
+// DefaultPublishEvery is how often at most a published MFS volume is
+// published again when it changed (publish_every).
+const DefaultPublishEvery = 10 * time.Second
+
+// volumePublish decodes the publish keys of a volume's table form.
+func (d *decoder) volumePublish(p keyPath, t map[string]any, v *Volume) bool {
+	ok := true
+	for _, k := range d.keys(p, t) {
+		kp, val := p.child(k), t[k]
+		switch k {
+		case "source":
+		case "publish_ipns":
+			key, isStr := d.str(kp, val)
+			if !isStr {
+				ok = false
+				continue
+			}
+			if err := checkKeyName(key); err != nil {
+				d.bad(kp, "%v", err)
+				ok = false
+				continue
+			}
+			v.PublishIPNS = key
+		case "publish_every":
+			dur, good := d.duration(kp, val)
+			if good && dur < time.Second {
+				d.bad(kp, "must be at least 1s, got %q: every publication is a signed record sent to every peer", val)
+				good = false
+			}
+			ok = ok && good
+			v.PublishEvery = dur
+		default:
+			d.bad(kp, "unknown key %q in a volume table (want source, publish_ipns, publish_every)", k)
+			ok = false
+		}
+	}
+	if !ok {
+		return false
+	}
+	if v.PublishIPNS == "" {
+		d.bad(p, "a volume table without publish_ipns: write the source as a plain string")
+		return false
+	}
+	if v.Kind != VolumeMFS {
+		d.bad(p, "publish_ipns needs a writable mfs: volume, got %s source %q", v.Kind, v.Source)
+		return false
+	}
+	if v.PublishEvery == 0 {
+		v.PublishEvery = DefaultPublishEvery
+	}
+	return true
+}
+
+// checkKeyName accepts a kubo keystore name: what `ipfs key gen NAME`
+// takes, bounded and without path or control characters.
+func checkKeyName(k string) error {
+	if k == "" || len(k) > 64 || strings.Trim(k, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != "" || k[0] == '.' {
+		return fmt.Errorf("invalid kubo key name %q: want 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'", k)
+	}
+	return nil
+}
+
+// checkPublished refuses two publications of one MFS directory under
+// different keys, and one key for two directories: a key names one
+// volume, or readers would see the two alternate.
+func (d *decoder) checkPublished(p keyPath, mods []Module) {
+	byPath, byKey := map[string]string{}, map[string]string{}
+	for i := range mods {
+		for _, v := range mods[i].Volumes {
+			if v.PublishIPNS == "" {
+				continue
+			}
+			kp := p.child(index(i)).child("volumes").child(v.Guest)
+			if k, ok := byPath[v.Path]; ok && k != v.PublishIPNS {
+				d.bad(kp, "mfs:%s is published under the key %q already, and here under %q: a directory has one key", v.Path, k, v.PublishIPNS)
+			}
+			if q, ok := byKey[v.PublishIPNS]; ok && q != v.Path {
+				d.bad(kp, "the key %q publishes mfs:%s already, and here mfs:%s: a key names one directory", v.PublishIPNS, q, v.Path)
+			}
+			byPath[v.Path], byKey[v.PublishIPNS] = v.PublishIPNS, v.Path
+		}
+	}
 }
 
 func (d *decoder) environment(p keyPath, v any) map[string]string {

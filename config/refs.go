@@ -6,6 +6,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // RefKind says where a module comes from.
@@ -212,6 +213,11 @@ const (
 	// VolumeMFS is a read-write directory in the kubo node's mutable
 	// file system, mfs:/path.
 	VolumeMFS
+	// VolumeIPNS is a read-only UnixFS directory behind a mutable IPNS
+	// name, ipns://NAME or /ipns/NAME: resolved again every ipns_ttl, so
+	// it follows what the name's publisher (another node's published MFS
+	// volume, say) last published.
+	VolumeIPNS
 )
 
 func (k VolumeKind) String() string {
@@ -222,6 +228,8 @@ func (k VolumeKind) String() string {
 		return "ipfs"
 	case VolumeMFS:
 		return "mfs"
+	case VolumeIPNS:
+		return "ipns"
 	}
 	return fmt.Sprintf("VolumeKind(%d)", int(k))
 }
@@ -234,11 +242,18 @@ type Volume struct {
 	Source string
 	Kind   VolumeKind
 	// Path is the absolute host path (VolumeLocal), "CID[/subpath]"
-	// (VolumeIPFS) or the absolute MFS path (VolumeMFS).
+	// (VolumeIPFS), "NAME[/subpath]" (VolumeIPNS) or the absolute MFS path
+	// (VolumeMFS).
 	Path string
 	// ReadOnly is set by a ":ro" suffix on a local source, and always for
-	// IPFS.
+	// IPFS and IPNS.
 	ReadOnly bool
+	// PublishIPNS is the kubo key under which a writable MFS volume is
+	// published (its directory's CID, when it changed, at most every
+	// PublishEvery), so that other nodes can mount it read-only as
+	// /ipns/NAME. Empty: not published.
+	PublishIPNS  string
+	PublishEvery time.Duration
 	// QuotaBytes and QuotaFiles are the module's volume_bytes and
 	// volume_files for a writable volume (0 = no bound; always 0 for a
 	// read-only one). Set when the module's limits are known.
@@ -248,8 +263,11 @@ type Volume struct {
 // ParseVolume parses one volume: a guest path and its source, as in the
 // config's `volumes = { GUEST = SRC }` or `wagi-fcgi run --dir GUEST=SRC`.
 // Sources are a local directory (relative to baseDir; read-write unless
-// suffixed ":ro"), file:///abs, ipfs://CID[/path] (read-only), or
-// mfs:/path (read-write).
+// suffixed ":ro"), file:///abs, ipfs://CID[/path] or /ipfs/CID[/path]
+// (read-only), ipns://NAME[/path] or /ipns/NAME[/path] (read-only,
+// following the name), or mfs:/path (read-write). A local directory that
+// really lives under /ipfs or /ipns (kubo's FUSE mounts) is written
+// file:///ipfs/....
 func ParseVolume(guest, src, baseDir string) (Volume, error) {
 	fail := func(format string, args ...any) (Volume, error) {
 		return Volume{}, fmt.Errorf("invalid volume %q = %q: %s", guest, src, fmt.Sprintf(format, args...))
@@ -272,12 +290,18 @@ func ParseVolume(guest, src, baseDir string) (Volume, error) {
 	switch {
 	case s == "":
 		return fail("empty source")
-	case strings.HasPrefix(s, "ipfs://"):
-		p, err := ipfsPath(strings.TrimPrefix(s, "ipfs://"), isCIDChar)
+	case strings.HasPrefix(s, "ipfs://") || strings.HasPrefix(s, "/ipfs/"):
+		p, err := ipfsPath(strings.TrimPrefix(strings.TrimPrefix(s, "ipfs://"), "/ipfs/"), isCIDChar)
 		if err != nil {
 			return fail("%v", err)
 		}
 		v.Kind, v.Path, v.ReadOnly = VolumeIPFS, p, true
+	case strings.HasPrefix(s, "ipns://") || strings.HasPrefix(s, "/ipns/"):
+		p, err := ipfsPath(strings.TrimPrefix(strings.TrimPrefix(s, "ipns://"), "/ipns/"), isIPNSChar)
+		if err != nil {
+			return fail("%v", err)
+		}
+		v.Kind, v.Path, v.ReadOnly = VolumeIPNS, p, true
 	case strings.HasPrefix(s, "mfs:"):
 		if ro {
 			return fail("mfs: volumes are read-write; use ipfs://CID for a read-only directory")
@@ -295,7 +319,7 @@ func ParseVolume(guest, src, baseDir string) (Volume, error) {
 		v.Kind, v.Path, v.ReadOnly = VolumeLocal, p, ro
 	default:
 		if scheme, ok := urlScheme(s); ok {
-			return fail("unsupported scheme %q (use a path, file:///abs, ipfs://CID or mfs:/path)", scheme)
+			return fail("unsupported scheme %q (use a path, file:///abs, ipfs://CID, ipns://NAME or mfs:/path)", scheme)
 		}
 		v.Kind, v.Path, v.ReadOnly = VolumeLocal, resolve(s, baseDir), ro
 	}

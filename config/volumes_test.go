@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAReadOnlyVolumeAWritableOneCanReachIsRefused(t *testing.T) {
@@ -108,5 +109,77 @@ volumes = { "/w" = "w2" }
 		if got[k] != w {
 			t.Errorf("%s: quota %v, want %v", k, got[k], w)
 		}
+	}
+}
+
+func TestAPublishedMFSVolume(t *testing.T) {
+	tests := []struct {
+		name    string
+		modules string
+		wantErr string // "" = accepted
+		check   func(t *testing.T, v Volume)
+	}{
+		{name: "is published under its key, every 10 s by default",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book" } }`,
+			check: func(t *testing.T, v Volume) {
+				if v.Kind != VolumeMFS || v.Path != "/wagi/book" || v.PublishIPNS != "book" || v.PublishEvery != DefaultPublishEvery {
+					t.Errorf("got %+v", v)
+				}
+			}},
+		{name: "may be published more or less often",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book", publish_every = "1m" } }`,
+			check: func(t *testing.T, v Volume) {
+				if v.PublishEvery != time.Minute {
+					t.Errorf("PublishEvery = %v, want 1m", v.PublishEvery)
+				}
+			}},
+		{name: "needs a source",
+			modules: `volumes = { "/data" = { publish_ipns = "book" } }`, wantErr: "needs a source"},
+		{name: "must be an MFS volume",
+			modules: `volumes = { "/data" = { source = "/srv/data", publish_ipns = "book" } }`, wantErr: "needs a writable mfs: volume"},
+		{name: "needs publish_ipns in its table form",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book" } }`, wantErr: "without publish_ipns"},
+		{name: "refuses a key name with a slash",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "../book" } }`, wantErr: "invalid kubo key name"},
+		{name: "refuses publication more than once a second",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book", publish_every = "100ms" } }`, wantErr: "at least 1s"},
+		{name: "refuses an unknown key in the table",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book", every = "1s" } }`, wantErr: `unknown key "every"`},
+		{name: "refuses one directory under two keys",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book" } }
+[[module]]
+route = "/b"
+module = "m.wasm"
+volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "other" } }`, wantErr: "a directory has one key"},
+		{name: "refuses one key for two directories",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book" } }
+[[module]]
+route = "/b"
+module = "m.wasm"
+volumes = { "/data" = { source = "mfs:/wagi/other", publish_ipns = "book" } }`, wantErr: "a key names one directory"},
+		{name: "may be mounted by two modules under its one key",
+			modules: `volumes = { "/data" = { source = "mfs:/wagi/book", publish_ipns = "book" } }
+[[module]]
+route = "/b"
+module = "m.wasm"
+volumes = { "/d" = { source = "mfs:/wagi/book", publish_ipns = "book" } }`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := "\n[[module]]\nroute = \"/\"\nmodule = \"m.wasm\"\n" + tt.modules + "\n"
+			cfg, err := Parse([]byte(src), "wagi.toml", t.TempDir())
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, cfg.Modules[0].Volumes[0])
+			}
+		})
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/egress"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/mfspublish"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/pinner"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
@@ -121,7 +122,11 @@ type Manager struct {
 	fetches  atomic.Int64 // modules fetched from IPFS
 	dirMu    sync.Mutex
 	dirFetch map[string]*loadCall // IPFS directories being fetched
-	disk     *diskStore           // bounds fetched content in state_dir; nil: no bound
+	ipnsVols ipnsVolumes          // IPNS names of read-only volumes
+	// publisher publishes the MFS volumes that have publish_ipns; nil
+	// when none has.
+	publisher *mfspublish.Publisher
+	disk      *diskStore // bounds fetched content in state_dir; nil: no bound
 
 	charged  atomic.Int64 // CPU ns charged to requests, all modules
 	requests atomic.Int64 // requests that reached a child
@@ -339,6 +344,11 @@ func (m *Manager) Start(ctx context.Context) error {
 			return err
 		}
 	}
+	if m.ipfs != nil && m.publisher == nil {
+		if vols := publishedVolumes(m.cfg); len(vols) > 0 {
+			m.publisher = mfspublish.Start(m.ipfs, vols, m.log)
+		}
+	}
 	if m.egress == nil {
 		// Children open no network connection: outbound HTTP goes
 		// through this proxy, call by call, within each request's grant.
@@ -374,6 +384,9 @@ func (m *Manager) Close() error {
 	if m.pool != nil {
 		m.pool.close()
 	}
+	if m.publisher != nil {
+		m.publisher.Close() // after the children: their last writes are published
+	}
 	if m.mfs != nil {
 		_ = m.mfs.Close() // after the children: no grant is in use
 	}
@@ -385,6 +398,22 @@ func (m *Manager) Close() error {
 		return m.ledger.Close()
 	}
 	return nil
+}
+
+// publishedVolumes lists the MFS volumes of cfg that have publish_ipns,
+// each once (config has checked that a directory has one key).
+func publishedVolumes(cfg *config.Config) []mfspublish.Volume {
+	var out []mfspublish.Volume
+	seen := map[string]bool{}
+	for _, mc := range cfg.Modules {
+		for _, v := range mc.Volumes {
+			if v.PublishIPNS != "" && !seen[v.Path] {
+				seen[v.Path] = true
+				out = append(out, mfspublish.Volume{Path: v.Path, Key: v.PublishIPNS, Every: v.PublishEvery})
+			}
+		}
+	}
+	return out
 }
 
 // mfsGrant lets the child p make the MFS calls of run's MFS mounts until

@@ -45,9 +45,16 @@ func (m *Manager) startPins() {
 				m.pins.Name(fmt.Sprint("module ", i), pinner.Named{Path: "/ipns/" + src.ref.Path, Route: mc.Route, What: "module"})
 			}
 			for _, v := range mc.Volumes {
-				if v.Kind == config.VolumeIPFS {
-					m.pins.Name(fmt.Sprint("volume ", i, " ", v.Guest), pinner.Named{Path: "/ipfs/" + v.Path, Route: mc.Route, What: "volume " + v.Guest})
+				key, named := fmt.Sprint("volume ", i, " ", v.Guest), pinner.Named{Route: mc.Route, What: "volume " + v.Guest}
+				switch v.Kind {
+				case config.VolumeIPFS:
+					named.Path = "/ipfs/" + v.Path
+				case config.VolumeIPNS:
+					named.Path = "/ipns/" + v.Path // followed like an IPNS module
+				default:
+					continue // local, or MFS (kubo never collects what MFS holds)
 				}
+				m.pins.Name(key, named)
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/wagi-fcgi/wagi-fcgi/config"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/ipc"
@@ -140,11 +141,21 @@ func RunOnce(ctx context.Context, spec RunSpec, opts Options) (int, error) {
 		switch d.Kind {
 		case config.VolumeLocal:
 			run.Mounts = append(run.Mounts, ipc.Mount{Guest: d.Guest, Host: d.Path, ReadOnly: d.ReadOnly})
-		case config.VolumeIPFS:
-			dir := ipfsDirPath(spec.StateDir, d.Path)
+		case config.VolumeIPFS, config.VolumeIPNS:
+			cidPath := d.Path
+			if d.Kind == config.VolumeIPNS {
+				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
+				resolved, err := ic.Resolve(fctx, "/ipns/"+d.Path)
+				cancel()
+				if err != nil {
+					return 0, fmt.Errorf("--dir %s=%s: %w", d.Guest, d.Source, err)
+				}
+				cidPath = strings.TrimPrefix(resolved, "/ipfs/")
+			}
+			dir := ipfsDirPath(spec.StateDir, cidPath)
 			if checkDir(dir) != nil {
 				fctx, cancel := context.WithTimeout(ctx, spec.IPFS.FetchTimeout)
-				err := ic.GetDir(fctx, "/ipfs/"+d.Path, dir, ipfs.DirLimits{MaxBytes: spec.IPFS.MaxDirSize, MaxFiles: spec.IPFS.MaxDirFiles})
+				err := ic.GetDir(fctx, "/ipfs/"+cidPath, dir, ipfs.DirLimits{MaxBytes: spec.IPFS.MaxDirSize, MaxFiles: spec.IPFS.MaxDirFiles})
 				cancel()
 				if err != nil {
 					return 0, fmt.Errorf("--dir %s=%s: %w", d.Guest, d.Source, err)

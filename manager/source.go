@@ -451,6 +451,12 @@ func (m *Manager) mounts(ctx context.Context, vols []config.Volume) ([]ipc.Mount
 				return nil, fmt.Errorf("volume %s = %q: %w", v.Guest, v.Source, err)
 			}
 			out = append(out, ipc.Mount{Guest: v.Guest, Host: dir, ReadOnly: true})
+		case config.VolumeIPNS:
+			dir, err := m.ipnsDir(ctx, v.Path)
+			if err != nil {
+				return nil, fmt.Errorf("volume %s = %q: %w", v.Guest, v.Source, err)
+			}
+			out = append(out, ipc.Mount{Guest: v.Guest, Host: dir, ReadOnly: true})
 		case config.VolumeMFS:
 			if m.mfs == nil {
 				return nil, fmt.Errorf("volume %s: %w", v.Guest, ipfs.ErrUnavailable)

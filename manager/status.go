@@ -142,6 +142,18 @@ type Status struct {
 	Pinning *PinningStatus `json:"pinning,omitempty"`
 	// Peers are the IPFS node's swarm peers; nil without an IPFS node.
 	Peers *PeersStatus `json:"peers,omitempty"`
+	// Published are the MFS volumes this node publishes under IPNS names.
+	Published []PublishedStatus `json:"published,omitempty"`
+}
+
+// PublishedStatus describes one MFS volume published under an IPNS name.
+type PublishedStatus struct {
+	MFS       string `json:"mfs"`
+	Key       string `json:"key"`
+	Name      string `json:"name,omitempty"`      // the IPNS name, once published
+	CID       string `json:"cid,omitempty"`       // the version last published
+	Published string `json:"published,omitempty"` // when, RFC 3339
+	Error     string `json:"error,omitempty"`     // the last error, if the last step failed
 }
 
 // PinningStatus describes pinning ([ipfs] pin, pin_recent, pin_max).
@@ -280,6 +292,15 @@ func (m *Manager) Status(full bool) Status {
 	if m.ipfs != nil {
 		out.Pinning, out.Peers = m.pinningStatus(), m.peersStatus()
 	}
+	if m.publisher != nil {
+		for _, p := range m.publisher.States() {
+			ps := PublishedStatus{MFS: p.Path, Key: p.Key, Name: p.Name, CID: p.CID, Error: p.Err}
+			if !p.Published.IsZero() {
+				ps.Published = p.Published.UTC().Format(time.RFC3339)
+			}
+			out.Published = append(out.Published, ps)
+		}
+	}
 	if full {
 		for _, c := range m.Children() {
 			out.Children = append(out.Children, ChildStatus{
@@ -377,6 +398,13 @@ func writeStatusText(w io.Writer, st Status) {
 		fmt.Fprintf(w, "timeouts:             %d\n", ms.Timeouts)
 		fmt.Fprintf(w, "cpu today seconds:    %.3f of %.0f\n", ms.CPUToday, ms.DailyCPU)
 		fmt.Fprintf(w, "p50 / p99 seconds:    %.6f / %.6f\n", ms.P50Seconds, ms.P99Seconds)
+	}
+	for _, p := range st.Published {
+		fmt.Fprintf(w, "\npublished mfs:        %s\nipns key:             %s\nipns name:            %s\npublished cid:        %s\npublished at:         %s\n",
+			p.MFS, p.Key, p.Name, p.CID, p.Published)
+		if p.Error != "" {
+			fmt.Fprintf(w, "publish error:        %s\n", p.Error)
+		}
 	}
 	for _, c := range st.Children {
 		fmt.Fprintf(w, "\nchild:                %d (pid %d, %s)\nrequests:             %d\ncpu seconds:          %.3f\nrss bytes:            %d\nstart time:           %s\n",

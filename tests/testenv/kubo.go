@@ -41,7 +41,14 @@ type Kubo struct {
 	Repo string
 	// Bin is the ipfs binary.
 	Bin string
+	// PeerID is the node's libp2p identity.
+	PeerID string
+	// Swarm is the node's libp2p listen address,
+	// /ip4/127.0.0.1/tcp/PORT; empty for an offline node. It stays the
+	// same across Restart.
+	Swarm string
 
+	online bool // a fleet node: started without --offline
 	mu     sync.Mutex
 	daemon *kuboDaemon // nil while stopped
 }
@@ -179,14 +186,18 @@ func (k *Kubo) Stop(t testing.TB) {
 func (k *Kubo) Restart(t testing.TB) {
 	t.Helper()
 	k.Stop(t)
-	k.setConfig(t, map[string]any{
+	values := map[string]any{
 		"Addresses.API":     k.API,
 		"Addresses.Gateway": httpToMultiaddr(k.Gateway),
-	})
-	api, gw := k.API, k.Gateway
+	}
+	if k.Swarm != "" {
+		values["Addresses.Swarm"] = []string{k.Swarm}
+	}
+	k.setConfig(t, values)
+	api, gw, swarm := k.API, k.Gateway, k.Swarm
 	k.start(t)
-	if k.API != api || k.Gateway != gw {
-		t.Fatalf("testenv: kubo restarted on API %s gateway %s, want %s and %s", k.API, k.Gateway, api, gw)
+	if k.API != api || k.Gateway != gw || k.Swarm != swarm {
+		t.Fatalf("testenv: kubo restarted on API %s gateway %s swarm %s, want %s, %s and %s", k.API, k.Gateway, k.Swarm, api, gw, swarm)
 	}
 }
 
@@ -272,7 +283,11 @@ func (k *Kubo) start(t testing.TB) {
 		}
 	}
 	d := &kuboDaemon{out: &syncBuffer{}, done: make(chan struct{})}
-	d.cmd = exec.Command(k.Bin, "daemon", "--offline")
+	args := []string{"daemon", "--offline"}
+	if k.online {
+		args = args[:1]
+	}
+	d.cmd = exec.Command(k.Bin, args...)
 	d.cmd.Env = k.env()
 	d.cmd.Stdout, d.cmd.Stderr = d.out, d.out
 	d.cmd.WaitDelay = time.Second
@@ -338,6 +353,18 @@ func (k *Kubo) start(t testing.TB) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		fail("POST /api/v0/id: %s", resp.Status)
+	}
+	if k.online {
+		k.PeerID = strings.TrimSpace(k.Run(t, "id", "-f", "<id>"))
+		k.Swarm = ""
+		for _, a := range strings.Fields(k.Run(t, "swarm", "addrs", "listen")) {
+			if strings.HasPrefix(a, "/ip4/127.0.0.1/tcp/") {
+				k.Swarm = a
+			}
+		}
+		if k.Swarm == "" || k.PeerID == "" {
+			fail("online node without a loopback TCP swarm address or peer id (id %q)", k.PeerID)
+		}
 	}
 }
 

@@ -119,3 +119,49 @@ func catHTTP(t *testing.T, k *testenv.Kubo, cid string) string {
 	}
 	return string(body)
 }
+
+func TestStartFleet(t *testing.T) {
+	nodes := testenv.StartFleet(t, 3)
+	for _, k := range nodes {
+		if got := len(k.Peers(t)); got != 2 {
+			t.Errorf("node %s has %d peers, want 2", k.PeerID, got)
+		}
+		if out := strings.TrimSpace(k.Run(t, "bootstrap", "list")); out != "" {
+			t.Errorf("bootstrap list = %q, want empty", out)
+		}
+	}
+	a, b, c := nodes[0], nodes[1], nodes[2]
+
+	// Blocks travel by bitswap between peers, with no routing.
+	cid := a.AddBytes(t, []byte("only on A\n"))
+	if got := b.Run(t, "cat", cid); got != "only on A\n" {
+		t.Errorf("B: ipfs cat = %q", got)
+	}
+	// With A down, C gets it from B.
+	a.Stop(t)
+	if got := c.Run(t, "cat", cid); got != "only on A\n" {
+		t.Errorf("C with A down: ipfs cat = %q", got)
+	}
+	a.Restart(t)
+	a.WaitPeers(t, 2)
+
+	// IPNS: a name published on A resolves on B, and follows; the record
+	// is in the fleet's DHT, so it resolves even once its publisher has
+	// restarted (and forgotten its pubsub subscriptions).
+	name := a.Name(t, "site")
+	a.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+cid)
+	a.Restart(t)
+	a.WaitPeers(t, 2)
+	if got := strings.TrimSpace(b.Run(t, "name", "resolve", "/ipns/"+name)); got != "/ipfs/"+cid {
+		t.Errorf("B: name resolve = %q, want /ipfs/%s", got, cid)
+	}
+	cid2 := a.AddBytes(t, []byte("v2\n"))
+	a.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+cid2)
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.TrimSpace(c.Run(t, "name", "resolve", "/ipns/"+name)) != "/ipfs/"+cid2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("C: name still resolves to the old CID after 30 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
