@@ -162,8 +162,13 @@ func (m *Manager) peersStatus() *PeersStatus {
 	if peers == nil {
 		peers = []ipfs.Peer{}
 	}
-	return &PeersStatus{Count: len(peers), Peers: peers, Error: err}
+	// A node on the public network may have hundreds of connections:
+	// the page counts them all and lists the first maxStatusPeers.
+	return &PeersStatus{Count: len(peers), Peers: peers[:min(len(peers), maxStatusPeers)], Error: err}
 }
+
+// maxStatusPeers bounds the peers the status page lists.
+const maxStatusPeers = 256
 
 // writePinsText writes the pinning and peers sections of the plain-text
 // status page.
