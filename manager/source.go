@@ -335,11 +335,6 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		}
 		return nil, nil, fmt.Errorf("load %s: resolve: %w", src.ref.Raw, err)
 	}
-	if src.ref.Kind == config.RefIPNS {
-		src.mu.Lock()
-		src.cid = id
-		src.mu.Unlock()
-	}
 	mod, err := m.store.cachedRef(ctx, id, src.ref.Raw, src.pages, src.limits, m.compileCharge(src))
 	if err != nil {
 		return nil, nil, err
@@ -377,6 +372,13 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err := m.store.remember(name, mod.key); err != nil {
 			m.log.Warn("module cache index", "module", src.ref.Raw, "err", err)
 		}
+	}
+	if src.ref.Kind == config.RefIPNS {
+		// What the name's module now is: the CID its requests serve,
+		// for the pinner.
+		src.mu.Lock()
+		src.cid = id
+		src.mu.Unlock()
 	}
 	return m.finishLoad(ctx, src, mod)
 }

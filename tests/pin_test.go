@@ -319,6 +319,19 @@ module = "/ipns/%s"
 		t.Fatalf("got %d %q", r.status, r.body)
 	}
 
+	// Served under the CID the name resolved to, so that CID follows the
+	// served-window rule once the name moves.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(dir, "state", "pins-served.json"))
+		if strings.Contains(string(b), `"/ipfs/`+first+`"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the IPNS module's CID is not recorded as served: %s", b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	k.Run(t, "name", "publish", "--allow-offline", "--key", "self", "/ipfs/"+second)
 	waitPins(t, k, w, "the name's new CID is pinned", func(p map[string]string) bool { return p[second] == "wagi-fcgi:/named" })
 	waitPins(t, k, w, "the name's old CID, served more than pin_recent ago, is unpinned", func(p map[string]string) bool {
