@@ -37,15 +37,24 @@ func NormalizeCID(s string) (string, error) {
 
 // PinAdd pins the CID c recursively under name (kubo >= 0.26 keeps a name
 // with each pin). Blocks the node does not have are fetched first, so ctx
-// should bound the call. Note that kubo replaces an existing recursive pin
-// of c (renaming it): callers that must not take over someone else's pin
-// check PinOf first.
-func (c *Client) PinAdd(ctx context.Context, cidStr, name string) error {
+// should bound the call, unless local: then only blocks the node already
+// has are pinned, and a missing one fails the call (kubo's --offline).
+// Note that kubo replaces an existing recursive pin of c (renaming it):
+// callers that must not take over someone else's pin check PinOf first.
+func (c *Client) PinAdd(ctx context.Context, cidStr, name string, local bool) error {
 	cc, err := cid.Decode(cidStr)
 	if err != nil {
 		return fmt.Errorf("%w: invalid cid %q: %v", ErrNotFound, cidStr, err)
 	}
-	err = c.api.Pin().Add(ctx, path.FromCid(cc), options.Pin.Recursive(true), options.Pin.Name(name))
+	pins := c.api.Pin()
+	if local {
+		api, err := c.api.WithOptions(options.Api.Offline(true))
+		if err != nil {
+			return err
+		}
+		pins = api.Pin()
+	}
+	err = pins.Add(ctx, path.FromCid(cc), options.Pin.Recursive(true), options.Pin.Name(name))
 	return classify(ctx, err)
 }
 

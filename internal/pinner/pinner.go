@@ -21,7 +21,9 @@ type API interface {
 	PinsNamed(ctx context.Context, sub string) (map[string]string, error)
 	// PinOf says how a CID itself is pinned (recursive, direct or "").
 	PinOf(ctx context.Context, cid string) (typ, name string, err error)
-	PinAdd(ctx context.Context, cid, name string) error
+	// PinAdd pins cid recursively under name; local: only with blocks
+	// the node has, fetching nothing.
+	PinAdd(ctx context.Context, cid, name string, local bool) error
 	PinRm(ctx context.Context, cid string) error
 	// Resolve turns /ipfs/CID/sub into /ipfs/CID-of-sub.
 	Resolve(ctx context.Context, path string) (string, error)
@@ -388,7 +390,11 @@ func (p *Pinner) add(ctx context.Context, pin *Pin, w want, now time.Time) error
 	}
 	if err == nil {
 		_, err = call(ctx, p.cfg.AddTimeout, func(ctx context.Context) (struct{}, error) {
-			return struct{}{}, p.api.PinAdd(ctx, w.cid, w.pinName())
+			// A served CID was fetched whole to be served: pinning it
+			// needs nothing from the network, and must fetch nothing (a
+			// DAG that links to more than the module must not make the
+			// node fetch it). The config's CIDs may be fetched.
+			return struct{}{}, p.api.PinAdd(ctx, w.cid, w.pinName(), len(w.named) == 0)
 		})
 	}
 	if err != nil {

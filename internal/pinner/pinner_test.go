@@ -29,6 +29,7 @@ type fakeNode struct {
 	// resolveTo is what Resolve answers; "" fails as an IPNS name that
 	// does not resolve.
 	resolveTo string
+	local     map[string]bool // CID → whether it was pinned offline
 }
 
 func (f *fakeNode) call() error {
@@ -67,7 +68,7 @@ func (f *fakeNode) PinOf(_ context.Context, c string) (string, string, error) {
 	return p[0], p[1], nil
 }
 
-func (f *fakeNode) PinAdd(_ context.Context, c, name string) error {
+func (f *fakeNode) PinAdd(_ context.Context, c, name string, local bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.call(); err != nil {
@@ -76,6 +77,10 @@ func (f *fakeNode) PinAdd(_ context.Context, c, name string) error {
 	if f.addErr != nil {
 		return f.addErr
 	}
+	if f.local == nil {
+		f.local = map[string]bool{}
+	}
+	f.local[c] = local
 	f.pins[c] = [2]string{ipfs.PinRecursive, name}
 	return nil
 }
@@ -289,6 +294,23 @@ func TestPinnerErrorPaths(t *testing.T) {
 		}
 		if n := logs.count("pinning: resolve failed"); n != 1 {
 			t.Fatalf("logged %d times, want once", n)
+		}
+	})
+
+	t.Run("a served CID is pinned from local blocks only; the config's may be fetched", func(t *testing.T) {
+		node := &fakeNode{pins: map[string][2]string{}}
+		p, _ := newTestPinner(t, node, 4)
+		cfg, served := testCID(t, "config"), testCID(t, "served")
+		p.Name("m0", Named{Path: "/ipfs/" + cfg, Route: "/a"})
+		p.Served("/ipfs/"+served, time.Now())
+		if _, err := p.pass(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if local, ok := node.local[served]; !ok || !local {
+			t.Errorf("the served CID was pinned with local=%v (added %v), want local only", local, ok)
+		}
+		if local, ok := node.local[cfg]; !ok || local {
+			t.Errorf("the config's CID was pinned with local=%v (added %v), want fetched if need be", local, ok)
 		}
 	})
 
