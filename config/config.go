@@ -258,6 +258,18 @@ type IPFS struct {
 	// their compiled code, IPFS directories); least recently used entries
 	// that the config does not name are evicted past it. 0: no bound.
 	StoreSize int64
+	// Pin makes the node pin, in kubo, every CID the config names and
+	// every CID served within PinRecent (so kubo's garbage collector
+	// keeps them), under pin names of wagi-fcgi's own. false leaves the
+	// node's pins to its operator.
+	Pin bool
+	// PinRecent is how long a served CID stays pinned after it was last
+	// served; 0: served CIDs are not pinned (the config's still are).
+	PinRecent time.Duration
+	// PinMax bounds the served CIDs pinned at once (the config's are not
+	// counted): at most PinMax × MaxModuleSize of kubo's storage for
+	// what clients choose to run.
+	PinMax int
 }
 
 // Module is one [[module]] entry.
@@ -294,6 +306,17 @@ type Module struct {
 	// entry in an inline array), for messages; 0 if unknown.
 	Line int
 }
+
+// DefaultPinMax is [ipfs] pin_max's default: with the default
+// max_module_size (64 MiB), what gateway clients choose to run can hold at
+// most 4 GiB of kubo's storage, twice the default store_size, while 64
+// distinct modules served in a day is more than an edge node's own
+// routes use.
+const DefaultPinMax = 64
+
+// MaxPinMax is the largest pin_max: the node remembers when it last
+// served at most this many CIDs (in memory and in state_dir).
+const MaxPinMax = 4096
 
 // Default returns a config with every default filled in and no modules.
 func Default() *Config {
@@ -352,6 +375,9 @@ func Default() *Config {
 			MaxDirSize:      256 << 20,
 			MaxDirFiles:     10000,
 			StoreSize:       2 << 30,
+			Pin:             true,
+			PinRecent:       24 * time.Hour,
+			PinMax:          DefaultPinMax,
 		},
 	}
 }

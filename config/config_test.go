@@ -55,6 +55,9 @@ func TestDefaultFillsEveryDefault(t *testing.T) {
 		{"max_dir_files is 10000", c.IPFS.MaxDirFiles, 10000},
 		{"store_size is 2GiB", c.IPFS.StoreSize, int64(2 << 30)},
 		{"budgets are per node", c.Budget.Shared, ""},
+		{"pinning is on", c.IPFS.Pin, true},
+		{"pin_recent is 24h", c.IPFS.PinRecent, 24 * time.Hour},
+		{"pin_max is 64", c.IPFS.PinMax, 64},
 		{"there are no modules", len(c.Modules), 0},
 		{"there is no path", c.Path, ""},
 	}
@@ -263,6 +266,8 @@ gateway_daily_cpu = "90m"
 max_dir_size = "1MiB"
 max_dir_files = 500
 store_size = "1GiB"
+pin_recent = "1h"
+pin_max = 8
 
 [budget]
 shared = "redis://127.0.0.1:6379/3"
@@ -304,6 +309,9 @@ node_id = "edge-1"
 			MaxDirSize:      1 << 20,
 			MaxDirFiles:     500,
 			StoreSize:       1 << 30,
+			Pin:             true,
+			PinRecent:       time.Hour,
+			PinMax:          8,
 		},
 		Budget: Budget{Shared: "redis://127.0.0.1:6379/3", LocalShare: 0.1, Sync: 200 * time.Millisecond, NodeID: "edge-1"},
 	}
@@ -762,6 +770,16 @@ func TestErrors(t *testing.T) {
 			want: `modules.toml:2: [ipfs] ipns_ttl: invalid duration "soon" (want a number with a unit: ms, s, m or h, like "30s" or "1h30m")`,
 		},
 		{
+			name: "a pin_max above the bound of served CIDs remembered is rejected",
+			src:  "[ipfs]\npin_max = 5000\n",
+			want: `modules.toml:2: [ipfs] pin_max: must be at most 4096, got 5000`,
+		},
+		{
+			name: "a pin that is not a boolean is rejected",
+			src:  "[ipfs]\npin = \"yes\"\n",
+			want: `modules.toml:2: [ipfs] pin: want true or false, got a string`,
+		},
+		{
 			name: "an insecure registry with a path is rejected",
 			src:  "[oci]\ninsecure_registries = [\"127.0.0.1:5000/x\"]\n",
 			want: `modules.toml:2: [oci] insecure_registries[0]: "127.0.0.1:5000/x" is not a registry host[:port]`,
@@ -1006,5 +1024,32 @@ func TestUIDRangeMustBeNonRootAndInOrder(t *testing.T) {
 	}
 	if d := Default().Pool.UIDRange; d != DefaultUIDRange || d.Size() != 1000 {
 		t.Fatalf("the default uid_range is %v", d)
+	}
+}
+
+func TestPinKeys(t *testing.T) {
+	tests := []struct {
+		name   string
+		src    string
+		pin    bool
+		recent time.Duration
+		max    int
+	}{
+		{"pin_recent \"0\" turns pinning of served CIDs off", "[ipfs]\npin_recent = \"0\"\n", true, 0, DefaultPinMax},
+		{"pin_recent 0 as a number does too", "[ipfs]\npin_recent = 0\n", true, 0, DefaultPinMax},
+		{"pin = false leaves pins to the operator", "[ipfs]\npin = false\n", false, 24 * time.Hour, DefaultPinMax},
+		{"a window and a cap are taken as written", "[ipfs]\npin_recent = \"2s\"\npin_max = 3\n", true, 2 * time.Second, 3},
+		{"pin_max 0 pins no served CID", "[ipfs]\npin_max = 0\n", true, 24 * time.Hour, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte(tt.src), "modules.toml", "/etc/wagi")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.IPFS.Pin != tt.pin || c.IPFS.PinRecent != tt.recent || c.IPFS.PinMax != tt.max {
+				t.Errorf("got pin=%v pin_recent=%v pin_max=%d, want %v %v %d", c.IPFS.Pin, c.IPFS.PinRecent, c.IPFS.PinMax, tt.pin, tt.recent, tt.max)
+			}
+		})
 	}
 }

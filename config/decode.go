@@ -626,7 +626,7 @@ func (d *decoder) limit(p keyPath, k string, v any, l *Limits) bool {
 }
 
 func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
-	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu", "ipns_ttl"}
+	known := []string{"api", "fetch_timeout", "gateway", "allow", "max_module_size", "max_dir_size", "max_dir_files", "store_size", "gateway_daily_cpu", "ipns_ttl", "pin", "pin_recent", "pin_max"}
 	for _, k := range d.keys(p, m) {
 		kp, v := p.child(k), m[k]
 		switch k {
@@ -690,6 +690,25 @@ func (d *decoder) ipfs(p keyPath, m map[string]any, c *IPFS) {
 		case "store_size":
 			if n, ok := d.size(kp, v, 0); ok {
 				c.StoreSize = n
+			}
+		case "pin":
+			if b, ok := d.boolean(kp, v); ok {
+				c.Pin = b
+			}
+		case "pin_recent":
+			// 0 (or "0") turns pinning of served CIDs off.
+			if s, isStr := v.(string); (isStr && s == "0") || v == int64(0) {
+				c.PinRecent = 0
+			} else if dur, ok := d.duration(kp, v); ok {
+				c.PinRecent = dur
+			}
+		case "pin_max":
+			if n, ok := d.integer(kp, v, 0); ok {
+				if n > MaxPinMax {
+					d.bad(kp, "must be at most %d, got %d", MaxPinMax, n)
+				} else {
+					c.PinMax = n
+				}
 			}
 		default:
 			d.unknown(kp, known, "")

@@ -43,6 +43,7 @@ type served struct {
 	cpu    time.Duration // CPU charged
 	t      *target       // nil until routed
 	mod    *module       // nil until loaded
+	ran    bool          // the module ran on a child
 	killed killReason
 }
 
@@ -71,6 +72,9 @@ func (m *Manager) record(log *slog.Logger, r *fcgi.Request, rawPath string, rec 
 	}
 	if rec.t != nil {
 		m.status.observe(modKey, modRef, rec.t.route.Pattern, budget, rec.status, time.Since(rec.start), rec.killed)
+	}
+	if rec.mod != nil && rec.t != nil && rec.ran {
+		m.servedFrom(rec.t.src) // a valid module ran: its CID is worth keeping
 	}
 	attrs := []any{"method", r.Params["REQUEST_METHOD"], "path", rawPath, "status", rec.status,
 		"wall", time.Since(rec.start).Round(time.Microsecond), "bytes", rec.bytes}
@@ -189,6 +193,7 @@ func (m *Manager) serveModule(w *fcgi.ResponseWriter, r *fcgi.Request, id, rawPa
 	}
 	resp := &cgiResponse{w: w, log: log}
 	res := m.runOnChild(ctx, log, p, run, t, mod, resp, owner)
+	rec.ran = true
 	rec.cpu, rec.killed = res.cpu, res.killed
 	if res.killed == killBudget {
 		res.fail = budgetFailure(res.budget, now)

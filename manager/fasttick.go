@@ -285,6 +285,9 @@ func (g *fastGen) finished(r *scoreboard.Record, cpu time.Duration) {
 	g.chargeRoute(r.Route, cpu)
 	m.requests.Add(1)
 	m.status.observe(modKey, modRef, t.route.Pattern, t.limits.DailyCPU, r.Status, r.Wall, notKilled)
+	if mod != nil {
+		m.servedFrom(t.src)
+	}
 	attrs := []any{"method", r.Method, "path", r.Path, "status", r.Status,
 		"wall", r.Wall.Round(time.Microsecond), "bytes", r.BytesOut, "route", t.route.Pattern}
 	if len(modKey) >= 12 {

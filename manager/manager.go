@@ -37,6 +37,7 @@ import (
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfsproxy"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/mfspublish"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/modsource"
+	"github.com/wagi-fcgi/wagi-fcgi/internal/pinner"
 	"github.com/wagi-fcgi/wagi-fcgi/internal/wagi"
 	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 )
@@ -81,6 +82,10 @@ type Options struct {
 	// Fast, when set, puts this generation's children on the fast path
 	// (the server's connections are then accepted by Fast.Listener).
 	Fast *FastPath
+
+	// pinBook is the previous generation's book of served CIDs, handed
+	// on by Switch.Reload.
+	pinBook *pinner.Book
 }
 
 // Manager serves FastCGI requests with modules run in child processes. It
@@ -131,6 +136,10 @@ type Manager struct {
 	requests atomic.Int64 // requests that reached a child
 
 	bodies *bodyStore // request bodies waiting for a child
+
+	pins    *pinner.Pinner // nil unless pinning ([ipfs] pin) with a node; made by Start
+	pinBook *pinner.Book   // when each CID was last served; shared with the next generation
+	peers   peerCache      // the node's swarm peers, for the status page
 }
 
 // Stats are the manager's running totals.
@@ -396,6 +405,7 @@ func (m *Manager) Start(ctx context.Context) error {
 	if m.opts.Fast != nil {
 		m.pool.setFastGen(m.newFastGen(m.opts.Fast))
 	}
+	m.startPins()
 	total, _ := m.pool.counts()
 	m.log.Info("manager started", "children", total, "routes", m.routes.Load().Len(), "state_dir", m.cfg.StateDir)
 	return nil
@@ -403,6 +413,7 @@ func (m *Manager) Start(ctx context.Context) error {
 
 // Close stops the children and releases the compiler.
 func (m *Manager) Close() error {
+	m.stopPins()
 	if m.pool != nil {
 		m.pool.close()
 	}

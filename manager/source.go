@@ -38,6 +38,7 @@ type source struct {
 	mod      *module
 	subs     []wagi.SubRoute
 	resolved time.Time // when a mutable reference was last resolved
+	cid      string    // an IPNS name's last resolution, "/ipfs/CID", for the pinner
 	loading  *loadCall
 }
 
@@ -371,6 +372,13 @@ func (m *Manager) loadSource(ctx context.Context, src *source) (*module, []wagi.
 		if err := m.store.remember(name, mod.key); err != nil {
 			m.log.Warn("module cache index", "module", src.ref.Raw, "err", err)
 		}
+	}
+	if src.ref.Kind == config.RefIPNS {
+		// What the name's module now is: the CID its requests serve,
+		// for the pinner.
+		src.mu.Lock()
+		src.cid = id
+		src.mu.Unlock()
 	}
 	return m.finishLoad(ctx, src, mod)
 }

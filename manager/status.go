@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"github.com/wagi-fcgi/wagi-fcgi/internal/fleetbudget"
+	"github.com/wagi-fcgi/wagi-fcgi/ipfs"
 	"github.com/wagi-fcgi/wagi-fcgi/manager/internal/runner"
 )
 
@@ -137,6 +138,11 @@ type Status struct {
 	IPFSFetchs int64          `json:"ipfs_fetches"`
 	// Gateway is the budget all gateway CIDs share; nil without a gateway.
 	Gateway *GatewayStatus `json:"gateway,omitempty"`
+	// Pinning is what the node keeps pinned in kubo; nil without an IPFS
+	// node.
+	Pinning *PinningStatus `json:"pinning,omitempty"`
+	// Peers are the IPFS node's swarm peers; nil without an IPFS node.
+	Peers *PeersStatus `json:"peers,omitempty"`
 	// Published are the MFS volumes this node publishes under IPNS names.
 	Published []PublishedStatus `json:"published,omitempty"`
 	// Fleet is the store of fleet-wide budgets; nil without [budget] shared.
@@ -162,6 +168,39 @@ type FleetStatus struct {
 	LastSync   *time.Time `json:"last_sync,omitempty"`
 	LastError  string     `json:"last_error,omitempty"`
 	LocalShare float64    `json:"local_share"`
+}
+
+// PinningStatus describes pinning ([ipfs] pin, pin_recent, pin_max).
+type PinningStatus struct {
+	On        bool    `json:"on"`
+	Recent    float64 `json:"pin_recent_seconds"`
+	Max       int     `json:"pin_max"`
+	Reachable bool    `json:"node_reachable"`
+	// Pins are the CIDs the rules keep pinned, as of the pinner's last
+	// pass: the config's first, then the most recently served.
+	Pins []PinStatus `json:"pins"`
+}
+
+// PinStatus describes one CID kept pinned.
+type PinStatus struct {
+	CID  string `json:"cid"`
+	Path string `json:"path"`
+	// Why is "config ROUTE" (with "volume GUEST" for a volume), or
+	// "served".
+	Why        string `json:"why"`
+	LastServed string `json:"last_served,omitempty"` // RFC 3339
+	Pinned     string `json:"pinned"`                // "yes", "pending" or "failed"
+	// Owner is "wagi-fcgi", or "other" when someone else's pin keeps the
+	// CID (wagi-fcgi leaves it alone).
+	Owner string `json:"owner"`
+	Error string `json:"error,omitempty"`
+}
+
+// PeersStatus describes the IPFS node's swarm peers.
+type PeersStatus struct {
+	Count int         `json:"count"`
+	Peers []ipfs.Peer `json:"peers"`
+	Error string      `json:"error,omitempty"` // the node did not answer in time
 }
 
 // GatewayStatus describes the gateway-wide daily budget.
@@ -273,6 +312,9 @@ func (m *Manager) Status(full bool) Status {
 			g.FleetCPUToday = m.fleetSpent(gatewayAccount, day)
 		}
 		out.Gateway = g
+	}
+	if m.ipfs != nil {
+		out.Pinning, out.Peers = m.pinningStatus(), m.peersStatus()
 	}
 	if m.publisher != nil {
 		for _, p := range m.publisher.States() {
@@ -409,6 +451,7 @@ func writeStatusText(w io.Writer, st Status) {
 			fmt.Fprintf(w, "fleet last error:     %s\n", f.LastError)
 		}
 	}
+	writePinsText(w, st)
 	for _, ms := range st.Modules {
 		fmt.Fprintf(w, "\nmodule:               %s\n", ms.Module)
 		fmt.Fprintf(w, "ref:                  %s\n", ms.Ref)
@@ -475,6 +518,19 @@ func (m *Manager) writeMetrics(w io.Writer, format expfmt.Format, st Status) err
 	}
 	for _, r := range runner.RunKills {
 		killed.WithLabelValues(r.String()).Add(float64(p.Killed[r.String()]))
+	}
+	if pn := st.Pinning; pn != nil {
+		pins := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "wagi_ipfs_pins", Help: "CIDs kept pinned in kubo, by state (yes, pending, failed)."}, []string{"state"})
+		for _, state := range []string{"yes", "pending", "failed"} {
+			pins.WithLabelValues(state)
+		}
+		for _, pin := range pn.Pins {
+			pins.WithLabelValues(pin.Pinned).Inc()
+		}
+		reg.MustRegister(pins)
+	}
+	if pe := st.Peers; pe != nil {
+		gauge("wagi_ipfs_peers", "Swarm peers of the IPFS node.", float64(pe.Count))
 	}
 	reg.MustRegister(killed)
 

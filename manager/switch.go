@@ -53,12 +53,19 @@ func (s *Switch) Reload(ctx context.Context, cfg *config.Config, opts Options, g
 	if opts.Ledger == nil {
 		opts.Ledger = old.ledger
 	}
+	opts.pinBook = old.pinBook
 	nm, err := New(cfg, opts)
 	if err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
+	// One pinner at a time: the old generation's stops before the new
+	// one's starts (in Start), or it would pin again what the new config
+	// dropped. What the old generation serves while it drains still goes
+	// into the book they share.
+	old.stopPins()
 	if err := nm.Start(ctx); err != nil {
 		nm.Close()
+		old.startPins()
 		return fmt.Errorf("reload: %w", err)
 	}
 	s.cur.Store(nm)
