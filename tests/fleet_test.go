@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,29 +58,43 @@ func median(ds []time.Duration) time.Duration {
 }
 
 // TestAFleetSharesModulesOverIPFS runs three edge nodes (kubo + wagi-fcgi +
-// nginx each) peered over loopback only. A module that only node A holds is
-// served by B and C; with A down, C gets it from B; an IPNS name published
-// on A follows its updates on B and C.
+// nginx each) peered over loopback only. Modules published on A with
+// `wagi-fcgi publish` are served by B and C (fetched by bitswap on their
+// first request, then pinned where they were served); with A down, C gets
+// them from B; an IPNS name published on A follows its updates on B and C;
+// an MFS volume A writes and publishes is read on B and C.
 func TestAFleetSharesModulesOverIPFS(t *testing.T) {
 	kubos := testenv.StartFleet(t, 3)
 	ka, kb, kc := kubos[0], kubos[1], kubos[2]
-	bin := buildBinary(t, t.TempDir())
+	work := t.TempDir()
+	bin := buildBinary(t, work)
 
 	hello, err := os.ReadFile(testenv.Module(t, "hello"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Five CIDs of the same code, added and pinned on A alone.
+	// Five CIDs of the same code, published on A alone.
 	var cids []string
 	for i := range 5 {
-		cids = append(cids, ka.AddBytes(t, withCustomSection(hello, fmt.Sprintf("fleet%d", i), 0)))
+		file := filepath.Join(work, fmt.Sprintf("hello%d.wasm", i))
+		if err := os.WriteFile(file, withCustomSection(hello, fmt.Sprintf("fleet%d", i), 0), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cids = append(cids, snippetField(t, publishOK(t, bin, "--api", ka.API, file), "cid"))
 	}
-	siteName := ka.Name(t, "site")
-	v1 := ka.AddBytes(t, textModule(t, "version 1\n"))
-	ka.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+v1)
+	version := func(n int) string {
+		file := filepath.Join(work, fmt.Sprintf("v%d.wasm", n))
+		if err := os.WriteFile(file, textModule(t, fmt.Sprintf("version %d\n", n)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	site := publishOK(t, bin, "--api", ka.API, "--route", "/named", "--name", "site", "--create-key", "--ttl", "1s", version(1))
+	if siteName := strings.TrimPrefix(snippetField(t, site, "ipns"), "/ipns/"); !strings.Contains(site, "module = \"/ipns/"+siteName) {
+		t.Fatalf("publish --name printed:\n%s\nwant a module named /ipns/%s", site, siteName)
+	}
 
-	var config strings.Builder
-	config.WriteString(`
+	config := fmt.Sprintf(`
 listen = "unix:{{dir}}/wagi.sock"
 state_dir = "{{dir}}/state"
 [pool]
@@ -87,21 +102,19 @@ children = 2
 [ipfs]
 fetch_timeout = "30s"
 ipns_ttl = "1s"
-`)
-	for i, cid := range cids {
-		fmt.Fprintf(&config, "[[module]]\nroute = \"/m%d\"\nmodule = \"ipfs://%s\"\n", i, cid)
-	}
-	fmt.Fprintf(&config, "[[module]]\nroute = \"/named\"\nmodule = \"/ipns/%s\"\n", siteName)
+gateway = "/ipfs/"
+allow = ["%s"]
+`, strings.Join(cids, `", "`)) + site
 	// A writes a guestbook on its MFS and publishes it under the key
 	// "book"; B and C mount the name read-only and serve its files.
 	bookName := ka.Name(t, "book")
-	writer := config.String() + `
+	writer := config + `
 [[module]]
 route = "/guestbook"
 module = "{{mods}}/guestbook.wasm"
 volumes = { "/data" = { source = "mfs:/wagi/guestbook", publish_ipns = "book", publish_every = "1s" } }
 `
-	reader := config.String() + fmt.Sprintf(`
+	reader := config + fmt.Sprintf(`
 [[module]]
 route = "/shared/..."
 module = "{{mods}}/static.wasm"
@@ -120,19 +133,53 @@ volumes = { "/assets" = "/ipns/%s" }
 		}
 	}
 
-	t.Run("a module only node A holds is served by B on its first request", func(t *testing.T) {
+	t.Run("each node's status page lists its two peers", func(t *testing.T) {
+		for _, n := range []*edgeNode{a, b, c} {
+			var st struct {
+				Peers struct {
+					Count int
+					Peers []struct{ ID, Addr string }
+				}
+			}
+			r := n.c.get("/_wagi/status?json")
+			if err := json.Unmarshal(r.body, &st); r.status != 200 || err != nil {
+				t.Fatalf("%s status: %d %v %q", n.name, r.status, err, r.body)
+			}
+			if st.Peers.Count != 2 || len(st.Peers.Peers) != 2 {
+				t.Fatalf("%s status lists peers %+v, want the two other nodes", n.name, st.Peers)
+			}
+		}
+	})
+
+	t.Run("a module only node A holds is served by B on its first request, and B pins it", func(t *testing.T) {
 		var took []time.Duration
-		for i := range cids {
+		for _, cid := range cids {
 			start := time.Now()
-			r := b.c.get(fmt.Sprintf("/m%d", i))
+			r := b.c.get("/ipfs/" + cid + "/")
 			took = append(took, time.Since(start))
 			if r.status != 200 || string(r.body) != "Hello, world!\n" {
-				t.Fatalf("B /m%d: %d %q\n%s", i, r.status, r.body, b.wagi.log)
+				t.Fatalf("B /ipfs/%s/: %d %q\n%s", cid, r.status, r.body, b.wagi.log)
 			}
 		}
 		t.Logf("first request on B of a CID only A held: median %v of %v", median(took), took)
-		if r := a.c.get("/m0"); r.status != 200 {
-			t.Fatalf("A /m0: %d %q", r.status, r.body)
+		// Served, so kept: pinned under wagi-fcgi's name (the pinner
+		// passes once a second; a minute is generous on a loaded machine).
+		deadline := time.Now().Add(time.Minute)
+		for {
+			pins := kb.Run(t, "pin", "ls", "--type=recursive", "--names")
+			missing := ""
+			for _, cid := range cids {
+				if !strings.Contains(pins, cid+" recursive wagi-fcgi:served") {
+					missing = cid
+				}
+			}
+			if missing == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("B has not pinned the served %s a minute later; pins:\n%s\nB:\n%s", missing, pins, b.wagi.log)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
 	})
 
@@ -142,8 +189,7 @@ volumes = { "/assets" = "/ipns/%s" }
 				t.Fatalf("%s /named: %d %q\n%s", n.name, r.status, r.body, n.wagi.log)
 			}
 		}
-		v2 := ka.AddBytes(t, textModule(t, "version 2\n"))
-		ka.Run(t, "name", "publish", "--key=site", "--ttl=1s", "/ipfs/"+v2)
+		publishOK(t, bin, "--api", ka.API, "--route", "/named", "--name", "site", "--ttl", "1s", version(2))
 		published := time.Now()
 		for _, n := range []*edgeNode{b, c} {
 			for {
@@ -196,12 +242,13 @@ volumes = { "/assets" = "/ipns/%s" }
 	t.Run("with A down, C gets the module from B", func(t *testing.T) {
 		ka.Stop(t)
 		var took []time.Duration
-		for i := range cids {
+		kb.Run(t, "repo", "gc") // what B keeps, it keeps by its pins
+		for _, cid := range cids {
 			start := time.Now()
-			r := c.c.get(fmt.Sprintf("/m%d", i))
+			r := c.c.get("/ipfs/" + cid + "/")
 			took = append(took, time.Since(start))
 			if r.status != 200 || string(r.body) != "Hello, world!\n" {
-				t.Fatalf("C /m%d with A down: %d %q\n%s", i, r.status, r.body, c.wagi.log)
+				t.Fatalf("C /ipfs/%s/ with A down: %d %q\n%s", cid, r.status, r.body, c.wagi.log)
 			}
 		}
 		t.Logf("first request on C of a CID only B held (A down): median %v of %v", median(took), took)

@@ -47,6 +47,9 @@ type Config struct {
 const (
 	// callTimeout bounds every call to the node but a pin add.
 	callTimeout = 10 * time.Second
+	// nameRetryAfter is how long an IPNS name that timed out is not
+	// resolved again (its last CID, if any, stays named meanwhile).
+	nameRetryAfter = 30 * time.Second
 	// minGap is the least time between two passes, however often CIDs
 	// are served or the config changes: each pass lists the pinner's
 	// pins, and a busy gateway must not turn that into a loop.
@@ -103,7 +106,11 @@ type Pinner struct {
 	pins     []Pin             // the last pass's view, for Status
 	resolved map[string]string // sub-path → CID
 	failed   map[string]string // CID or path → the error last logged
-	down     bool              // the node was unreachable at the last pass
+	// nameRetry holds off resolving an IPNS name that timed out: a name
+	// nobody published (yet) makes the node search until its own
+	// timeout, and must not slow every pass by callTimeout.
+	nameRetry map[string]time.Time
+	down      bool // the node was unreachable at the last pass
 
 	// others are the wanted CIDs found pinned by someone else, and when:
 	// looked at again only after otherRecheck, so that many of them do
@@ -455,9 +462,32 @@ func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 	if ok && immutable {
 		return c, nil
 	}
+	if !immutable {
+		p.mu.Lock()
+		until, held := p.nameRetry[path]
+		p.mu.Unlock()
+		if held && p.cfg.Now().Before(until) {
+			if ok {
+				return c, nil
+			}
+			return "", fmt.Errorf("resolve %s: %w", path, errNameUnresolved)
+		}
+	}
 	r, err := call(ctx, callTimeout, func(ctx context.Context) (string, error) { return p.api.Resolve(ctx, path) })
 	if err == nil {
 		r, err = ipfs.NormalizeCID(strings.TrimPrefix(r, "/ipfs/"))
+	}
+	if err != nil && !immutable && errors.Is(err, ipfs.ErrTimeout) {
+		// The node answers (a dead node refuses the connection, which is
+		// ErrUnavailable); this name does not resolve in time. That is
+		// the name's failure, not the node's: the pass goes on.
+		p.mu.Lock()
+		if p.nameRetry == nil || len(p.nameRetry) >= maxResolved {
+			p.nameRetry = map[string]time.Time{}
+		}
+		p.nameRetry[path] = p.cfg.Now().Add(nameRetryAfter)
+		p.mu.Unlock()
+		err = fmt.Errorf("resolve %s: %w (%v)", path, errNameUnresolved, err)
 	}
 	if err != nil {
 		if ok && !unreachable(err) {
@@ -480,6 +510,10 @@ func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 	p.mu.Unlock()
 	return c, nil
 }
+
+// errNameUnresolved is an IPNS name that did not resolve in time while
+// the node answered.
+var errNameUnresolved = errors.New("the IPNS name did not resolve in time")
 
 // markDown marks the node unreachable (logged once); what the pass did
 // not get to stays pending.

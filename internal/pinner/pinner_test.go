@@ -29,6 +29,10 @@ type fakeNode struct {
 	// resolveTo is what Resolve answers; "" fails as an IPNS name that
 	// does not resolve.
 	resolveTo string
+	// resolveTimeout makes Resolve time out, as kubo does searching for a
+	// name nobody published.
+	resolveTimeout bool
+	resolves       int
 	local     map[string]bool // CID → whether it was pinned offline
 }
 
@@ -101,6 +105,10 @@ func (f *fakeNode) Resolve(_ context.Context, p string) (string, error) {
 	defer f.mu.Unlock()
 	if err := f.call(); err != nil {
 		return "", err
+	}
+	f.resolves++
+	if f.resolveTimeout {
+		return "", fmt.Errorf("%w: context deadline exceeded", ipfs.ErrTimeout)
 	}
 	if f.resolveTo == "" {
 		return "", fmt.Errorf("%w: could not resolve name", ipfs.ErrNotFound)
@@ -294,6 +302,29 @@ func TestPinnerErrorPaths(t *testing.T) {
 		}
 		if n := logs.count("pinning: resolve failed"); n != 1 {
 			t.Fatalf("logged %d times, want once", n)
+		}
+	})
+
+	t.Run("an IPNS name that times out pauses nothing else and is not asked again at every pass", func(t *testing.T) {
+		node := &fakeNode{pins: map[string][2]string{}, resolveTimeout: true}
+		p, logs := newTestPinner(t, node, 4)
+		cfg, served := testCID(t, "config"), testCID(t, "served")
+		p.Name("m0", Named{Path: "/ipns/k51unpublished", Route: "/shared"})
+		p.Name("m1", Named{Path: "/ipfs/" + cfg, Route: "/a"})
+		p.Served("/ipfs/"+served, time.Now())
+		for range 3 {
+			if _, err := p.pass(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if node.pins[cfg][1] != "wagi-fcgi:/a" || node.pins[served][1] != "wagi-fcgi:served" {
+			t.Fatalf("pins %v: the other CIDs must be pinned", node.pins)
+		}
+		if node.resolves != 1 {
+			t.Fatalf("the name was resolved %d times in 3 passes, want once (held off %v)", node.resolves, nameRetryAfter)
+		}
+		if n := logs.count("pinning paused"); n != 0 {
+			t.Fatalf("a name that does not resolve paused pinning (%d log lines)", n)
 		}
 	})
 
