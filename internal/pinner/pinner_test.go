@@ -33,7 +33,7 @@ type fakeNode struct {
 	// name nobody published.
 	resolveTimeout bool
 	resolves       int
-	local     map[string]bool // CID → whether it was pinned offline
+	local          map[string]bool // CID → whether it was pinned offline
 }
 
 func (f *fakeNode) call() error {
