@@ -88,17 +88,9 @@ func (k *Kubo) Peers(t testing.TB) []string {
 
 // fleetConfig is what makes a node a loopback-only fleet member.
 func fleetConfig() map[string]any {
-	return map[string]any{
-		"Addresses.API":                         "/ip4/127.0.0.1/tcp/0",
-		"Addresses.Gateway":                     "/ip4/127.0.0.1/tcp/0",
+	c := loopbackConfig()
+	for k, v := range map[string]any{
 		"Addresses.Swarm":                       []string{"/ip4/127.0.0.1/tcp/0"},
-		"Addresses.Announce":                    []string{},
-		"Addresses.AppendAnnounce":              []string{},
-		"Bootstrap":                             []string{},
-		"Discovery.MDNS.Enabled":                false,
-		"AutoConf.Enabled":                      false,
-		"AutoTLS.Enabled":                       false,
-		"Swarm.DisableNatPortMap":               true,
 		"Swarm.RelayClient.Enabled":             false,
 		"Swarm.RelayService.Enabled":            false,
 		"Swarm.Transports.Network.Websocket":    false,
@@ -110,8 +102,10 @@ func fleetConfig() map[string]any {
 		"Pubsub.Enabled":                        true,
 		"Ipns.UsePubsub":                        true,
 		"Ipns.MaxCacheTTL":                      "1s",
-		"Plugins.Plugins.telemetry.Config.Mode": "off",
+	} {
+		c[k] = v
 	}
+	return c
 }
 
 // outsideLoopback is every IPv4 range but 127.0.0.0/8, and all of IPv6,

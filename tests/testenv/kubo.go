@@ -135,7 +135,18 @@ func StartKubo(t testing.TB) *Kubo {
 	k.Run(t, "init", "--profile=test")
 	// Ports 0 for the first start; the ports it got are written into the
 	// config by Restart, so that the addresses survive a restart.
-	k.setConfig(t, map[string]any{
+	k.setConfig(t, loopbackConfig())
+	k.start(t)
+	return k
+}
+
+// loopbackConfig is what keeps a test node on 127.0.0.1 and away from any
+// public network: an offline node as it is, and the base of a fleet
+// node's config (fleetConfig). Ports 0 for the first start; the ports it
+// got are written into the config by Restart, so that the addresses
+// survive a restart.
+func loopbackConfig() map[string]any {
+	return map[string]any{
 		"Addresses.API":                         "/ip4/127.0.0.1/tcp/0",
 		"Addresses.Gateway":                     "/ip4/127.0.0.1/tcp/0",
 		"Addresses.Swarm":                       []string{},
@@ -148,9 +159,7 @@ func StartKubo(t testing.TB) *Kubo {
 		"Swarm.DisableNatPortMap":               true,
 		"Routing.Type":                          "none",
 		"Plugins.Plugins.telemetry.Config.Mode": "off",
-	})
-	k.start(t)
-	return k
+	}
 }
 
 // Stop stops the daemon now: SIGTERM, then SIGKILL after 5 s. Tests use it
