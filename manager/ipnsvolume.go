@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -27,6 +28,7 @@ type ipnsName struct {
 	at      time.Time // when path was resolved
 	call    *loadCall // the resolution in flight, or nil
 	failing bool      // the last resolution failed (logged once per streak)
+	bad     string    // a version whose fetch failed: not fetched again
 }
 
 // ipnsDir returns the local copy of the directory the IPNS name (a
@@ -83,29 +85,52 @@ func (m *Manager) ipnsDir(ctx context.Context, name string) (string, error) {
 	return m.ipfsDir(ctx, p) // a failed refresh leaves the previous version
 }
 
-// resolveIPNS resolves name once, within fetch_timeout, and records the
-// result in e. Failures keep the previous resolution.
+// resolveIPNS resolves name once and fetches the version it points to,
+// within fetch_timeout, and only then records it in e: requests move to a
+// new version once it is on disk, never to one that cannot be had (a
+// publisher that went away, a directory over max_dir_size), which is
+// remembered and not fetched again. Failures keep the previous version
+// for another ipns_ttl.
 func (m *Manager) resolveIPNS(name string, e *ipnsName, c *loadCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.IPFS.FetchTimeout)
 	defer cancel()
 	resolved, err := m.ipfs.Resolve(ctx, "/ipns/"+name)
+	p := strings.TrimPrefix(resolved, "/ipfs/")
 	v := &m.ipnsVols
+	if err == nil {
+		v.mu.Lock()
+		known, bad := p == e.path, p == e.bad
+		v.mu.Unlock()
+		switch {
+		case bad:
+			err = fmt.Errorf("version %s could not be fetched before; the name still points to it", p)
+		case !known:
+			if _, ferr := m.ipfsDir(ctx, p); ferr != nil {
+				err = fmt.Errorf("fetching version %s: %w", p, ferr)
+				v.mu.Lock()
+				e.bad = p
+				v.mu.Unlock()
+			}
+		}
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	e.call, c.err = nil, err
 	defer close(c.done)
 	if err != nil {
+		if e.path != "" {
+			e.at = time.Now() // the previous version serves another ipns_ttl
+		}
 		if !e.failing {
 			e.failing = true
 			if e.path != "" {
-				m.log.Warn("IPNS volume: resolution failed; the previous version stays mounted", "name", name, "version", e.path, "err", err)
+				m.log.Warn("IPNS volume: no new version; the previous one stays mounted", "name", name, "version", e.path, "err", err)
 			} else {
-				m.log.Error("IPNS volume: resolution failed", "name", name, "err", err)
+				m.log.Error("IPNS volume: not available", "name", name, "err", err)
 			}
 		}
 		return
 	}
-	p := strings.TrimPrefix(resolved, "/ipfs/")
 	if e.failing || p != e.path {
 		m.log.Info("IPNS volume resolved", "name", name, "version", p, "previous", e.path)
 	}

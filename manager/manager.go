@@ -75,6 +75,12 @@ type Options struct {
 	// `wagi-fcgi check`, which must work beside a running manager (that
 	// holds the ledger's lock).
 	NoLedger bool
+	// Check makes a manager that only checks a config (`wagi-fcgi
+	// check`, `publish`'s check), beside a server that may run on the
+	// same state_dir and kubo node: it implies NoLedger, and it neither
+	// pins nor unpins anything nor publishes MFS volumes, which would
+	// change what the running server keeps and publishes.
+	Check bool
 	// Ledger, when set, is used instead of opening state_dir/cpu-ledger,
 	// and is not closed by Close: the generations of a reloading server
 	// share one.
@@ -247,7 +253,7 @@ func New(cfg *config.Config, opts Options) (*Manager, error) {
 		return nil, err
 	}
 	ledger, ownLedger := opts.Ledger, false
-	if ledger == nil && !opts.NoLedger {
+	if ledger == nil && !opts.NoLedger && !opts.Check {
 		ownLedger = true
 		ledger, err = cpuacct.OpenLedger(filepath.Join(cfg.StateDir, "cpu-ledger"), cpuacct.LedgerOptions{Logger: opts.Logger, Retain: LedgerRetain, Now: opts.Now})
 		if err != nil {
@@ -377,7 +383,7 @@ func (m *Manager) Start(ctx context.Context) error {
 			return err
 		}
 	}
-	if m.ipfs != nil && m.publisher == nil {
+	if m.ipfs != nil && m.publisher == nil && !m.opts.Check {
 		if vols := publishedVolumes(m.cfg); len(vols) > 0 {
 			m.publisher = mfspublish.Start(m.ipfs, vols, m.log)
 		}

@@ -22,7 +22,7 @@ const pinBookFile = "pins-served.json"
 // internal/pinner). The book of served CIDs is the previous generation's
 // on a reload, so nothing served is forgotten.
 func (m *Manager) startPins() {
-	if !m.cfg.IPFS.Pin || m.ipfs == nil {
+	if !m.cfg.IPFS.Pin || m.ipfs == nil || m.opts.Check {
 		return
 	}
 	if m.pins == nil {
@@ -42,7 +42,7 @@ func (m *Manager) startPins() {
 			case config.RefIPNS:
 				// Resolved by the pinner at each pass: when the name
 				// moves, its old CID follows the served-window rule.
-				m.pins.Name(fmt.Sprint("module ", i), pinner.Named{Path: "/ipns/" + src.ref.Path, Route: mc.Route, What: "module"})
+				m.pins.Name(fmt.Sprint("module ", i), pinner.Named{Path: "/ipns/" + src.ref.Path, Route: mc.Route, What: "module", Local: true})
 			}
 			for _, v := range mc.Volumes {
 				key, named := fmt.Sprint("volume ", i, " ", v.Guest), pinner.Named{Route: mc.Route, What: "volume " + v.Guest}
@@ -50,7 +50,7 @@ func (m *Manager) startPins() {
 				case config.VolumeIPFS:
 					named.Path = "/ipfs/" + v.Path
 				case config.VolumeIPNS:
-					named.Path = "/ipns/" + v.Path // followed like an IPNS module
+					named.Path, named.Local = "/ipns/"+v.Path, true // followed like an IPNS module
 				default:
 					continue // local, or MFS (kubo never collects what MFS holds)
 				}

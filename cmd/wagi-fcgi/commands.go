@@ -266,7 +266,7 @@ func checkCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	// One child is enough to run the modules' _routes.
 	cfg.Pool.Children = 1
-	m, err := manager.New(cfg, manager.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: getVersion(), NoLedger: true})
+	m, err := manager.New(cfg, manager.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Version: getVersion(), Check: true})
 	if err != nil {
 		return err
 	}

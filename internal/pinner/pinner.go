@@ -47,9 +47,10 @@ type Config struct {
 const (
 	// callTimeout bounds every call to the node but a pin add.
 	callTimeout = 10 * time.Second
-	// nameRetryAfter is how long an IPNS name that timed out is not
-	// resolved again (its last CID, if any, stays named meanwhile).
-	nameRetryAfter = 30 * time.Second
+	// holdOffFor is how long a path that timed out is not resolved again
+	// (its last CID, if any, stays named meanwhile), and a CID whose pin
+	// add timed out is not tried again.
+	holdOffFor = 30 * time.Second
 	// minGap is the least time between two passes, however often CIDs
 	// are served or the config changes: each pass lists the pinner's
 	// pins, and a busy gateway must not turn that into a loop.
@@ -106,11 +107,12 @@ type Pinner struct {
 	pins     []Pin             // the last pass's view, for Status
 	resolved map[string]string // sub-path → CID
 	failed   map[string]string // CID or path → the error last logged
-	// nameRetry holds off resolving an IPNS name that timed out: a name
-	// nobody published (yet) makes the node search until its own
-	// timeout, and must not slow every pass by callTimeout.
-	nameRetry map[string]time.Time
-	down      bool // the node was unreachable at the last pass
+	// holdOff holds off a path whose resolution, or a CID whose pin add,
+	// timed out while the node answered: an IPNS name nobody published
+	// (yet), or content no peer has, makes the node search until the
+	// timeout, and must neither slow every pass nor stop the others.
+	holdOff map[string]time.Time
+	down    bool // the node was unreachable at the last pass
 
 	// others are the wanted CIDs found pinned by someone else, and when:
 	// looked at again only after otherRecheck, so that many of them do
@@ -362,12 +364,22 @@ func (p *Pinner) pass(ctx context.Context) (more bool, err error) {
 			v.pins[w.cid].State, v.pins[w.cid].Owner = StatePinned, "other"
 			continue
 		}
+		if p.heldOff(w.cid) {
+			v.pins[w.cid].State = StateFailed
+			continue
+		}
 		if ops >= maxOps {
 			return true, nil
 		}
 		ops += 2
-		if err := p.add(ctx, v.pins[w.cid], w, now); err != nil && unreachable(err) {
+		err := p.add(ctx, v.pins[w.cid], w, now)
+		switch {
+		case errors.Is(err, ipfs.ErrUnavailable):
 			return false, p.markDown(err)
+		case errors.Is(err, ipfs.ErrTimeout):
+			// Content no peer gives in time: this CID's failure; the
+			// others, and the removals, go on.
+			p.holdOffNow(w.cid)
 		}
 	}
 	for _, c := range rm {
@@ -400,13 +412,16 @@ func (p *Pinner) add(ctx context.Context, pin *Pin, w want, now time.Time) error
 			// A served CID was fetched whole to be served: pinning it
 			// needs nothing from the network, and must fetch nothing (a
 			// DAG that links to more than the module must not make the
-			// node fetch it). The config's CIDs may be fetched.
-			return struct{}{}, p.api.PinAdd(ctx, w.cid, w.pinName(), len(w.named) == 0)
+			// node fetch it). So is what an IPNS name points to: its
+			// publisher chose it, not the operator, so only what
+			// serving fetched within its caps is pinned. CIDs the config
+			// names itself may be fetched.
+			return struct{}{}, p.api.PinAdd(ctx, w.cid, w.pinName(), w.localOnly())
 		})
 	}
 	if err != nil {
 		pin.State, pin.Error = StateFailed, err.Error()
-		if !unreachable(err) {
+		if !errors.Is(err, ipfs.ErrUnavailable) {
 			p.logFailed("pin", w.cid, err)
 		}
 		return err
@@ -462,32 +477,22 @@ func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 	if ok && immutable {
 		return c, nil
 	}
-	if !immutable {
-		p.mu.Lock()
-		until, held := p.nameRetry[path]
-		p.mu.Unlock()
-		if held && p.cfg.Now().Before(until) {
-			if ok {
-				return c, nil
-			}
-			return "", fmt.Errorf("resolve %s: %w", path, errNameUnresolved)
+	if p.heldOff(path) {
+		if ok {
+			return c, nil
 		}
+		return "", fmt.Errorf("resolve %s: %w", path, errTimedOut)
 	}
 	r, err := call(ctx, callTimeout, func(ctx context.Context) (string, error) { return p.api.Resolve(ctx, path) })
 	if err == nil {
 		r, err = ipfs.NormalizeCID(strings.TrimPrefix(r, "/ipfs/"))
 	}
-	if err != nil && !immutable && errors.Is(err, ipfs.ErrTimeout) {
+	if err != nil && errors.Is(err, ipfs.ErrTimeout) {
 		// The node answers (a dead node refuses the connection, which is
-		// ErrUnavailable); this name does not resolve in time. That is
-		// the name's failure, not the node's: the pass goes on.
-		p.mu.Lock()
-		if p.nameRetry == nil || len(p.nameRetry) >= maxResolved {
-			p.nameRetry = map[string]time.Time{}
-		}
-		p.nameRetry[path] = p.cfg.Now().Add(nameRetryAfter)
-		p.mu.Unlock()
-		err = fmt.Errorf("resolve %s: %w (%v)", path, errNameUnresolved, err)
+		// ErrUnavailable); this path does not resolve in time. That is
+		// the path's failure, not the node's: the pass goes on.
+		p.holdOffNow(path)
+		err = fmt.Errorf("resolve %s: %w (%v)", path, errTimedOut, err)
 	}
 	if err != nil {
 		if ok && !unreachable(err) {
@@ -511,9 +516,27 @@ func (p *Pinner) cidOf(ctx context.Context, path string) (string, error) {
 	return c, nil
 }
 
-// errNameUnresolved is an IPNS name that did not resolve in time while
-// the node answered.
-var errNameUnresolved = errors.New("the IPNS name did not resolve in time")
+// errTimedOut is a path that did not resolve, or a CID that could not
+// be pinned, in time while the node answered.
+var errTimedOut = errors.New("timed out; held off before the next try")
+
+// heldOff says whether key (a path or a CID) timed out less than
+// holdOffFor ago.
+func (p *Pinner) heldOff(key string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.holdOff[key]
+	return ok && p.cfg.Now().Before(until)
+}
+
+func (p *Pinner) holdOffNow(key string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.holdOff == nil || len(p.holdOff) >= maxResolved {
+		p.holdOff = map[string]time.Time{}
+	}
+	p.holdOff[key] = p.cfg.Now().Add(holdOffFor)
+}
 
 // markDown marks the node unreachable (logged once); what the pass did
 // not get to stays pending.

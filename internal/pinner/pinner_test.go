@@ -34,6 +34,10 @@ type fakeNode struct {
 	resolveTimeout bool
 	resolves       int
 	local          map[string]bool // CID → whether it was pinned offline
+	// addTimeout makes PinAdd time out for this CID, as kubo does when no
+	// peer gives the blocks.
+	addTimeout string
+	adds       map[string]int
 }
 
 func (f *fakeNode) call() error {
@@ -77,6 +81,13 @@ func (f *fakeNode) PinAdd(_ context.Context, c, name string, local bool) error {
 	defer f.mu.Unlock()
 	if err := f.call(); err != nil {
 		return err
+	}
+	if f.adds == nil {
+		f.adds = map[string]int{}
+	}
+	f.adds[c]++
+	if c == f.addTimeout {
+		return fmt.Errorf("%w: context deadline exceeded", ipfs.ErrTimeout)
 	}
 	if f.addErr != nil {
 		return f.addErr
@@ -321,10 +332,51 @@ func TestPinnerErrorPaths(t *testing.T) {
 			t.Fatalf("pins %v: the other CIDs must be pinned", node.pins)
 		}
 		if node.resolves != 1 {
-			t.Fatalf("the name was resolved %d times in 3 passes, want once (held off %v)", node.resolves, nameRetryAfter)
+			t.Fatalf("the name was resolved %d times in 3 passes, want once (held off %v)", node.resolves, holdOffFor)
 		}
 		if n := logs.count("pinning paused"); n != 0 {
 			t.Fatalf("a name that does not resolve paused pinning (%d log lines)", n)
+		}
+	})
+
+	t.Run("a pin add that times out holds off that CID alone: the others are pinned and the removals run", func(t *testing.T) {
+		stuck, other, old := testCID(t, "a stuck one"), testCID(t, "another"), testCID(t, "old")
+		node := &fakeNode{pins: map[string][2]string{old: {ipfs.PinRecursive, "wagi-fcgi:/gone"}}, addTimeout: stuck}
+		p, logs := newTestPinner(t, node, 4)
+		p.Name("m0", Named{Path: "/ipfs/" + stuck, Route: "/a"})
+		p.Name("m1", Named{Path: "/ipfs/" + other, Route: "/b"})
+		for range 3 {
+			if _, err := p.pass(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if node.pins[other][1] != "wagi-fcgi:/b" {
+			t.Fatalf("pins %v: the other CID must be pinned", node.pins)
+		}
+		if _, kept := node.pins[old]; kept {
+			t.Fatalf("pins %v: the pin no longer wanted must be removed", node.pins)
+		}
+		if node.adds[stuck] != 1 {
+			t.Fatalf("the stuck CID was tried %d times in 3 passes, want once (held off %v)", node.adds[stuck], holdOffFor)
+		}
+		if st, _ := stateOf(p, stuck); st.State != StateFailed {
+			t.Fatalf("the stuck CID's state is %q, want failed", st.State)
+		}
+		if !p.Status().Reachable || logs.count("pinning paused") != 0 {
+			t.Fatal("a CID that times out made the node look unreachable")
+		}
+	})
+
+	t.Run("what an IPNS name points to is pinned from local blocks only", func(t *testing.T) {
+		c := testCID(t, "ipns content")
+		node := &fakeNode{pins: map[string][2]string{}, resolveTo: "/ipfs/" + c}
+		p, _ := newTestPinner(t, node, 4)
+		p.Name("m0", Named{Path: "/ipns/k51example", Route: "/named", Local: true})
+		if _, err := p.pass(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if local, ok := node.local[c]; !ok || !local {
+			t.Fatalf("pinned with local=%v (added %v), want local only", local, ok)
 		}
 	})
 

@@ -29,6 +29,10 @@ type Named struct {
 	Path  string // "/ipfs/CID[/sub]"; for an IPNS name, the CID it resolves to now
 	Route string // the module's route
 	What  string // "module", or "volume /GUEST"
+	// Local pins from local blocks only, never fetching: for IPNS names,
+	// whose content the name's publisher chooses (a hostile one could
+	// point it at a terabyte); serving fetches it within its caps first.
+	Local bool
 }
 
 // pinName is the name of the pin made for n: "wagi-fcgi:<route>".
@@ -46,6 +50,17 @@ type want struct {
 	path   string
 	named  []Named   // empty: pinned because it was served
 	served time.Time // last served; zero if never (or not within the window)
+}
+
+// localOnly says whether w is pinned from local blocks only: a served
+// CID, or one only IPNS names want.
+func (w want) localOnly() bool {
+	for _, n := range w.named {
+		if !n.Local {
+			return false
+		}
+	}
+	return true
 }
 
 func (w want) pinName() string {

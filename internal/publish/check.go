@@ -71,7 +71,7 @@ func checkModule(ctx context.Context, spec checkSpec) (warnings []string, err er
 		Version: spec.version,
 		// Beside a running server, whose ledger is locked; and nothing
 		// here is a request to charge.
-		NoLedger: true,
+		Check: true,
 	})
 	if err != nil {
 		return nil, err
