@@ -40,10 +40,17 @@ const fastTick = 5 * time.Millisecond
 // the ordinary FastCGI server. It outlives reloads: every generation's
 // children join it.
 type FastPath struct {
-	log         *slog.Logger
-	epfd        int
-	page        *scoreboard.Page
-	back        chan net.Conn
+	log  *slog.Logger
+	epfd int
+	page *scoreboard.Page
+	back chan net.Conn
+	// waiting counts handovers the FastCGI server has not taken yet;
+	// taken is signalled when it takes one. The accept loop waits while
+	// maxWaitingHandovers are waiting, so that when the server is slower
+	// than the clients (a flood, a loaded machine) connections wait in
+	// the kernel's backlog, not as descriptors in the manager.
+	waiting     atomic.Int64
+	taken       chan struct{}
 	maxConns    int
 	idleTimeout time.Duration
 	base        int // connection c is descriptor base+c here and in every child
@@ -115,7 +122,7 @@ func NewFastPath(log *slog.Logger, maxConns int, idleTimeout time.Duration) (*Fa
 	limit := int(min(rl.Cur, 1<<20))
 	n := min(max(maxConns, 1), scoreboard.MaxConns, limit/4)
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &FastPath{log: log, epfd: epfd, page: page, back: make(chan net.Conn),
+	f := &FastPath{log: log, epfd: epfd, page: page, back: make(chan net.Conn), taken: make(chan struct{}, 1),
 		maxConns: n, base: limit - n, idleTimeout: idleTimeout,
 		conns: make([]fastConn, n), kids: map[int]*fastKid{}, idx: map[int]bool{}, wake: make(chan struct{}, 1),
 		ctx: ctx, cancel: cancel}
@@ -133,6 +140,10 @@ func (f *FastPath) Listener(l net.Listener) net.Listener {
 	return fl
 }
 
+// maxWaitingHandovers bounds the connections accepted and handed to the
+// FastCGI server that it has not taken yet (see FastPath.waiting).
+const maxWaitingHandovers = 16
+
 type fastListener struct {
 	net.Listener
 	f    *FastPath
@@ -142,6 +153,17 @@ type fastListener struct {
 func (l *fastListener) acceptLoop() {
 	defer l.f.wg.Done()
 	for {
+		for l.f.waiting.Load() >= maxWaitingHandovers {
+			select {
+			case <-l.f.taken:
+			case <-l.f.ctx.Done():
+				select {
+				case l.errc <- net.ErrClosed:
+				default:
+				}
+				return
+			}
+		}
 		c, err := l.Listener.Accept()
 		if err != nil {
 			var ne net.Error
@@ -389,11 +411,17 @@ func (f *FastPath) handOverLocked(fd int, prefix []byte) {
 	}
 	f.handed.Add(1)
 	conn := &handedConn{Conn: nc, f: f, prefix: append([]byte(nil), prefix...)}
+	f.waiting.Add(1)
 	go func() {
 		select {
 		case f.back <- conn:
 		case <-f.ctx.Done():
 			conn.Close()
+		}
+		f.waiting.Add(-1)
+		select {
+		case f.taken <- struct{}{}:
+		default:
 		}
 	}()
 }
