@@ -332,8 +332,15 @@ ServerName localhost
 		// refuses to serve as root), like Debian's packaged server.
 		main.WriteString("User www-data\nGroup www-data\n")
 	}
+	used := map[int]bool{}
 	for i, sock := range socks {
+		// Two ports closed and asked for again can be the same one; Apache
+		// refuses a second Listen on it.
 		port := freePort(t)
+		for used[port] {
+			port = freePort(t)
+		}
+		used[port] = true
 		s := string(site)
 		for _, sub := range [][2]string{
 			{"<VirtualHost *:80>", fmt.Sprintf("<VirtualHost 127.0.0.1:%d>", port)},
