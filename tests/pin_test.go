@@ -376,3 +376,49 @@ func waitPins(t testing.TB, k *testenv.Kubo, w *wagiProc, what string, ok func(m
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestCheckNeverChangesWhatTheNodePins checks a config beside a running
+// server's kubo node: `wagi-fcgi check` loads every module, but pins
+// nothing, unpins nothing (not even a wagi-fcgi pin its config does not
+// explain) and writes no served-CIDs file: the config under review must
+// not change what the running server keeps.
+func TestCheckNeverChangesWhatTheNodePins(t *testing.T) {
+	k := testenv.StartKubo(t)
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	mods := testenv.Modules(t)
+	hello := addUnpinned(t, k, filepath.Join(mods, "hello.wasm"))
+	served := addUnpinned(t, k, filepath.Join(mods, "echo.wasm"))
+	k.Run(t, "pin", "add", "--name", "wagi-fcgi:served", served) // the running server's
+
+	cfg := filepath.Join(dir, "wagi.toml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`
+listen = "unix:%s/wagi.sock"
+state_dir = "%s/state"
+[ipfs]
+api = %q
+[[module]]
+route = "/hello"
+module = "ipfs://%s"
+`, dir, dir, k.API, hello)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	makeReachable(t, dir)
+	out, errs, code := runBin(t, bin, nil, "check", "-c", cfg)
+	if code != 0 {
+		t.Fatalf("check: exit %d\n%s%s", code, out, errs)
+	}
+	// A pass of a pinner, had one run, takes milliseconds; give it time
+	// to show.
+	time.Sleep(2 * time.Second)
+	pins := k.Run(t, "pin", "ls", "--type=recursive", "--names")
+	if strings.Contains(pins, hello) {
+		t.Errorf("check pinned the module it checked:\n%s", pins)
+	}
+	if !strings.Contains(pins, served+" recursive wagi-fcgi:served") {
+		t.Errorf("check removed the running server's pin of %s:\n%s", served, pins)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "pins-served.json")); err == nil {
+		t.Errorf("check wrote the served-CIDs file of the state_dir")
+	}
+}
