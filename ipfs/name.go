@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/ipfs/boxo/path"
-	"github.com/ipfs/kubo/core/coreiface/options"
 )
 
 // MFSDirCID returns the CID of the MFS directory at mfsPath, what
@@ -31,15 +28,8 @@ func (c *Client) MFSDirCID(ctx context.Context, mfsPath string) (string, error) 
 
 // PublishName points the IPNS name of the node's key at /ipfs/cid, with a
 // record TTL of ttl (how long resolvers may cache it), and returns the
-// name. An offline node publishes locally (allow-offline).
+// name. An offline node publishes locally (allow-offline). It is
+// PublishRecord, whose answer is bounded and checked, with these options.
 func (c *Client) PublishName(ctx context.Context, key, cid string, ttl time.Duration) (string, error) {
-	p, err := path.NewPath("/ipfs/" + cid)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrNotFound, err)
-	}
-	entry, err := c.api.Name().Publish(ctx, p, options.Name.Key(key), options.Name.TTL(ttl), options.Name.AllowOffline(true))
-	if err != nil {
-		return "", classify(ctx, err)
-	}
-	return entry.String(), nil
+	return c.PublishRecord(ctx, key, "/ipfs/"+cid, NameOptions{TTL: ttl, AllowOffline: true})
 }
